@@ -1,0 +1,5 @@
+import sys
+
+from rfbench.cli import main
+
+sys.exit(main())

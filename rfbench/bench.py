@@ -1,0 +1,256 @@
+"""The grid runner: the one module that wires the stages together.
+
+    data -> model (trained or loaded) -> solvers x settings x seeds -> samples
+         -> metrics -> rows -> results.csv, table.md, figures/
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rfbench import data as datamod
+from rfbench.config import RunConfig, TrainConfig, cache_dir, preset as get_preset
+from rfbench.errors import UserError
+from rfbench.figures import quality_column, quality_vs_nfe
+from rfbench.report import frame_to_markdown
+from rfbench.results import STATUS_FAILED, STATUS_OK, RunDir, cell_key
+from rfbench.sample import generate, warm_up
+from rfbench.solvers import get_solver
+from rfbench.train import ModelSpec, TrainedModel, load_model, train
+
+log = logging.getLogger("rfbench")
+
+TOY_REFERENCE_SEED = 12345  # seed of the fresh true-distribution sample that toy2d compares with
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+# Section: the model.
+
+
+def model_spec(dataset: str, preset_name: str, data: datamod.DataSplit, seed: int,
+               epochs: int | None = None) -> ModelSpec:
+    p = get_preset(preset_name)
+    base = p.toy_train if data.x.dim() == 2 else p.train
+    fields = {**base.__dict__, "seed": seed}
+    if epochs is not None:
+        fields["epochs"] = epochs
+    return ModelSpec(dataset, data.sample_shape, p.unet, p.mlp, TrainConfig(**fields),
+                     data.content_hash, preset_name)
+
+
+def model_cache_path(spec: ModelSpec) -> Path:
+    return (cache_dir() / "models" /
+            f"{spec.dataset}-{spec.preset}-e{spec.train.epochs}-s{spec.train.seed}-"
+            f"{spec.data_hash[:12]}.pt")
+
+
+def obtain_model(spec: ModelSpec, data: datamod.DataSplit, device: torch.device,
+                 checkpoint: str | None = None, progress: bool | None = None) -> TrainedModel:
+    """Load ``checkpoint``, or the cached model for this spec, or train (resuming a partial one)."""
+    if checkpoint is not None:
+        trained = load_model(checkpoint, device)
+        if trained.spec.dataset != spec.dataset or trained.spec.sample_shape != spec.sample_shape:
+            raise UserError(
+                f"checkpoint {checkpoint} was trained on {trained.spec.dataset} "
+                f"{list(trained.spec.sample_shape)}, not {spec.dataset} {list(spec.sample_shape)}")
+        return trained
+    path = model_cache_path(spec)
+    if path.exists():
+        trained = load_model(path, device)
+        if trained.epochs_done >= spec.train.epochs and trained.spec == spec:
+            log.info("reusing cached model %s (%s)", trained.model_id, path)
+            return trained
+    log.info("training %s with preset %s for %d epoch(s) -> %s", spec.dataset, spec.preset,
+             spec.train.epochs, path)
+    start = time.perf_counter()
+    trained = train(spec, data, device=device, out_path=path, resume=True, progress=progress)
+    log.info("trained %s in %.1f s; final loss %.4f", trained.model_id,
+             time.perf_counter() - start, trained.losses[-1])
+    trained.model.to(device)
+    return trained
+
+
+# Section: the quality metric.
+
+
+@dataclass
+class Quality:
+    """Computes the quality columns of a row from a set of samples."""
+
+    evaluate: Callable[[torch.Tensor], dict]
+    columns: dict  # constant columns: feature_extractor, reference
+
+
+def build_quality(dataset: str, train_split: datamod.DataSplit, metrics: tuple[str, ...],
+                  data_root: str | None, device: torch.device, n: int,
+                  progress: bool | None = None) -> Quality:
+    if datamod.get_dataset(dataset).kind == "toy":
+        ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
+        from rfbench.metrics import energy_distance, sliced_wasserstein
+
+        return Quality(
+            lambda x: {"swd": sliced_wasserstein(x, ref), "energy_distance": energy_distance(x, ref)},
+            {"reference": f"toy2d-true-n{n}"},
+        )
+    from rfbench.metrics.classifier import get_classifier
+    from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, samples_to_metrics
+
+    if train_split.labels is None:
+        raise UserError(
+            f"dataset {dataset!r} has no labels, so the offline classifier extractor cannot be "
+            "trained; the Inception extractor is not available yet")
+    test_split = datamod.load_split(dataset, "test", data_root)
+    info = get_classifier(train_split, test_split, device=device, progress=progress)
+    log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
+    extractor = Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path)
+    return Quality(
+        lambda x: samples_to_metrics(x, train_split, extractor, metrics, device=device),
+        {"feature_extractor": info.name,
+         "reference": f"{dataset}-train-{train_split.content_hash[:8]}"},
+    )
+
+
+# Section: the grid.
+
+
+def grid_cells(cfg: RunConfig, default_steps: tuple[int, ...]) -> list[dict]:
+    """Every (solver, setting, seed) cell, in a stable order."""
+    cells = []
+    for seed in cfg.seeds:
+        for name in cfg.solvers:
+            spec = get_solver(name)
+            if spec.adaptive:
+                cells += [dict(solver=name, family=spec.family, steps=None, rtol=tol, atol=tol,
+                               seed=seed) for tol in cfg.tols]
+            else:
+                cells += [dict(solver=name, family=spec.family, steps=s, rtol=None, atol=None,
+                               seed=seed) for s in (cfg.steps or default_steps)]
+    return cells
+
+
+def run_cell(cell: dict, trained: TrainedModel, quality: Quality, cfg: RunConfig,
+             n: int, batch_size: int, device: torch.device, progress: bool | None) -> dict:
+    """Sample one cell and measure it; a failure becomes a row with status=failed."""
+    row = {"dataset": cfg.dataset, "model_id": trained.model_id, **cell, "batch_size": batch_size,
+           "n_samples": n, "device": device_label(device), "stepping": "batched",
+           **quality.columns}
+    try:
+        run = generate(trained.model, cell["solver"], n, trained.spec.sample_shape,
+                       seed=cell["seed"], batch_size=batch_size, steps=cell["steps"],
+                       rtol=cell["rtol"], atol=cell["atol"], device=device,
+                       max_nfe=cfg.max_nfe, progress=progress)
+        row.update(
+            nfe=run.nfe_per_sample, nfe_per_batch=";".join(map(str, run.nfe_per_batch)),
+            nfe_total=int(sum(run.nfe_per_batch)), wall_time_s=run.wall_time_s,
+            model_time_s=run.model_time_s, overhead_time_s=run.overhead_time_s,
+            images_per_s=n / run.wall_time_s,
+        )
+        if all(v is not None for v in run.solver_nfe_per_batch):
+            row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_batch))
+        if not torch.isfinite(run.x).all():
+            raise FloatingPointError("the samples hold NaN or Inf")
+        row.update(quality.evaluate(run.x))
+        row["status"] = STATUS_OK
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+        log.debug("cell failed:\n%s", traceback.format_exc())
+        row.update(status=STATUS_FAILED, error=f"{type(e).__name__}: {e}"[:500])
+    return row
+
+
+def _setup_logging(run_dir: RunDir) -> logging.Handler:
+    handler = logging.FileHandler(run_dir.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    return handler
+
+
+def _describe(row: dict) -> str:
+    setting = f"steps={row['steps']}" if row.get("steps") is not None else f"rtol={row['rtol']:g}"
+    if row.get("status") != STATUS_OK:
+        return f"{row['solver']} {setting} seed={row['seed']}: FAILED {row.get('error')}"
+    q = " ".join(f"{k}={row[k]:.4g}" for k in ("fid", "kid_mean", "swd") if k in row)
+    return (f"{row['solver']} {setting} seed={row['seed']}: nfe={row['nfe']:.1f} {q} "
+            f"wall={row['wall_time_s']:.2f}s")
+
+
+def run(cfg: RunConfig, progress: bool | None = None) -> Path:
+    """Run the grid of ``cfg`` and write its run directory; returns the directory.
+
+    >>> from rfbench.config import RunConfig
+    >>> out = run(RunConfig(dataset="toy2d", solvers=("euler",), steps=(1, 4), epochs=2,
+    ...                     num_samples=200, out="/tmp/rfbench-doctest", resume=True),
+    ...           progress=False)  # doctest: +SKIP
+    """
+    # Section: validate everything cheap before any expensive work.
+    p = get_preset(cfg.preset)
+    datamod.get_dataset(cfg.dataset)
+    for name in cfg.solvers:
+        get_solver(name)
+    device = resolve_device(cfg.device)
+    n = cfg.num_samples or p.num_samples
+    batch_size = min(cfg.batch_size or p.batch_size, n)
+    out = Path(cfg.out or f"runs/{cfg.dataset}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = RunDir(out)
+    rows = run_dir.create(cfg.to_dict(), cfg.resume)
+    handler = _setup_logging(run_dir)
+    try:
+        # Section: data, model, metric.
+        start = time.perf_counter()
+        train_split = datamod.load_split(cfg.dataset, "train", cfg.data_root,
+                                         image_size=cfg.image_size)
+        spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
+        trained = obtain_model(spec, train_split, device, cfg.checkpoint, progress)
+        quality = build_quality(cfg.dataset, train_split, cfg.metrics, cfg.data_root, device, n,
+                                progress)
+        warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
+
+        # Section: the cells, each written as it finishes.
+        done = {cell_key(r) for r in rows}
+        for cell in grid_cells(cfg, p.steps):
+            key = cell_key({"model_id": trained.model_id, **cell})
+            if key in done:
+                continue
+            row = run_cell(cell, trained, quality, cfg, n, batch_size, device, progress)
+            rows.append(row)
+            frame = run_dir.write_rows(rows)
+            log.info(_describe(row))
+
+        # Section: table and figure.
+        frame = run_dir.write_rows(rows)
+        (run_dir.path / "table.md").write_text(frame_to_markdown(frame))
+        if (frame["status"] == STATUS_OK).any():
+            quality_vs_nfe(frame, run_dir.figures / f"{quality_column(frame)}_vs_nfe.png")
+        log.info("run finished in %.1f s: %s", time.perf_counter() - start, run_dir.path)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return run_dir.path

@@ -1,0 +1,147 @@
+"""Frozen configuration and every default, shared by the Python API and the CLI.
+
+Nothing else in rfbench defines a default value: the CLI's help text reads them from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Sampling and grid defaults.
+DEFAULT_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16)
+DEFAULT_RTOL: float = 1e-5  # Liu et al. 2023 sample with RK45 at 1e-5; scipy's own default is 1e-3.
+DEFAULT_ATOL: float = 1e-5
+DEFAULT_TOLS: tuple[float, ...] = (DEFAULT_RTOL,)
+DEFAULT_SEEDS: tuple[int, ...] = (0,)
+DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid")
+DEFAULT_MAX_NFE: int = 10_000  # per batch solve; a cell that needs more fails, the grid goes on
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Width and depth of the compact UNet; the image shape comes from the dataset."""
+
+    base_channels: int = 16  # channels at full resolution
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # one entry per resolution level
+    num_res_blocks: int = 1  # residual blocks per level
+    attention_resolutions: tuple[int, ...] = (7,)  # feature-map sizes that get self-attention
+    norm_groups: int = 4  # GroupNorm groups; must divide every channel count
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Velocity MLP for toy2d."""
+
+    hidden: int = 128
+    depth: int = 3  # hidden layers
+    time_features: int = 16  # sinusoidal features of t
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The rectified-flow training recipe."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4  # AdamW, as in the blog recipe
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999  # with warm-up: min(decay, (1 + step) / (10 + step))
+    max_train_images: int | None = None  # a prefix of the training split; None = all
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named bundle of model size, training recipe and evaluation size."""
+
+    name: str
+    description: str
+    unet: UNetConfig
+    mlp: MLPConfig
+    train: TrainConfig
+    toy_train: TrainConfig  # the recipe used when the dataset is toy2d
+    num_samples: int  # generated samples per cell (FID sample count)
+    batch_size: int  # sampling batch size
+    steps: tuple[int, ...] = DEFAULT_STEPS
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        name="quick",
+        description="Minutes on a 2-core CPU: 16-channel UNet, 1 epoch at lr 1e-3, 1000 samples.",
+        unet=UNetConfig(),
+        mlp=MLPConfig(),
+        train=TrainConfig(epochs=1, lr=1e-3),
+        toy_train=TrainConfig(epochs=40, batch_size=256, lr=1e-3),
+        num_samples=1000,
+        batch_size=250,
+    ),
+    "blog": Preset(
+        name="blog",
+        description="The blog recipe: AdamW lr 1e-4, clipping 1.0, 10 epochs, 32-channel UNet.",
+        unet=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, norm_groups=8),
+        mlp=MLPConfig(hidden=256),
+        train=TrainConfig(epochs=10, lr=1e-4),
+        toy_train=TrainConfig(epochs=200, batch_size=256, lr=1e-3),
+        num_samples=10_000,
+        batch_size=500,
+    ),
+    "paper": Preset(
+        name="paper",
+        description="For a GPU: 64-channel UNet, 50 epochs, 50k samples.",
+        unet=UNetConfig(
+            base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2, norm_groups=32,
+            attention_resolutions=(16, 8, 7),
+        ),
+        mlp=MLPConfig(hidden=512, depth=4),
+        train=TrainConfig(epochs=50, lr=2e-4),
+        toy_train=TrainConfig(epochs=400, batch_size=512, lr=1e-3),
+        num_samples=50_000,
+        batch_size=1000,
+    ),
+}
+DEFAULT_PRESET = "quick"
+
+
+def cache_dir() -> Path:
+    """rfbench's cache (models, classifiers, reference statistics): $RFBENCH_CACHE or ~/.cache."""
+    env = os.environ.get("RFBENCH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfbench"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `rfbench run` needs; written to the run directory as config.json."""
+
+    dataset: str
+    solvers: tuple[str, ...]
+    preset: str = DEFAULT_PRESET
+    steps: tuple[int, ...] | None = None  # None = the preset's steps
+    tols: tuple[float, ...] = DEFAULT_TOLS  # rtol values; atol = rtol
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    num_samples: int | None = None  # None = the preset's
+    batch_size: int | None = None  # None = the preset's
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    checkpoint: str | None = None
+    data_root: str | None = None
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    train_seed: int = 0
+    epochs: int | None = None  # override the preset's training epochs
+    max_nfe: int = DEFAULT_MAX_NFE
+    image_size: int | None = None  # image-folder only: resize and centre-crop to this size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def preset(name: str) -> Preset:
+    return PRESETS[name]

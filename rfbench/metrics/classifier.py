@@ -1,0 +1,162 @@
+"""The offline feature extractor for MNIST-like data: a small CNN trained once per dataset.
+
+It is cached under the content hash of its training data, and identified in every
+results row as ``classifier-<first 8 hex of the sha256 of its weights>``. Features are the
+128-d penultimate layer ("feature", for FID/KID/PRC) and the class logits ("logits", IS).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from tqdm.auto import tqdm
+
+from rfbench.config import cache_dir
+from rfbench.data import DataSplit, from_uint8
+from rfbench.errors import UserError
+
+CLASSIFIER_FORMAT = "rfbench-classifier-v1"
+FEATURE_DIM = 128
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and two linear layers; about 99% test accuracy on MNIST."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.fc = nn.Linear(64 * (image_size // 4) ** 2, FEATURE_DIM)
+        self.out = nn.Linear(FEATURE_DIM, num_classes)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x in [-1, 1] -> (128-d features, logits)."""
+        f = F.relu(self.fc(self.conv(x).flatten(1)))
+        return f, self.out(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[1]
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    path: str
+    weights_sha256: str
+    test_accuracy: float
+
+    @property
+    def name(self) -> str:
+        return f"classifier-{self.weights_sha256[:8]}"
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train_classifier(train: DataSplit, test: DataSplit, *, epochs: int = 3, seed: int = 0,
+                     device: str | torch.device = "cpu",
+                     progress: bool | None = None) -> tuple[SmallCNN, float]:
+    """Adam 1e-3, batch 128; returns the network and its test-split accuracy."""
+    if train.labels is None:
+        raise UserError(f"dataset {train.name!r} has no labels: the classifier extractor needs them")
+    torch.manual_seed(seed)
+    c, h, _ = train.sample_shape
+    num_classes = int(train.labels.max()) + 1
+    net = SmallCNN(c, h, num_classes).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        perm = torch.randperm(len(train.x), generator=g)
+        bar = tqdm(perm.split(128), desc=f"classifier {train.name} epoch {epoch + 1}/{epochs}",
+                   disable=None if progress is None else not progress, leave=False)
+        net.train()
+        for idx in bar:
+            loss = F.cross_entropy(net(train.x[idx].to(device)), train.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        correct = sum(
+            (net(x.to(device)).argmax(1).cpu() == y).sum().item()
+            for x, y in zip(test.x.split(1000), test.labels.split(1000))
+        )
+    return net, correct / len(test.x)
+
+
+def classifier_path(train: DataSplit) -> Path:
+    return cache_dir() / "classifiers" / f"{train.name}-{train.content_hash[:16]}.pt"
+
+
+def get_classifier(train: DataSplit, test: DataSplit, *, device: str | torch.device = "cpu",
+                   progress: bool | None = None) -> ClassifierInfo:
+    """The cached classifier for this training data, trained on first use."""
+    path = classifier_path(train)
+    if not path.exists():
+        net, acc = train_classifier(train, test, device=device, progress=progress)
+        c, h, _ = train.sample_shape
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({
+            "format": CLASSIFIER_FORMAT, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+            "in_channels": c, "image_size": h, "num_classes": net.out.out_features,
+            "data_hash": train.content_hash, "test_accuracy": acc,
+        }, tmp)
+        os.replace(tmp, path)
+    payload = load_classifier_payload(path)
+    return ClassifierInfo(str(path), _file_sha256(path), float(payload["test_accuracy"]))
+
+
+def load_classifier_payload(path: str | os.PathLike) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt or unsafe file
+        raise UserError(f"cannot load cached classifier {path} ({type(e).__name__}); delete it "
+                        "and rfbench retrains it") from None
+    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
+        raise UserError(f"{path} is not an rfbench classifier; delete it and rfbench retrains it")
+    return payload
+
+
+class ClassifierFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity adapter: uint8 images [B, C, H, W] -> ("feature", "logits")."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **_kwargs):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError("the rfbench classifier needs feature_extractor_weights_path")
+        payload = load_classifier_payload(feature_extractor_weights_path)
+        self.net = SmallCNN(payload["in_channels"], payload["image_size"], payload["num_classes"])
+        self.net.load_state_dict(payload["state_dict"])
+        self.net.eval()
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("feature", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits", "fid": "feature", "kid": "feature", "prc": "feature"}[metric]
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feature, logits = self.net.features(from_uint8(x))
+        out = {"feature": feature, "logits": logits}
+        return tuple(out[name] for name in self.features_list)

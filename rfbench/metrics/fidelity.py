@@ -1,0 +1,92 @@
+"""FID, KID, precision/recall and IS through torch-fidelity's ``calculate_metrics``.
+
+Generated samples go in as a Dataset of uint8 tensors (never as a generator object: a
+conditional generator crashes inside torch-fidelity 0.4.0). Reference features are cached
+by torch-fidelity under a name that holds the data's content hash and the extractor's
+weights hash, so a changed dataset or extractor can never reuse stale statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from rfbench.config import cache_dir
+from rfbench.data import DataSplit, to_uint8
+from rfbench.metrics.classifier import ClassifierFeatureExtractor
+
+CLASSIFIER_EXTRACTOR = "rfbench-classifier"
+if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierFeatureExtractor)
+
+FIDELITY_METRICS = ("fid", "kid", "prc", "isc")
+KID_SUBSET_SIZE = 1000  # torch-fidelity's default; lowered to n for smaller sample sets
+
+
+class UInt8Images(Dataset):
+    """A tensor of uint8 images [N, C, H, W] as the Dataset torch-fidelity reads."""
+
+    def __init__(self, images: torch.Tensor):
+        if images.dtype != torch.uint8:
+            raise TypeError("UInt8Images needs uint8 images")
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A registered torch-fidelity feature extractor and the weights it loads."""
+
+    registry_name: str  # the name registered with torch-fidelity
+    label: str  # what the feature_extractor column says, e.g. classifier-1a2b3c4d
+    weights_path: str | None
+
+
+def samples_to_metrics(samples: torch.Tensor, reference: DataSplit, extractor: Extractor,
+                       metrics: tuple[str, ...] = ("fid", "kid"), *,
+                       device: str | torch.device = "cpu", batch_size: int = 500) -> dict:
+    """Compare samples in [-1, 1] with a reference split; returns schema-named values."""
+    wanted = {m: m in metrics for m in FIDELITY_METRICS}
+    if not any(wanted.values()):
+        return {}
+    n = len(samples)
+    out = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(to_uint8(samples)),
+        input2=UInt8Images(to_uint8(reference.x)),
+        input2_cache_name=reference_cache_name(reference, extractor),
+        cache_root=str(cache_dir() / "fidelity"),
+        feature_extractor=extractor.registry_name,
+        feature_extractor_weights_path=extractor.weights_path,
+        cuda=torch.device(device).type == "cuda",
+        batch_size=batch_size,
+        kid_subset_size=min(KID_SUBSET_SIZE, n, len(reference.x)),
+        save_cpu_ram=True,  # no DataLoader worker processes for in-memory tensors
+        verbose=False,
+        **wanted,
+    )
+    row = {}
+    if wanted["fid"]:
+        row["fid"] = out["frechet_inception_distance"]
+    if wanted["kid"]:
+        row["kid_mean"] = out["kernel_inception_distance_mean"]
+        row["kid_std"] = out["kernel_inception_distance_std"]
+    if wanted["prc"]:
+        row["precision"], row["recall"] = out["precision"], out["recall"]
+    if wanted["isc"]:
+        row["isc_mean"] = out["inception_score_mean"]
+        row["isc_std"] = out["inception_score_std"]
+    return row
+
+
+def reference_cache_name(reference: DataSplit, extractor: Extractor) -> str:
+    """The cache key: dataset, split, data content hash and extractor weights hash."""
+    return f"rfbench-{reference.name}-{reference.split}-{reference.content_hash[:16]}-{extractor.label}"

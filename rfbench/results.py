@@ -1,0 +1,160 @@
+"""Result records -> DataFrame, and the run directory that holds them.
+
+A run directory holds config.json, env.json, results.csv (and results.parquet where
+pyarrow is present), table.md, figures/ and run.log. Rows are written as each cell
+finishes, atomically (write a temporary file, then rename), so ``--resume`` can skip the
+cells already done and a crash never leaves a corrupt results.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from rfbench.errors import UserError
+
+# The schema: every row has these columns, in this order (DESIGN.md, "Results schema").
+COLUMNS: tuple[str, ...] = (
+    "dataset", "model_id", "solver", "family", "steps", "rtol", "atol", "nfe", "nfe_per_batch",
+    "batch_size", "n_samples", "seed", "wall_time_s", "model_time_s", "overhead_time_s",
+    "images_per_s", "fid", "kid_mean", "kid_std", "feature_extractor", "reference",
+    "straightness", "device", "status", "error",
+)
+# Further columns rfbench fills where they apply.
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "stepping", "nfe_total", "solver_nfe", "precision", "recall", "isc_mean", "isc_std",
+    "swd", "energy_distance",
+)
+# The columns that identify a cell; a resumed run skips rows whose key is done.
+CELL_KEY: tuple[str, ...] = ("model_id", "solver", "steps", "rtol", "atol", "seed")
+TIMING_COLUMNS: tuple[str, ...] = ("wall_time_s", "model_time_s", "overhead_time_s", "images_per_s")
+
+# Config keys that may differ between a run and its resumption.
+_RESUMABLE = frozenset({"resume", "out"})
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+def records_to_frame(records: list[dict]) -> pd.DataFrame:
+    """Rows (dicts) -> a DataFrame with every schema column; missing values stay empty (NaN)."""
+    frame = pd.DataFrame.from_records(records)
+    extra = [c for c in EXTRA_COLUMNS if c in frame.columns]
+    others = [c for c in frame.columns if c not in COLUMNS and c not in EXTRA_COLUMNS]
+    return frame.reindex(columns=[*COLUMNS, *extra, *others])
+
+
+def cell_key(row: dict) -> tuple:
+    """The identity of a cell, normalised so that values read back from CSV compare equal."""
+
+    def norm(v):
+        if v is None or (isinstance(v, float) and v != v):
+            return None
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            return int(v)
+        return v
+
+    return tuple(norm(row.get(k)) for k in CELL_KEY)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """The files of one run; rows are appended cell by cell."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.results_csv = self.path / "results.csv"
+        self.figures = self.path / "figures"
+        self.log_path = self.path / "run.log"
+
+    def create(self, config: dict, resume: bool) -> list[dict]:
+        """Make the directory; returns the rows already done (``resume``), else refuses to overwrite."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to output directory {self.path}: {e.strerror}") from None
+        config_path = self.path / "config.json"
+        if self.results_csv.exists() or config_path.exists():
+            if not resume:
+                raise UserError(
+                    f"{self.path} already holds a run; pass --resume to continue it, or choose "
+                    "another --out")
+            if config_path.exists():
+                old = json.loads(config_path.read_text())
+                new = json.loads(json.dumps(config))
+                mismatch = sorted(k for k in new if k not in _RESUMABLE and old.get(k) != new[k])
+                if mismatch:
+                    raise UserError(
+                        f"cannot resume {self.path}: its config differs in {', '.join(mismatch)}")
+        atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.path / "env.json", json.dumps(environment(), indent=2) + "\n")
+        return self.read_rows() if resume else []
+
+    def read_rows(self) -> list[dict]:
+        if not self.results_csv.exists():
+            return []
+        frame = pd.read_csv(self.results_csv, keep_default_na=True)
+        return [{k: v for k, v in r.items() if not (isinstance(v, float) and v != v)}
+                for r in frame.to_dict("records")]
+
+    def write_rows(self, rows: list[dict]) -> pd.DataFrame:
+        """Rewrite results.csv (and .parquet) with all rows so far, atomically."""
+        frame = records_to_frame(rows)
+        atomic_write_text(self.results_csv, frame.to_csv(index=False))
+        try:
+            import pyarrow  # noqa: F401
+
+            tmp = self.path / "results.parquet.tmp"
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, self.path / "results.parquet")
+        except ImportError:
+            pass
+        return frame
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Facts of this machine and software, written once per run as env.json."""
+    versions = {}
+    for pkg in ("rfbench", "torch", "torchvision", "torch-fidelity", "torchdiffeq", "scipy",
+                "numpy", "pandas", "matplotlib"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda_available": cuda,
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "git_commit": _git_commit(),
+        "packages": versions,
+    }

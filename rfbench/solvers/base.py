@@ -1,0 +1,62 @@
+"""The one solver signature and its registry.
+
+Every solver is a plain function
+
+    fn(velocity, x0, *, t0, t1, **options) -> SolveResult
+
+where ``velocity(x, t)`` takes a state batch and a scalar time (float or 0-dim tensor).
+The registry's keys are the CLI's choices; adding a solver is adding an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rfbench.errors import UserError
+
+Velocity = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
+
+
+@dataclass
+class SolveResult:
+    """The final state of one solve, with what the solver itself reports."""
+
+    x: torch.Tensor
+    solver_nfe: int | None = None  # the solver's own count (scipy's nfev); None where it keeps none
+    message: str = ""
+
+
+class SolverFailed(RuntimeError):
+    """The solver did not reach t1 (step size underflow, too many steps, ...)."""
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered solver."""
+
+    name: str
+    family: str  # "fixed", "scipy" or "torchdiffeq"
+    fn: Callable[..., SolveResult]
+    adaptive: bool  # True: takes rtol/atol; False: takes steps
+    description: str
+    nfe_per_step: int | None = None  # fixed-step methods: network calls per step
+
+
+SOLVERS: dict[str, SolverSpec] = {}
+
+
+def register_solver(spec: SolverSpec) -> None:
+    if spec.name in SOLVERS:
+        raise ValueError(f"solver {spec.name!r} is already registered")
+    if spec.family not in ("fixed", "scipy", "torchdiffeq"):
+        raise ValueError(f"unknown solver family {spec.family!r}")
+    SOLVERS[spec.name] = spec
+
+
+def get_solver(name: str) -> SolverSpec:
+    if name not in SOLVERS:
+        raise UserError(f"unknown solver {name!r}; choose from: {', '.join(SOLVERS)}")
+    return SOLVERS[name]
