@@ -1,7 +1,7 @@
 """The grid runner: the one module that wires the stages together.
 
-    data -> model (trained or loaded) -> solvers x settings x seeds -> samples
-         -> metrics -> rows -> results.csv, table.md, figures/
+data -> model (trained or loaded) -> solvers x settings x seeds -> samples
+     -> metrics -> rows -> results.csv, table.md, figures/
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from rfbench import data as datamod
-from rfbench.config import RunConfig, TrainConfig, cache_dir, preset as get_preset
+from rfbench.config import RunConfig, TrainConfig, cache_dir
+from rfbench.config import preset as get_preset
 from rfbench.errors import UserError
 from rfbench.figures import quality_column, quality_vs_nfe
 from rfbench.report import frame_to_markdown
@@ -31,7 +32,7 @@ TOY_REFERENCE_SEED = 12345  # seed of the fresh true-distribution sample that to
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when present, else CPU; otherwise the named device, checked."""
+    """ "auto" -> CUDA when present, else CPU; otherwise the named device, checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -52,32 +53,49 @@ def device_label(device: torch.device) -> str:
 # Section: the model.
 
 
-def model_spec(dataset: str, preset_name: str, data: datamod.DataSplit, seed: int,
-               epochs: int | None = None) -> ModelSpec:
+def model_spec(
+    dataset: str, preset_name: str, data: datamod.DataSplit, seed: int, epochs: int | None = None
+) -> ModelSpec:
     p = get_preset(preset_name)
     base = p.toy_train if data.x.dim() == 2 else p.train
     fields = {**base.__dict__, "seed": seed}
     if epochs is not None:
         fields["epochs"] = epochs
-    return ModelSpec(dataset, data.sample_shape, p.unet, p.mlp, TrainConfig(**fields),
-                     data.content_hash, preset_name)
+    return ModelSpec(
+        dataset,
+        data.sample_shape,
+        p.unet,
+        p.mlp,
+        TrainConfig(**fields),
+        data.content_hash,
+        preset_name,
+    )
 
 
 def model_cache_path(spec: ModelSpec) -> Path:
-    return (cache_dir() / "models" /
-            f"{spec.dataset}-{spec.preset}-e{spec.train.epochs}-s{spec.train.seed}-"
-            f"{spec.data_hash[:12]}.pt")
+    return (
+        cache_dir()
+        / "models"
+        / f"{spec.dataset}-{spec.preset}-e{spec.train.epochs}-s{spec.train.seed}-"
+        f"{spec.data_hash[:12]}.pt"
+    )
 
 
-def obtain_model(spec: ModelSpec, data: datamod.DataSplit, device: torch.device,
-                 checkpoint: str | None = None, progress: bool | None = None) -> TrainedModel:
+def obtain_model(
+    spec: ModelSpec,
+    data: datamod.DataSplit,
+    device: torch.device,
+    checkpoint: str | None = None,
+    progress: bool | None = None,
+) -> TrainedModel:
     """Load ``checkpoint``, or the cached model for this spec, or train (resuming a partial one)."""
     if checkpoint is not None:
         trained = load_model(checkpoint, device)
         if trained.spec.dataset != spec.dataset or trained.spec.sample_shape != spec.sample_shape:
             raise UserError(
                 f"checkpoint {checkpoint} was trained on {trained.spec.dataset} "
-                f"{list(trained.spec.sample_shape)}, not {spec.dataset} {list(spec.sample_shape)}")
+                f"{list(trained.spec.sample_shape)}, not {spec.dataset} {list(spec.sample_shape)}"
+            )
         return trained
     path = model_cache_path(spec)
     if path.exists():
@@ -85,12 +103,21 @@ def obtain_model(spec: ModelSpec, data: datamod.DataSplit, device: torch.device,
         if trained.epochs_done >= spec.train.epochs and trained.spec == spec:
             log.info("reusing cached model %s (%s)", trained.model_id, path)
             return trained
-    log.info("training %s with preset %s for %d epoch(s) -> %s", spec.dataset, spec.preset,
-             spec.train.epochs, path)
+    log.info(
+        "training %s with preset %s for %d epoch(s) -> %s",
+        spec.dataset,
+        spec.preset,
+        spec.train.epochs,
+        path,
+    )
     start = time.perf_counter()
     trained = train(spec, data, device=device, out_path=path, resume=True, progress=progress)
-    log.info("trained %s in %.1f s; final loss %.4f", trained.model_id,
-             time.perf_counter() - start, trained.losses[-1])
+    log.info(
+        "trained %s in %.1f s; final loss %.4f",
+        trained.model_id,
+        time.perf_counter() - start,
+        trained.losses[-1],
+    )
     trained.model.to(device)
     return trained
 
@@ -106,15 +133,24 @@ class Quality:
     columns: dict  # constant columns: feature_extractor, reference
 
 
-def build_quality(dataset: str, train_split: datamod.DataSplit, metrics: tuple[str, ...],
-                  data_root: str | None, device: torch.device, n: int,
-                  progress: bool | None = None) -> Quality:
+def build_quality(
+    dataset: str,
+    train_split: datamod.DataSplit,
+    metrics: tuple[str, ...],
+    data_root: str | None,
+    device: torch.device,
+    n: int,
+    progress: bool | None = None,
+) -> Quality:
     if datamod.get_dataset(dataset).kind == "toy":
         ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
         from rfbench.metrics import energy_distance, sliced_wasserstein
 
         return Quality(
-            lambda x: {"swd": sliced_wasserstein(x, ref), "energy_distance": energy_distance(x, ref)},
+            lambda x: {
+                "swd": sliced_wasserstein(x, ref),
+                "energy_distance": energy_distance(x, ref),
+            },
             {"reference": f"toy2d-true-n{n}"},
         )
     from rfbench.metrics.classifier import get_classifier
@@ -123,15 +159,18 @@ def build_quality(dataset: str, train_split: datamod.DataSplit, metrics: tuple[s
     if train_split.labels is None:
         raise UserError(
             f"dataset {dataset!r} has no labels, so the offline classifier extractor cannot be "
-            "trained; the Inception extractor is not available yet")
+            "trained; the Inception extractor is not available yet"
+        )
     test_split = datamod.load_split(dataset, "test", data_root)
     info = get_classifier(train_split, test_split, device=device, progress=progress)
     log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
     extractor = Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path)
     return Quality(
         lambda x: samples_to_metrics(x, train_split, extractor, metrics, device=device),
-        {"feature_extractor": info.name,
-         "reference": f"{dataset}-train-{train_split.content_hash[:8]}"},
+        {
+            "feature_extractor": info.name,
+            "reference": f"{dataset}-train-{train_split.content_hash[:8]}",
+        },
     )
 
 
@@ -145,29 +184,61 @@ def grid_cells(cfg: RunConfig, default_steps: tuple[int, ...]) -> list[dict]:
         for name in cfg.solvers:
             spec = get_solver(name)
             if spec.adaptive:
-                cells += [dict(solver=name, family=spec.family, steps=None, rtol=tol, atol=tol,
-                               seed=seed) for tol in cfg.tols]
+                cells += [
+                    dict(solver=name, family=spec.family, steps=None, rtol=tol, atol=tol, seed=seed)
+                    for tol in cfg.tols
+                ]
             else:
-                cells += [dict(solver=name, family=spec.family, steps=s, rtol=None, atol=None,
-                               seed=seed) for s in (cfg.steps or default_steps)]
+                cells += [
+                    dict(solver=name, family=spec.family, steps=s, rtol=None, atol=None, seed=seed)
+                    for s in (cfg.steps or default_steps)
+                ]
     return cells
 
 
-def run_cell(cell: dict, trained: TrainedModel, quality: Quality, cfg: RunConfig,
-             n: int, batch_size: int, device: torch.device, progress: bool | None) -> dict:
+def run_cell(
+    cell: dict,
+    trained: TrainedModel,
+    quality: Quality,
+    cfg: RunConfig,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool | None,
+) -> dict:
     """Sample one cell and measure it; a failure becomes a row with status=failed."""
-    row = {"dataset": cfg.dataset, "model_id": trained.model_id, **cell, "batch_size": batch_size,
-           "n_samples": n, "device": device_label(device), "stepping": "batched",
-           **quality.columns}
+    row = {
+        "dataset": cfg.dataset,
+        "model_id": trained.model_id,
+        **cell,
+        "batch_size": batch_size,
+        "n_samples": n,
+        "device": device_label(device),
+        "stepping": "batched",
+        **quality.columns,
+    }
     try:
-        run = generate(trained.model, cell["solver"], n, trained.spec.sample_shape,
-                       seed=cell["seed"], batch_size=batch_size, steps=cell["steps"],
-                       rtol=cell["rtol"], atol=cell["atol"], device=device,
-                       max_nfe=cfg.max_nfe, progress=progress)
+        run = generate(
+            trained.model,
+            cell["solver"],
+            n,
+            trained.spec.sample_shape,
+            seed=cell["seed"],
+            batch_size=batch_size,
+            steps=cell["steps"],
+            rtol=cell["rtol"],
+            atol=cell["atol"],
+            device=device,
+            max_nfe=cfg.max_nfe,
+            progress=progress,
+        )
         row.update(
-            nfe=run.nfe_per_sample, nfe_per_batch=";".join(map(str, run.nfe_per_batch)),
-            nfe_total=int(sum(run.nfe_per_batch)), wall_time_s=run.wall_time_s,
-            model_time_s=run.model_time_s, overhead_time_s=run.overhead_time_s,
+            nfe=run.nfe_per_sample,
+            nfe_per_batch=";".join(map(str, run.nfe_per_batch)),
+            nfe_total=int(sum(run.nfe_per_batch)),
+            wall_time_s=run.wall_time_s,
+            model_time_s=run.model_time_s,
+            overhead_time_s=run.overhead_time_s,
             images_per_s=n / run.wall_time_s,
         )
         if all(v is not None for v in run.solver_nfe_per_batch):
@@ -198,8 +269,10 @@ def _describe(row: dict) -> str:
     if row.get("status") != STATUS_OK:
         return f"{row['solver']} {setting} seed={row['seed']}: FAILED {row.get('error')}"
     q = " ".join(f"{k}={row[k]:.4g}" for k in ("fid", "kid_mean", "swd") if k in row)
-    return (f"{row['solver']} {setting} seed={row['seed']}: nfe={row['nfe']:.1f} {q} "
-            f"wall={row['wall_time_s']:.2f}s")
+    return (
+        f"{row['solver']} {setting} seed={row['seed']}: nfe={row['nfe']:.1f} {q} "
+        f"wall={row['wall_time_s']:.2f}s"
+    )
 
 
 def run(cfg: RunConfig, progress: bool | None = None) -> Path:
@@ -210,7 +283,7 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
     ...                     num_samples=200, out="/tmp/rfbench-doctest", resume=True),
     ...           progress=False)  # doctest: +SKIP
     """
-    # Section: validate everything cheap before any expensive work.
+    # Section: validate everything, and load the data, before writing anything.
     p = get_preset(cfg.preset)
     datamod.get_dataset(cfg.dataset)
     for name in cfg.solvers:
@@ -219,18 +292,18 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
     n = cfg.num_samples or p.num_samples
     batch_size = min(cfg.batch_size or p.batch_size, n)
     out = Path(cfg.out or f"runs/{cfg.dataset}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    start = time.perf_counter()
+    train_split = datamod.load_split(cfg.dataset, "train", cfg.data_root, image_size=cfg.image_size)
     run_dir = RunDir(out)
     rows = run_dir.create(cfg.to_dict(), cfg.resume)
     handler = _setup_logging(run_dir)
     try:
-        # Section: data, model, metric.
-        start = time.perf_counter()
-        train_split = datamod.load_split(cfg.dataset, "train", cfg.data_root,
-                                         image_size=cfg.image_size)
+        # Section: model and metric.
         spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
         trained = obtain_model(spec, train_split, device, cfg.checkpoint, progress)
-        quality = build_quality(cfg.dataset, train_split, cfg.metrics, cfg.data_root, device, n,
-                                progress)
+        quality = build_quality(
+            cfg.dataset, train_split, cfg.metrics, cfg.data_root, device, n, progress
+        )
         warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
 
         # Section: the cells, each written as it finishes.

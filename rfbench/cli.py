@@ -23,8 +23,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _list_of(kind: Callable, what: str, choices: Sequence[str] | None = None,
-             positive: bool = False) -> Callable[[str], tuple]:
+def _list_of(
+    kind: Callable, what: str, choices: Sequence[str] | None = None, positive: bool = False
+) -> Callable[[str], tuple]:
     """An argparse type for comma-separated lists, with one-line errors."""
 
     def parse(text: str) -> tuple:
@@ -39,7 +40,8 @@ def _list_of(kind: Callable, what: str, choices: Sequence[str] | None = None,
                 raise argparse.ArgumentTypeError(f"{s!r} is not a valid {what}") from None
             if choices is not None and v not in choices:
                 raise argparse.ArgumentTypeError(
-                    f"unknown {what} {s!r}; choose from: {', '.join(choices)}")
+                    f"unknown {what} {s!r}; choose from: {', '.join(choices)}"
+                )
             if positive and not v > 0:
                 raise argparse.ArgumentTypeError(f"{what} must be > 0, got {s}")
             out.append(v)
@@ -71,61 +73,133 @@ def build_parser() -> argparse.ArgumentParser:
 
     solvers, datasets, presets = list(SOLVERS), list(DATASETS), list(C.PRESETS)
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = OneLineParser(prog=PROG, description="Benchmark rectified-flow image generators: "
-                           "which ODE solver, at which NFE, gives which FID, in how much time.")
+    parser = OneLineParser(
+        prog=PROG,
+        description="Benchmark rectified-flow image generators: "
+        "which ODE solver, at which NFE, gives which FID, in how much time.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     # rfbench run
-    r = sub.add_parser("run", help="train or load a model, sample it with each solver, measure",
-                       formatter_class=fmt)
-    r.add_argument("--dataset", required=True, choices=datasets, metavar="D",
-                   help=f"dataset: {', '.join(datasets)}")
-    r.add_argument("--solvers", type=_list_of(str, "solver", solvers), default=("euler", "rk45"),
-                   metavar="S1,S2", help=f"solvers, from: {', '.join(solvers)}")
-    r.add_argument("--steps", type=_list_of(int, "step count", positive=True), default=None,
-                   metavar="N1,N2", help=f"step counts for fixed-step solvers "
-                   f"(default: the preset's, {_fmt(C.DEFAULT_STEPS)})")
-    r.add_argument("--tols", type=_list_of(float, "tolerance", positive=True),
-                   default=C.DEFAULT_TOLS, metavar="T1,T2",
-                   help="rtol values for adaptive solvers (atol = rtol)")
-    r.add_argument("--preset", choices=presets, default=C.DEFAULT_PRESET,
-                   help="model size, training recipe and sample count: " +
-                   "; ".join(f"{p.name}: {p.description}" for p in C.PRESETS.values()))
-    r.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="evaluate this checkpoint instead of training or reusing the cached model")
-    r.add_argument("--num-samples", type=_positive_int, default=None, metavar="N",
-                   help="samples per cell (default: the preset's)")
-    r.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
-                   help="sampling batch size (default: the preset's)")
-    r.add_argument("--seeds", type=_list_of(int, "seed"), default=C.DEFAULT_SEEDS, metavar="0,1,2",
-                   help="noise seeds; sample i of seed s always starts from the same noise")
-    r.add_argument("--metrics", type=_list_of(str, "metric", ("fid", "kid", "prc", "isc")),
-                   default=C.DEFAULT_METRICS, metavar="M1,M2",
-                   help="image quality metrics (toy2d always uses exact distances)")
-    r.add_argument("--max-nfe", type=_positive_int, default=C.DEFAULT_MAX_NFE,
-                   help="per-batch guard: a solve needing more network calls fails its cell")
+    r = sub.add_parser(
+        "run",
+        help="train or load a model, sample it with each solver, measure",
+        formatter_class=fmt,
+    )
+    r.add_argument(
+        "--dataset",
+        required=True,
+        choices=datasets,
+        metavar="D",
+        help=f"dataset: {', '.join(datasets)}",
+    )
+    r.add_argument(
+        "--solvers",
+        type=_list_of(str, "solver", solvers),
+        default=("euler", "rk45"),
+        metavar="S1,S2",
+        help=f"solvers, from: {', '.join(solvers)}",
+    )
+    r.add_argument(
+        "--steps",
+        type=_list_of(int, "step count", positive=True),
+        default=None,
+        metavar="N1,N2",
+        help=f"step counts for fixed-step solvers (default: the preset's, {_fmt(C.DEFAULT_STEPS)})",
+    )
+    r.add_argument(
+        "--tols",
+        type=_list_of(float, "tolerance", positive=True),
+        default=C.DEFAULT_TOLS,
+        metavar="T1,T2",
+        help="rtol values for adaptive solvers (atol = rtol)",
+    )
+    r.add_argument(
+        "--preset",
+        choices=presets,
+        default=C.DEFAULT_PRESET,
+        help="model size, training recipe and sample count: "
+        + "; ".join(f"{p.name}: {p.description}" for p in C.PRESETS.values()),
+    )
+    r.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="evaluate this checkpoint instead of training or reusing the cached model",
+    )
+    r.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="samples per cell (default: the preset's)",
+    )
+    r.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="B",
+        help="sampling batch size (default: the preset's)",
+    )
+    r.add_argument(
+        "--seeds",
+        type=_list_of(int, "seed"),
+        default=C.DEFAULT_SEEDS,
+        metavar="0,1,2",
+        help="noise seeds; sample i of seed s always starts from the same noise",
+    )
+    r.add_argument(
+        "--metrics",
+        type=_list_of(str, "metric", ("fid", "kid", "prc", "isc")),
+        default=C.DEFAULT_METRICS,
+        metavar="M1,M2",
+        help="image quality metrics (toy2d always uses exact distances)",
+    )
+    r.add_argument(
+        "--max-nfe",
+        type=_positive_int,
+        default=C.DEFAULT_MAX_NFE,
+        help="per-batch guard: a solve needing more network calls fails its cell",
+    )
     _common_data_args(r)
     r.add_argument("--train-seed", type=int, default=0, help="seed of the trained model")
-    r.add_argument("--epochs", type=_positive_int, default=None,
-                   help="override the preset's training epochs")
-    r.add_argument("--out", default=None, metavar="DIR",
-                   help="run directory (default: runs/<dataset>-<preset>-<time>)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out, skipping done cells")
+    r.add_argument(
+        "--epochs", type=_positive_int, default=None, help="override the preset's training epochs"
+    )
+    r.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run directory (default: runs/<dataset>-<preset>-<time>)",
+    )
+    r.add_argument(
+        "--resume", action="store_true", help="continue the run in --out, skipping done cells"
+    )
     r.set_defaults(handler=_cmd_run)
 
     # rfbench train
-    t = sub.add_parser("train", help="train a velocity model and write its checkpoint",
-                       formatter_class=fmt)
-    t.add_argument("--dataset", required=True, choices=datasets, metavar="D",
-                   help=f"dataset: {', '.join(datasets)}")
+    t = sub.add_parser(
+        "train", help="train a velocity model and write its checkpoint", formatter_class=fmt
+    )
+    t.add_argument(
+        "--dataset",
+        required=True,
+        choices=datasets,
+        metavar="D",
+        help=f"dataset: {', '.join(datasets)}",
+    )
     t.add_argument("--preset", choices=presets, default=C.DEFAULT_PRESET, help="recipe")
-    t.add_argument("--epochs", type=_positive_int, default=None,
-                   help="override the preset's epochs")
+    t.add_argument(
+        "--epochs", type=_positive_int, default=None, help="override the preset's epochs"
+    )
     t.add_argument("--seed", type=int, default=0, help="training seed")
     _common_data_args(t)
     t.add_argument("--out", required=True, metavar="DIR", help="writes DIR/checkpoint.pt")
-    t.add_argument("--resume", action="store_true",
-                   help="continue DIR/checkpoint.pt from its last finished epoch")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue DIR/checkpoint.pt from its last finished epoch",
+    )
     t.set_defaults(handler=_cmd_train)
 
     # rfbench data
@@ -134,12 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("list", help="each dataset, its source and whether it is here")
     dl.add_argument("--data-root", default=None, metavar="DIR", help="also look here")
     dl.set_defaults(handler=_cmd_data_list)
-    dc = dsub.add_parser("check", help="load a dataset and print what was found",
-                         formatter_class=fmt)
+    dc = dsub.add_parser(
+        "check", help="load a dataset and print what was found", formatter_class=fmt
+    )
     dc.add_argument("name", choices=datasets, metavar="D", help=f"one of: {', '.join(datasets)}")
     dc.add_argument("--data-root", default=None, metavar="DIR", help="read from here")
-    dc.add_argument("--image-size", type=_positive_int, default=None,
-                    help="image-folder: resize and centre-crop to this size")
+    dc.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=None,
+        help="image-folder: resize and centre-crop to this size",
+    )
     dc.set_defaults(handler=_cmd_data_check)
 
     # rfbench solvers
@@ -149,10 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="read the dataset from here (see `rfbench data list` for the search order)")
-    p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="image-folder: resize and centre-crop to this size")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="read the dataset from here (see `rfbench data list` for the search order)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=None,
+        help="image-folder: resize and centre-crop to this size",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
 
@@ -160,11 +247,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rfbench import bench
 
     cfg = C.RunConfig(
-        dataset=args.dataset, solvers=args.solvers, preset=args.preset, steps=args.steps,
-        tols=args.tols, seeds=args.seeds, num_samples=args.num_samples,
-        batch_size=args.batch_size, metrics=args.metrics, checkpoint=args.checkpoint,
-        data_root=args.data_root, device=args.device, out=args.out, resume=args.resume,
-        train_seed=args.train_seed, epochs=args.epochs, max_nfe=args.max_nfe,
+        dataset=args.dataset,
+        solvers=args.solvers,
+        preset=args.preset,
+        steps=args.steps,
+        tols=args.tols,
+        seeds=args.seeds,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        metrics=args.metrics,
+        checkpoint=args.checkpoint,
+        data_root=args.data_root,
+        device=args.device,
+        out=args.out,
+        resume=args.resume,
+        train_seed=args.train_seed,
+        epochs=args.epochs,
+        max_nfe=args.max_nfe,
         image_size=args.image_size,
     )
     out = bench.run(cfg)
@@ -187,8 +286,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = load_split(args.dataset, "train", args.data_root, image_size=args.image_size)
     spec = bench.model_spec(args.dataset, args.preset, data, args.seed, args.epochs)
     trained = train(spec, data, device=device, out_path=path, resume=args.resume)
-    logging.getLogger("rfbench").info("model %s, %d epoch(s), losses %s", trained.model_id,
-                                      trained.epochs_done, _fmt(round(v, 5) for v in trained.losses))
+    logging.getLogger("rfbench").info(
+        "model %s, %d epoch(s), losses %s",
+        trained.model_id,
+        trained.epochs_done,
+        _fmt(round(v, 5) for v in trained.losses),
+    )
     print(path)
     return 0
 
@@ -208,8 +311,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
     for split in ("train", "test"):
         d = load_split(args.name, split, args.data_root, image_size=args.image_size)
-        print(f"{d.name} {split}: {len(d.x)} samples of shape {list(d.sample_shape)}, "
-              f"sha256 {d.content_hash[:16]}, from {d.source}")
+        print(
+            f"{d.name} {split}: {len(d.x)} samples of shape {list(d.sample_shape)}, "
+            f"sha256 {d.content_hash[:16]}, from {d.source}"
+        )
     return 0
 
 

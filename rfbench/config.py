@@ -95,7 +95,10 @@ PRESETS: dict[str, Preset] = {
         name="paper",
         description="For a GPU: 64-channel UNet, 50 epochs, 50k samples.",
         unet=UNetConfig(
-            base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2, norm_groups=32,
+            base_channels=64,
+            channel_mults=(1, 2, 2, 2),
+            num_res_blocks=2,
+            norm_groups=32,
             attention_resolutions=(16, 8, 7),
         ),
         mlp=MLPConfig(hidden=512, depth=4),

@@ -189,13 +189,20 @@ class _IdxSource:
         return None
 
     def how_to_provide(self) -> str:
-        ways = ["pass --data-root DIR holding the four IDX files (raw or .gz)",
-                f"set RFBENCH_DATA_ROOT so that $RFBENCH_DATA_ROOT/{self.name} holds them"]
+        ways = [
+            "pass --data-root DIR holding the four IDX files (raw or .gz)",
+            f"set RFBENCH_DATA_ROOT so that $RFBENCH_DATA_ROOT/{self.name} holds them",
+        ]
         if self.system_dirs:
-            ways.append("install the Debian package dataset-fashion-mnist (as root: apt-get update "
-                        "&& apt-get install -y dataset-fashion-mnist)")
+            ways.append(
+                "install the Debian package dataset-fashion-mnist (as root: apt-get update "
+                "&& apt-get install -y dataset-fashion-mnist)"
+            )
         if self.torchvision_class:
-            ways.append(f"go online once, and torchvision downloads it to {cache_dir() / 'data' / self.name}")
+            ways.append(
+                "go online once, and torchvision downloads it to "
+                f"{cache_dir() / 'data' / self.name}"
+            )
         return "; or ".join(ways)
 
     def download(self) -> None:
@@ -227,7 +234,8 @@ class _IdxSource:
             found = self.locate(None)
         if found is None:
             raise DatasetUnavailable(
-                f"dataset {self.name!r} is not on this machine. To provide it: {self.how_to_provide()}"
+                f"dataset {self.name!r} is not on this machine. "
+                f"To provide it: {self.how_to_provide()}"
             )
         images_file, labels_file = (_idx_file(Path(found), s) for s in _IDX_FILES[split])
         images, labels = read_idx(images_file), read_idx(labels_file)
@@ -238,22 +246,34 @@ class _IdxSource:
             )
         x = from_uint8(torch.from_numpy(images.copy())).unsqueeze(1)
         return DataSplit(
-            name=self.name, split=split, x=x, labels=torch.from_numpy(labels.astype(np.int64)),
-            content_hash=content_hash(images, labels), source=found,
+            name=self.name,
+            split=split,
+            x=x,
+            labels=torch.from_numpy(labels.astype(np.int64)),
+            content_hash=content_hash(images, labels),
+            source=found,
         )
 
 
 def _register_idx(name: str, torchvision_class: str, system_dirs: tuple[str, ...], source: str):
     src = _IdxSource(name, torchvision_class, system_dirs)
-    register_dataset(DatasetSpec(
-        name=name, kind="image", source=source, how_to_provide=src.how_to_provide(),
-        locate=src.locate, load=src.load,
-    ))
+    register_dataset(
+        DatasetSpec(
+            name=name,
+            kind="image",
+            source=source,
+            how_to_provide=src.how_to_provide(),
+            locate=src.locate,
+            load=src.load,
+        )
+    )
 
 
 _register_idx("mnist", "MNIST", (), "torchvision download (online), or IDX files via --data-root")
 _register_idx(
-    "fashion-mnist", "FashionMNIST", ("/usr/share/datasets/fashion-mnist",),
+    "fashion-mnist",
+    "FashionMNIST",
+    ("/usr/share/datasets/fashion-mnist",),
     "Debian package dataset-fashion-mnist; torchvision download (online); or --data-root",
 )
 
@@ -270,8 +290,10 @@ def _cifar_locate(data_root: str | None) -> str | None:
     return str(d) if (d / "data_batch_1").is_file() and (d / "test_batch").is_file() else None
 
 
-_CIFAR_HINT = ("pass --data-root DIR holding cifar-10-batches-py/ (torchvision's format); or go online "
-               "once, and torchvision downloads it to " + str(cache_dir() / "data" / "cifar10"))
+_CIFAR_HINT = (
+    "pass --data-root DIR holding cifar-10-batches-py/ (torchvision's format); or go online "
+    "once, and torchvision downloads it to " + str(cache_dir() / "data" / "cifar10")
+)
 
 
 def _cifar_load(split: str, data_root: str | None, **_options) -> DataSplit:
@@ -285,22 +307,32 @@ def _cifar_load(split: str, data_root: str | None, **_options) -> DataSplit:
         ds = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=not present)
     except Exception as e:  # noqa: BLE001 - a failed download, offline
         raise DatasetUnavailable(
-            f"dataset 'cifar10' is not on this machine and the download failed ({type(e).__name__}). "
+            "dataset 'cifar10' is not on this machine and the download failed "
+            f"({type(e).__name__}). "
             f"To provide it: {_CIFAR_HINT}"
         ) from None
     images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW uint8
     labels = np.asarray(ds.targets, dtype=np.int64)
     return DataSplit(
-        name="cifar10", split=split, x=from_uint8(torch.from_numpy(images)),
-        labels=torch.from_numpy(labels), content_hash=content_hash(images, labels),
+        name="cifar10",
+        split=split,
+        x=from_uint8(torch.from_numpy(images)),
+        labels=torch.from_numpy(labels),
+        content_hash=content_hash(images, labels),
         source=str(root / "cifar-10-batches-py"),
     )
 
 
-register_dataset(DatasetSpec(
-    name="cifar10", kind="image", source="torchvision download (online), or --data-root",
-    how_to_provide=_CIFAR_HINT, locate=_cifar_locate, load=_cifar_load,
-))
+register_dataset(
+    DatasetSpec(
+        name="cifar10",
+        kind="image",
+        source="torchvision download (online), or --data-root",
+        how_to_provide=_CIFAR_HINT,
+        locate=_cifar_locate,
+        load=_cifar_load,
+    )
+)
 
 
 # Image folders (AFHQ-cat and the like).
@@ -318,14 +350,15 @@ def _folder_locate(data_root: str | None) -> str | None:
     return None
 
 
-def _folder_load(split: str, data_root: str | None, image_size: int | None = None,
-                 **_options) -> DataSplit:
+def _folder_load(
+    split: str, data_root: str | None, image_size: int | None = None, **_options
+) -> DataSplit:
     """Every image under data_root, RGB; resized and centre-cropped when image_size is given.
 
     There is no held-out split: "test" returns the same images as "train".
     """
-    from PIL import Image
     import torchvision.transforms.functional as TF
+    from PIL import Image
 
     if data_root is None:
         raise DatasetUnavailable("dataset 'image-folder' needs --data-root DIR, a folder of images")
@@ -335,7 +368,8 @@ def _folder_load(split: str, data_root: str | None, image_size: int | None = Non
     files = _folder_files(root)
     if not files:
         raise DatasetUnavailable(
-            f"--data-root {data_root} holds no images ({', '.join(sorted(_IMAGE_EXTS))})")
+            f"--data-root {data_root} holds no images ({', '.join(sorted(_IMAGE_EXTS))})"
+        )
     arrays = []
     for f in files:
         try:
@@ -348,20 +382,31 @@ def _folder_load(split: str, data_root: str | None, image_size: int | None = Non
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise DataFormatError(
-            f"images under {data_root} have mixed sizes {sorted(sizes)[:3]}...; pass --image-size N "
-            "to resize and centre-crop them")
+            f"images under {data_root} have mixed sizes {sorted(sizes)[:3]}...; "
+            "pass --image-size N "
+            "to resize and centre-crop them"
+        )
     images = np.stack(arrays).transpose(0, 3, 1, 2).copy()
     return DataSplit(
-        name="image-folder", split=split, x=from_uint8(torch.from_numpy(images)), labels=None,
-        content_hash=content_hash(images), source=str(root),
+        name="image-folder",
+        split=split,
+        x=from_uint8(torch.from_numpy(images)),
+        labels=None,
+        content_hash=content_hash(images),
+        source=str(root),
     )
 
 
-register_dataset(DatasetSpec(
-    name="image-folder", kind="image", source="any folder of images, via --data-root (--image-size)",
-    how_to_provide="pass --data-root DIR, a folder of PNG/JPEG images", locate=_folder_locate,
-    load=_folder_load,
-))
+register_dataset(
+    DatasetSpec(
+        name="image-folder",
+        kind="image",
+        source="any folder of images, via --data-root (--image-size)",
+        how_to_provide="pass --data-root DIR, a folder of PNG/JPEG images",
+        locate=_folder_locate,
+        load=_folder_load,
+    )
+)
 
 
 # toy2d: generated 2-D distributions with a known sampler.
@@ -388,15 +433,28 @@ def toy2d_sample(n: int, seed: int, kind: str = "8gaussians") -> torch.Tensor:
     raise UserError(f"unknown toy2d distribution {kind!r}; choose from: 8gaussians, moons")
 
 
-def _toy_load(split: str, data_root: str | None, toy_kind: str = "8gaussians",
-              **_options) -> DataSplit:
+def _toy_load(
+    split: str, data_root: str | None, toy_kind: str = "8gaussians", **_options
+) -> DataSplit:
     n, seed = (TOY_TRAIN_SIZE, 1) if split == "train" else (TOY_TEST_SIZE, 2)
     x = toy2d_sample(n, seed, toy_kind)
-    return DataSplit(name="toy2d", split=split, x=x, labels=None,
-                     content_hash=content_hash(x.numpy()), source=f"generated ({toy_kind})")
+    return DataSplit(
+        name="toy2d",
+        split=split,
+        x=x,
+        labels=None,
+        content_hash=content_hash(x.numpy()),
+        source=f"generated ({toy_kind})",
+    )
 
 
-register_dataset(DatasetSpec(
-    name="toy2d", kind="toy", source="generated 2-D mixture of 8 Gaussians (seconds on a CPU)",
-    how_to_provide="always available", locate=lambda _root: "generated", load=_toy_load,
-))
+register_dataset(
+    DatasetSpec(
+        name="toy2d",
+        kind="toy",
+        source="generated 2-D mixture of 8 Gaussians (seconds on a CPU)",
+        how_to_provide="always available",
+        locate=lambda _root: "generated",
+        load=_toy_load,
+    )
+)

@@ -30,11 +30,23 @@ def quality_vs_nfe(frame: pd.DataFrame, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(3.4, 2.6), dpi=200)
     for i, (solver, g) in enumerate(ok.groupby("solver", sort=True)):
         setting = g["steps"].fillna(g["rtol"])
-        stats = g.assign(setting=setting).groupby("setting").agg(
-            nfe=("nfe", "mean"), q=(metric, "mean"), q_std=(metric, "std")).sort_values("nfe")
-        ax.errorbar(stats["nfe"], stats["q"], yerr=stats["q_std"].fillna(0), label=solver,
-                    color=PALETTE[i % len(PALETTE)], marker="o", markersize=3, linewidth=1,
-                    capsize=2)
+        stats = (
+            g.assign(setting=setting)
+            .groupby("setting")
+            .agg(nfe=("nfe", "mean"), q=(metric, "mean"), q_std=(metric, "std"))
+            .sort_values("nfe")
+        )
+        ax.errorbar(
+            stats["nfe"],
+            stats["q"],
+            yerr=stats["q_std"].fillna(0),
+            label=solver,
+            color=PALETTE[i % len(PALETTE)],
+            marker="o",
+            markersize=3,
+            linewidth=1,
+            capsize=2,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("NFE per sample")
     ax.set_ylabel(QUALITY_LABELS[metric])

@@ -6,8 +6,19 @@ import pandas as pd
 
 # The columns a reader of table.md wants, in order; those that are all empty are dropped.
 SUMMARY_COLUMNS = (
-    "solver", "steps", "rtol", "seed", "nfe", "fid", "kid_mean", "swd", "energy_distance",
-    "wall_time_s", "overhead_time_s", "images_per_s", "status",
+    "solver",
+    "steps",
+    "rtol",
+    "seed",
+    "nfe",
+    "fid",
+    "kid_mean",
+    "swd",
+    "energy_distance",
+    "wall_time_s",
+    "overhead_time_s",
+    "images_per_s",
+    "status",
 )
 
 
@@ -18,17 +29,25 @@ def frame_to_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def frame_to_markdown(frame: pd.DataFrame) -> str:
-    """A markdown table headed by the protocol: dataset, model, sample count, extractor, reference."""
+    """A markdown table headed by the protocol: dataset, model, n, extractor, reference."""
     if frame.empty:
         return "_no results_\n"
     head = []
-    for label, col in (("dataset", "dataset"), ("model", "model_id"), ("samples", "n_samples"),
-                       ("batch size", "batch_size"), ("feature extractor", "feature_extractor"),
-                       ("reference", "reference"), ("device", "device")):
+    for label, col in (
+        ("dataset", "dataset"),
+        ("model", "model_id"),
+        ("samples", "n_samples"),
+        ("batch size", "batch_size"),
+        ("feature extractor", "feature_extractor"),
+        ("reference", "reference"),
+        ("device", "device"),
+    ):
         values = sorted({str(v) for v in frame[col].dropna()})
         if values:
             head.append(f"- {label}: {', '.join(values)}")
-    table = frame_to_summary(frame).to_markdown(index=False, floatfmt=".4g", missingval="")
+    summary = frame_to_summary(frame)
+    summary = summary.astype(object).where(summary.notna(), None)  # empty cells, not "nan"
+    table = summary.to_markdown(index=False, floatfmt=".4g", missingval="")
     return "\n".join(head) + "\n\n" + table + "\n"
 
 

@@ -22,15 +22,43 @@ from rfbench.errors import UserError
 
 # The schema: every row has these columns, in this order (DESIGN.md, "Results schema").
 COLUMNS: tuple[str, ...] = (
-    "dataset", "model_id", "solver", "family", "steps", "rtol", "atol", "nfe", "nfe_per_batch",
-    "batch_size", "n_samples", "seed", "wall_time_s", "model_time_s", "overhead_time_s",
-    "images_per_s", "fid", "kid_mean", "kid_std", "feature_extractor", "reference",
-    "straightness", "device", "status", "error",
+    "dataset",
+    "model_id",
+    "solver",
+    "family",
+    "steps",
+    "rtol",
+    "atol",
+    "nfe",
+    "nfe_per_batch",
+    "batch_size",
+    "n_samples",
+    "seed",
+    "wall_time_s",
+    "model_time_s",
+    "overhead_time_s",
+    "images_per_s",
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "feature_extractor",
+    "reference",
+    "straightness",
+    "device",
+    "status",
+    "error",
 )
 # Further columns rfbench fills where they apply.
 EXTRA_COLUMNS: tuple[str, ...] = (
-    "stepping", "nfe_total", "solver_nfe", "precision", "recall", "isc_mean", "isc_std",
-    "swd", "energy_distance",
+    "stepping",
+    "nfe_total",
+    "solver_nfe",
+    "precision",
+    "recall",
+    "isc_mean",
+    "isc_std",
+    "swd",
+    "energy_distance",
 )
 # The columns that identify a cell; a resumed run skips rows whose key is done.
 CELL_KEY: tuple[str, ...] = ("model_id", "solver", "steps", "rtol", "atol", "seed")
@@ -80,7 +108,7 @@ class RunDir:
         self.log_path = self.path / "run.log"
 
     def create(self, config: dict, resume: bool) -> list[dict]:
-        """Make the directory; returns the rows already done (``resume``), else refuses to overwrite."""
+        """Make the directory; return the rows already done (``resume``); never overwrite."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -93,14 +121,16 @@ class RunDir:
             if not resume:
                 raise UserError(
                     f"{self.path} already holds a run; pass --resume to continue it, or choose "
-                    "another --out")
+                    "another --out"
+                )
             if config_path.exists():
                 old = json.loads(config_path.read_text())
                 new = json.loads(json.dumps(config))
                 mismatch = sorted(k for k in new if k not in _RESUMABLE and old.get(k) != new[k])
                 if mismatch:
                     raise UserError(
-                        f"cannot resume {self.path}: its config differs in {', '.join(mismatch)}")
+                        f"cannot resume {self.path}: its config differs in {', '.join(mismatch)}"
+                    )
         atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         atomic_write_text(self.path / "env.json", json.dumps(environment(), indent=2) + "\n")
         return self.read_rows() if resume else []
@@ -109,8 +139,10 @@ class RunDir:
         if not self.results_csv.exists():
             return []
         frame = pd.read_csv(self.results_csv, keep_default_na=True)
-        return [{k: v for k, v in r.items() if not (isinstance(v, float) and v != v)}
-                for r in frame.to_dict("records")]
+        return [
+            {k: v for k, v in r.items() if not (isinstance(v, float) and v != v)}
+            for r in frame.to_dict("records")
+        ]
 
     def write_rows(self, rows: list[dict]) -> pd.DataFrame:
         """Rewrite results.csv (and .parquet) with all rows so far, atomically."""
@@ -129,8 +161,13 @@ class RunDir:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -139,8 +176,17 @@ def _git_commit() -> str | None:
 def environment() -> dict:
     """Facts of this machine and software, written once per run as env.json."""
     versions = {}
-    for pkg in ("rfbench", "torch", "torchvision", "torch-fidelity", "torchdiffeq", "scipy",
-                "numpy", "pandas", "matplotlib"):
+    for pkg in (
+        "rfbench",
+        "torch",
+        "torchvision",
+        "torch-fidelity",
+        "torchdiffeq",
+        "scipy",
+        "numpy",
+        "pandas",
+        "matplotlib",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -25,7 +25,7 @@ class NFEBudgetExceeded(RuntimeError):
     """A solve asked for more network evaluations than its max_nfe guard allows."""
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
@@ -52,7 +52,7 @@ class CountingVelocity:
         if self.max_nfe is not None and self.nfe >= self.max_nfe:
             raise NFEBudgetExceeded(f"more than max_nfe={self.max_nfe} network evaluations")
         if self._device != x.device:
-            self._device, self._sync = x.device, _synchronizer(x.device)
+            self._device, self._sync = x.device, synchronizer(x.device)
         self.nfe += 1
         tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
         self._sync()
@@ -132,12 +132,16 @@ def generate(
     """
     device = torch.device(device)
     spec = get_solver(solver)  # fail on an unknown name before any work
-    sync = _synchronizer(device)
+    sync = synchronizer(device)
     counter = CountingVelocity(model, max_nfe=max_nfe)
     run = SampleRun(x=torch.empty(num_samples, *sample_shape))
     starts = range(0, num_samples, batch_size)
-    for start in tqdm(starts, desc=f"sample {solver}", disable=None if progress is None else not progress,
-                      leave=False):
+    for start in tqdm(
+        starts,
+        desc=f"sample {solver}",
+        disable=None if progress is None else not progress,
+        leave=False,
+    ):
         idx = range(start, min(start + batch_size, num_samples))
         x0 = noise(seed, idx, sample_shape).to(device)
         counter.reset()
@@ -155,12 +159,17 @@ def generate(
 
 
 @torch.no_grad()
-def warm_up(model: nn.Module, sample_shape: tuple[int, ...], batch_size: int,
-            device: str | torch.device, calls: int = 2) -> None:
+def warm_up(
+    model: nn.Module,
+    sample_shape: tuple[int, ...],
+    batch_size: int,
+    device: str | torch.device,
+    calls: int = 2,
+) -> None:
     """Run the network a few times so that timed solves exclude one-off start-up costs."""
     device = torch.device(device)
     x = torch.zeros(batch_size, *sample_shape, device=device)
     t = torch.full((batch_size,), 0.5, device=device)
     for _ in range(calls):
         model(x, t)
-    _synchronizer(device)()
+    synchronizer(device)()

@@ -46,9 +46,13 @@ class ModelSpec:
         tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
         unet = UNetConfig(**{k: tup(v) for k, v in d["unet"].items()})
         return cls(
-            dataset=d["dataset"], sample_shape=tuple(d["sample_shape"]), unet=unet,
-            mlp=MLPConfig(**d["mlp"]), train=TrainConfig(**d["train"]),
-            data_hash=d["data_hash"], preset=d.get("preset", ""),
+            dataset=d["dataset"],
+            sample_shape=tuple(d["sample_shape"]),
+            unet=unet,
+            mlp=MLPConfig(**d["mlp"]),
+            train=TrainConfig(**d["train"]),
+            data_hash=d["data_hash"],
+            preset=d.get("preset", ""),
         )
 
 
@@ -141,9 +145,14 @@ def train(
         # Section: one epoch, its randomness a function of (seed, epoch) only.
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=g)
-        total, bar = 0.0, tqdm(
-            range(batches_per_epoch), desc=f"train {spec.dataset} epoch {epoch + 1}/{cfg.epochs}",
-            disable=None if progress is None else not progress, leave=False,
+        total, bar = (
+            0.0,
+            tqdm(
+                range(batches_per_epoch),
+                desc=f"train {spec.dataset} epoch {epoch + 1}/{cfg.epochs}",
+                disable=None if progress is None else not progress,
+                leave=False,
+            ),
         )
         for b in bar:
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -164,11 +173,19 @@ def train(
         losses.append(total / batches_per_epoch)
         # Section: checkpoint the finished epoch, atomically.
         if out_path is not None:
-            write_checkpoint(out_path, {
-                "format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "model": model.state_dict(),
-                "ema": ema.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                "step": step, "losses": losses,
-            })
+            write_checkpoint(
+                out_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "spec": spec.to_dict(),
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "losses": losses,
+                },
+            )
     ema.eval()
     return TrainedModel(ema, spec, epoch, losses, str(out_path) if out_path else None)
 
@@ -206,6 +223,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     try:
         model.load_state_dict(ckpt["ema"])
     except RuntimeError as e:
-        raise UserError(f"checkpoint {path} does not match its own config: {str(e)[:200]}") from None
+        raise UserError(
+            f"checkpoint {path} does not match its own config: {str(e)[:200]}"
+        ) from None
     model.to(device).eval().requires_grad_(False)
     return TrainedModel(model, spec, ckpt["epoch"], list(ckpt["losses"]), str(path))

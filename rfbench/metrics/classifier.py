@@ -31,8 +31,12 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, image_size: int, num_classes: int):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.fc = nn.Linear(64 * (image_size // 4) ** 2, FEATURE_DIM)
         self.out = nn.Linear(FEATURE_DIM, num_classes)
@@ -63,12 +67,20 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train_classifier(train: DataSplit, test: DataSplit, *, epochs: int = 3, seed: int = 0,
-                     device: str | torch.device = "cpu",
-                     progress: bool | None = None) -> tuple[SmallCNN, float]:
+def train_classifier(
+    train: DataSplit,
+    test: DataSplit,
+    *,
+    epochs: int = 3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> tuple[SmallCNN, float]:
     """Adam 1e-3, batch 128; returns the network and its test-split accuracy."""
     if train.labels is None:
-        raise UserError(f"dataset {train.name!r} has no labels: the classifier extractor needs them")
+        raise UserError(
+            f"dataset {train.name!r} has no labels: the classifier extractor needs them"
+        )
     torch.manual_seed(seed)
     c, h, _ = train.sample_shape
     num_classes = int(train.labels.max()) + 1
@@ -77,8 +89,12 @@ def train_classifier(train: DataSplit, test: DataSplit, *, epochs: int = 3, seed
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         perm = torch.randperm(len(train.x), generator=g)
-        bar = tqdm(perm.split(128), desc=f"classifier {train.name} epoch {epoch + 1}/{epochs}",
-                   disable=None if progress is None else not progress, leave=False)
+        bar = tqdm(
+            perm.split(128),
+            desc=f"classifier {train.name} epoch {epoch + 1}/{epochs}",
+            disable=None if progress is None else not progress,
+            leave=False,
+        )
         net.train()
         for idx in bar:
             loss = F.cross_entropy(net(train.x[idx].to(device)), train.labels[idx].to(device))
@@ -98,8 +114,13 @@ def classifier_path(train: DataSplit) -> Path:
     return cache_dir() / "classifiers" / f"{train.name}-{train.content_hash[:16]}.pt"
 
 
-def get_classifier(train: DataSplit, test: DataSplit, *, device: str | torch.device = "cpu",
-                   progress: bool | None = None) -> ClassifierInfo:
+def get_classifier(
+    train: DataSplit,
+    test: DataSplit,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> ClassifierInfo:
     """The cached classifier for this training data, trained on first use."""
     path = classifier_path(train)
     if not path.exists():
@@ -107,11 +128,18 @@ def get_classifier(train: DataSplit, test: DataSplit, *, device: str | torch.dev
         c, h, _ = train.sample_shape
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({
-            "format": CLASSIFIER_FORMAT, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
-            "in_channels": c, "image_size": h, "num_classes": net.out.out_features,
-            "data_hash": train.content_hash, "test_accuracy": acc,
-        }, tmp)
+        torch.save(
+            {
+                "format": CLASSIFIER_FORMAT,
+                "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+                "in_channels": c,
+                "image_size": h,
+                "num_classes": net.out.out_features,
+                "data_hash": train.content_hash,
+                "test_accuracy": acc,
+            },
+            tmp,
+        )
         os.replace(tmp, path)
     payload = load_classifier_payload(path)
     return ClassifierInfo(str(path), _file_sha256(path), float(payload["test_accuracy"]))
@@ -121,8 +149,10 @@ def load_classifier_payload(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt or unsafe file
-        raise UserError(f"cannot load cached classifier {path} ({type(e).__name__}); delete it "
-                        "and rfbench retrains it") from None
+        raise UserError(
+            f"cannot load cached classifier {path} ({type(e).__name__}); delete it "
+            "and rfbench retrains it"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
         raise UserError(f"{path} is not an rfbench classifier; delete it and rfbench retrains it")
     return payload

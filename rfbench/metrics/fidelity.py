@@ -51,9 +51,15 @@ class Extractor:
     weights_path: str | None
 
 
-def samples_to_metrics(samples: torch.Tensor, reference: DataSplit, extractor: Extractor,
-                       metrics: tuple[str, ...] = ("fid", "kid"), *,
-                       device: str | torch.device = "cpu", batch_size: int = 500) -> dict:
+def samples_to_metrics(
+    samples: torch.Tensor,
+    reference: DataSplit,
+    extractor: Extractor,
+    metrics: tuple[str, ...] = ("fid", "kid"),
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 500,
+) -> dict:
     """Compare samples in [-1, 1] with a reference split; returns schema-named values."""
     wanted = {m: m in metrics for m in FIDELITY_METRICS}
     if not any(wanted.values()):
@@ -89,4 +95,5 @@ def samples_to_metrics(samples: torch.Tensor, reference: DataSplit, extractor: E
 
 def reference_cache_name(reference: DataSplit, extractor: Extractor) -> str:
     """The cache key: dataset, split, data content hash and extractor weights hash."""
-    return f"rfbench-{reference.name}-{reference.split}-{reference.content_hash[:16]}-{extractor.label}"
+    ref = reference
+    return f"rfbench-{ref.name}-{ref.split}-{ref.content_hash[:16]}-{extractor.label}"

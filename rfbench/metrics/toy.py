@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 512,
-                       seed: int = 0) -> float:
+def sliced_wasserstein(
+    a: torch.Tensor, b: torch.Tensor, projections: int = 512, seed: int = 0
+) -> float:
     """SW_2 between two equal-size point sets (Rabin et al. 2011), Monte-Carlo over directions."""
     if a.shape != b.shape:
         raise ValueError(f"sliced_wasserstein needs equal shapes, got {a.shape} and {b.shape}")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 
-
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -97,13 +95,20 @@ class UNet(nn.Module):
                 skips.append(c)
             self.sizes.append(size)
             last = level == len(widths) - 1
-            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
+            self.downsample.append(
+                nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1)
+            )
             if not last:
                 skips.append(c)
                 size = (size + 1) // 2
         mid_attention = Attention(c, g) if config.attention_resolutions else nn.Identity()
-        self.mid = nn.ModuleList([ResBlock(c, c, t_dim, g, config.dropout), mid_attention,
-                                  ResBlock(c, c, t_dim, g, config.dropout)])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(c, c, t_dim, g, config.dropout),
+                mid_attention,
+                ResBlock(c, c, t_dim, g, config.dropout),
+            ]
+        )
         # Up path: mirror, consuming one skip per block.
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level, w in reversed(list(enumerate(widths))):
@@ -111,7 +116,9 @@ class UNet(nn.Module):
                 self.up.append(block(c + skips.pop(), w, self.sizes[level]))
                 c = w
             self.upsample.append(nn.Identity() if level == 0 else nn.Conv2d(c, c, 3, padding=1))
-        self.head = nn.Sequential(nn.GroupNorm(g, c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        self.head = nn.Sequential(
+            nn.GroupNorm(g, c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels))

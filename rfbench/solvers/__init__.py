@@ -14,21 +14,37 @@ import torch
 from rfbench.solvers import fixed, scipy_ivp, torchdiffeq_adaptive  # noqa: F401 - registers
 from rfbench.solvers.base import (
     SOLVERS,
+    SolveResult,
     SolverFailed,
     SolverSpec,
-    SolveResult,
     Velocity,
     get_solver,
     register_solver,
 )
 
-__all__ = ["SOLVERS", "SolveResult", "SolverFailed", "SolverSpec", "Velocity", "get_solver",
-           "register_solver", "solve"]
+__all__ = [
+    "SOLVERS",
+    "SolveResult",
+    "SolverFailed",
+    "SolverSpec",
+    "Velocity",
+    "get_solver",
+    "register_solver",
+    "solve",
+]
 
 
-def solve(name: str, velocity: Velocity, x0: torch.Tensor, *, steps: int | None = None,
-          rtol: float | None = None, atol: float | None = None, t0: float = 0.0,
-          t1: float = 1.0) -> SolveResult:
+def solve(
+    name: str,
+    velocity: Velocity,
+    x0: torch.Tensor,
+    *,
+    steps: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    t0: float = 0.0,
+    t1: float = 1.0,
+) -> SolveResult:
     """Integrate dx/dt = velocity(x, t) from t0 to t1 with a registered solver.
 
     Fixed-step solvers need ``steps``; adaptive ones need ``rtol`` and ``atol``.

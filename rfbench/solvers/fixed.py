@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from rfbench.solvers.base import SolverSpec, SolveResult, Velocity, register_solver
+from rfbench.solvers.base import SolveResult, SolverSpec, Velocity, register_solver
 
 # Butcher tableaux (c, A, b) of the classical methods (Hairer, Norsett & Wanner, Vol. I, II.1).
 TABLEAUX: dict[str, tuple[list[float], list[list[float]], list[float]]] = {
     "euler": ([0.0], [[]], [1.0]),
     "midpoint": ([0.0, 0.5], [[], [0.5]], [0.0, 1.0]),
     "heun": ([0.0, 1.0], [[], [1.0]], [0.5, 0.5]),
-    "rk4": ([0.0, 0.5, 0.5, 1.0], [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]],
-            [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    "rk4": (
+        [0.0, 0.5, 0.5, 1.0],
+        [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]],
+        [1 / 6, 1 / 3, 1 / 3, 1 / 6],
+    ),
 }
 
 
@@ -39,8 +42,16 @@ def rk_step(velocity: Velocity, x: torch.Tensor, t: float, h: float, tableau) ->
 def _make(name: str):
     tableau = TABLEAUX[name]
 
-    def solve(velocity: Velocity, x0: torch.Tensor, *, steps: int, t0: float = 0.0,
-              t1: float = 1.0, grid: torch.Tensor | None = None, **_ignored) -> SolveResult:
+    def solve(
+        velocity: Velocity,
+        x0: torch.Tensor,
+        *,
+        steps: int,
+        t0: float = 0.0,
+        t1: float = 1.0,
+        grid: torch.Tensor | None = None,
+        **_ignored,
+    ) -> SolveResult:
         ts = uniform_grid(steps, t0, t1) if grid is None else grid
         x = x0
         for i in range(len(ts) - 1):
@@ -60,7 +71,13 @@ _DESCRIPTIONS = {
     "rk4": "classical Runge-Kutta, order 4",
 }
 for _name, _tab in TABLEAUX.items():
-    register_solver(SolverSpec(
-        name=_name, family="fixed", fn=_make(_name), adaptive=False,
-        description=_DESCRIPTIONS[_name], nfe_per_step=len(_tab[2]),
-    ))
+    register_solver(
+        SolverSpec(
+            name=_name,
+            family="fixed",
+            fn=_make(_name),
+            adaptive=False,
+            description=_DESCRIPTIONS[_name],
+            nfe_per_step=len(_tab[2]),
+        )
+    )

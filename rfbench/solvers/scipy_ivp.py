@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from rfbench.solvers.base import SolverFailed, SolverSpec, SolveResult, Velocity, register_solver
+from rfbench.solvers.base import SolveResult, SolverFailed, SolverSpec, Velocity, register_solver
 
 SCIPY_METHODS = {
     "rk45": ("RK45", "Dormand-Prince 5(4), explicit"),
@@ -24,8 +24,16 @@ SCIPY_METHODS = {
 
 
 def _make(method: str):
-    def solve(velocity: Velocity, x0: torch.Tensor, *, rtol: float, atol: float,
-              t0: float = 0.0, t1: float = 1.0, **_ignored) -> SolveResult:
+    def solve(
+        velocity: Velocity,
+        x0: torch.Tensor,
+        *,
+        rtol: float,
+        atol: float,
+        t0: float = 0.0,
+        t1: float = 1.0,
+        **_ignored,
+    ) -> SolveResult:
         shape, dtype, device = x0.shape, x0.dtype, x0.device
 
         def fun(t: float, y: np.ndarray) -> np.ndarray:
@@ -44,7 +52,12 @@ def _make(method: str):
 
 
 for _name, (_method, _desc) in SCIPY_METHODS.items():
-    register_solver(SolverSpec(
-        name=_name, family="scipy", fn=_make(_method), adaptive=True,
-        description=f"scipy solve_ivp {_method}: {_desc}",
-    ))
+    register_solver(
+        SolverSpec(
+            name=_name,
+            family="scipy",
+            fn=_make(_method),
+            adaptive=True,
+            description=f"scipy solve_ivp {_method}: {_desc}",
+        )
+    )

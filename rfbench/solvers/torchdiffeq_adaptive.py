@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torchdiffeq import odeint
 
-from rfbench.solvers.base import SolverFailed, SolverSpec, SolveResult, Velocity, register_solver
+from rfbench.solvers.base import SolveResult, SolverFailed, SolverSpec, Velocity, register_solver
 
 TORCHDIFFEQ_METHODS = {
     "dopri5": "Dormand-Prince 5(4)",
@@ -20,8 +20,16 @@ TORCHDIFFEQ_METHODS = {
 
 
 def _make(method: str):
-    def solve(velocity: Velocity, x0: torch.Tensor, *, rtol: float, atol: float,
-              t0: float = 0.0, t1: float = 1.0, **_ignored) -> SolveResult:
+    def solve(
+        velocity: Velocity,
+        x0: torch.Tensor,
+        *,
+        rtol: float,
+        atol: float,
+        t0: float = 0.0,
+        t1: float = 1.0,
+        **_ignored,
+    ) -> SolveResult:
         ts = torch.tensor([t0, t1], dtype=x0.dtype, device=x0.device)
         try:
             xs = odeint(lambda t, x: velocity(x, t), x0, ts, method=method, rtol=rtol, atol=atol)
@@ -34,7 +42,12 @@ def _make(method: str):
 
 
 for _name, _desc in TORCHDIFFEQ_METHODS.items():
-    register_solver(SolverSpec(
-        name=_name, family="torchdiffeq", fn=_make(_name), adaptive=True,
-        description=f"torchdiffeq {_name}: {_desc}",
-    ))
+    register_solver(
+        SolverSpec(
+            name=_name,
+            family="torchdiffeq",
+            fn=_make(_name),
+            adaptive=True,
+            description=f"torchdiffeq {_name}: {_desc}",
+        )
+    )

@@ -1,0 +1,196 @@
+"""The command line, end to end on toy2d and on small IDX files the tests write."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from rfbench.cli import main
+from rfbench.results import COLUMNS
+
+TOY = ["run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "300", "--batch-size", "100"]
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "--dataset", "toy2d", "--solvers", "euler,nope"], "choose from: euler"),
+        (["run", "--dataset", "nope"], "choose from 'mnist'"),
+        (["run", "--dataset", "toy2d", "--steps", "1,,4"], "malformed"),
+        (["run", "--dataset", "toy2d", "--steps", "0"], "> 0"),
+        (["run", "--dataset", "toy2d", "--tols=-1e-3"], "> 0"),
+        (["run", "--dataset", "toy2d", "--tols", "-0.5"], "> 0"),
+        (["run", "--dataset", "toy2d", "--tols", "abc"], "not a valid tolerance"),
+        (["run", "--dataset", "toy2d", "--seeds", "1,1"], "repeats"),
+        (["run", "--dataset", "toy2d", "--num-samples", "0"], "> 0"),
+        (["run", "--dataset", "toy2d", "--preset", "huge"], "choose from 'quick'"),
+        (["train", "--dataset", "toy2d"], "--out"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert (
+        "(default: euler,rk45)" in out.replace("('euler', 'rk45')", "euler,rk45")
+        or "default: ('euler', 'rk45')" in out
+    )
+    assert "default: quick" in out and "1e-05" in out
+
+
+def test_toy2d_run_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = _run(
+        [*TOY, "--solvers", "euler,rk45,heun", "--steps", "1,4", "--out", str(out)], capsys
+    )
+    assert code == 0 and stdout.strip() == str(out)
+    for name in (
+        "config.json",
+        "env.json",
+        "results.csv",
+        "table.md",
+        "run.log",
+        "figures/swd_vs_nfe.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    frame = pd.read_csv(out / "results.csv")
+    assert list(frame.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert len(frame) == 5 and (frame["status"] == "ok").all()
+    euler = frame[frame.solver == "euler"].set_index("steps")
+    assert euler.loc[1, "nfe"] == 1 and euler.loc[4, "nfe"] == 4
+    assert euler.loc[4, "nfe_per_batch"] == "4;4;4"
+    assert frame[frame.solver == "heun"].set_index("steps").loc[4, "nfe"] == 8
+    rk45 = frame[frame.solver == "rk45"].iloc[0]
+    assert rk45["rtol"] == 1e-5 and rk45["atol"] == 1e-5 and pd.isna(rk45["steps"])
+    assert rk45["solver_nfe"] == rk45["nfe_per_batch"]  # scipy's nfev == the wrapper's count
+    assert pd.isna(euler.loc[1, "rtol"]) and pd.isna(euler.loc[1, "fid"])  # empty, never 0
+    # One step of a barely trained model is far worse than four.
+    assert euler.loc[1, "swd"] > euler.loc[4, "swd"]
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] and "packages" in env
+
+
+def test_existing_run_is_not_overwritten_and_resume_skips_done_cells(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run([*TOY, "--solvers", "euler", "--steps", "1,2", "--out", str(out)], capsys)[0] == 0
+    before = (out / "results.csv").read_text()
+    code, _, err = _run([*TOY, "--solvers", "euler", "--steps", "1,2", "--out", str(out)], capsys)
+    assert code == 2 and "--resume" in err
+    assert (out / "results.csv").read_text() == before
+    code, _, err = _run(
+        [*TOY, "--solvers", "euler", "--steps", "1,2", "--out", str(out), "--resume"], capsys
+    )
+    assert code == 0
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 2  # nothing redone, nothing duplicated
+    code, _, err = _run(
+        [*TOY, "--solvers", "euler", "--steps", "1,2,4", "--out", str(out), "--resume"], capsys
+    )
+    assert code == 2 and "differs in steps" in err
+
+
+def test_mnist_from_data_root_gives_fid_and_kid(mnist_root, tmp_path, capsys):
+    out = tmp_path / "mnist"
+    code, _, err = _run(
+        [
+            "run",
+            "--dataset",
+            "mnist",
+            "--data-root",
+            str(mnist_root),
+            "--solvers",
+            "euler",
+            "--steps",
+            "1,2",
+            "--epochs",
+            "1",
+            "--num-samples",
+            "100",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    frame = pd.read_csv(out / "results.csv")
+    for col in ("nfe", "wall_time_s", "fid", "kid_mean", "n_samples", "feature_extractor"):
+        assert frame[col].notna().all(), col
+    assert frame["feature_extractor"].str.match(r"classifier-[0-9a-f]{8}$").all()
+    assert (out / "figures" / "fid_vs_nfe.png").exists()
+
+
+def test_mnist_offline_is_one_clear_error(monkeypatch, capsys):
+    import torchvision.datasets
+
+    def offline(*_a, **_k):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    code, _, err = _run(
+        ["run", "--dataset", "mnist", "--solvers", "euler", "--out", "/nonexistent/x"], capsys
+    )
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("rfbench: error: dataset 'mnist' is not on this machine")
+    assert "--data-root" in line
+
+
+def test_checkpoint_for_another_dataset_is_refused(mnist_root, tmp_path, capsys):
+    ckpt_dir = tmp_path / "toy"
+    assert (
+        _run(["train", "--dataset", "toy2d", "--epochs", "1", "--out", str(ckpt_dir)], capsys)[0]
+        == 0
+    )
+    code, _, err = _run(
+        [
+            "run",
+            "--dataset",
+            "mnist",
+            "--data-root",
+            str(mnist_root),
+            "--checkpoint",
+            str(ckpt_dir / "checkpoint.pt"),
+            "--solvers",
+            "euler",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "was trained on toy2d" in err
+
+
+def test_data_list_and_solvers(mnist_root, capsys):
+    code, out, _ = _run(["data", "list", "--data-root", str(mnist_root)], capsys)
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(lines) == {"mnist", "fashion-mnist", "cifar10", "image-folder", "toy2d"}
+    assert "yes" in lines["mnist"] and "yes" in lines["toy2d"]
+    code, out, _ = _run(["solvers"], capsys)
+    assert code == 0 and "rk45" in out and "dopri5" in out
+
+
+def test_console_script_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rfbench", "solvers"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "euler" in proc.stdout
