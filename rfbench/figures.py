@@ -49,7 +49,9 @@ def quality_vs_nfe(frame: pd.DataFrame, path: str | Path) -> Path:
         )
     ax.set_xscale("log")
     ax.set_xlabel("NFE per sample")
-    ax.set_ylabel(QUALITY_LABELS[metric])
+    extractors = sorted(ok["feature_extractor"].dropna().astype(str).unique())
+    suffix = f" ({', '.join(extractors)})" if metric == "fid" and extractors else ""
+    ax.set_ylabel(QUALITY_LABELS[metric] + suffix, fontsize=8)
     dataset = ", ".join(sorted(ok["dataset"].astype(str).unique()))
     n = ", ".join(str(int(v)) for v in sorted(ok["n_samples"].unique()))
     ax.set_title(f"{dataset} (n={n})", fontsize=8)

@@ -21,30 +21,28 @@ from rfbench.config import cache_dir
 from rfbench.data import DataSplit, from_uint8
 from rfbench.errors import UserError
 
-CLASSIFIER_FORMAT = "rfbench-classifier-v1"
+CLASSIFIER_FORMAT = "rfbench-classifier-v2"  # bump when the network or its training changes
 FEATURE_DIM = 128
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks and two linear layers; about 99% test accuracy on MNIST."""
+    """Two conv-BN-ReLU-pool blocks, a 128-d feature layer with dropout, and the class logits."""
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1),
-            nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
         self.fc = nn.Linear(64 * (image_size // 4) ** 2, FEATURE_DIM)
+        self.dropout = nn.Dropout(0.3)
         self.out = nn.Linear(FEATURE_DIM, num_classes)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x in [-1, 1] -> (128-d features, logits)."""
         f = F.relu(self.fc(self.conv(x).flatten(1)))
-        return f, self.out(f)
+        return f, self.out(self.dropout(f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[1]
@@ -76,7 +74,10 @@ def train_classifier(
     device: str | torch.device = "cpu",
     progress: bool | None = None,
 ) -> tuple[SmallCNN, float]:
-    """Adam 1e-3, batch 128; returns the network and its test-split accuracy."""
+    """Adam with a one-cycle schedule (peak 3e-3), batch 128; returns the net and its test accuracy.
+
+    On Fashion-MNIST this reaches about 92% test accuracy (the slow test asserts >= 90%).
+    """
     if train.labels is None:
         raise UserError(
             f"dataset {train.name!r} has no labels: the classifier extractor needs them"
@@ -86,6 +87,8 @@ def train_classifier(
     num_classes = int(train.labels.max()) + 1
     net = SmallCNN(c, h, num_classes).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    batches = (len(train.x) + 127) // 128
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * batches)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         perm = torch.randperm(len(train.x), generator=g)
@@ -101,6 +104,7 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
     net.eval()
     with torch.no_grad():
         correct = sum(
@@ -111,7 +115,8 @@ def train_classifier(
 
 
 def classifier_path(train: DataSplit) -> Path:
-    return cache_dir() / "classifiers" / f"{train.name}-{train.content_hash[:16]}.pt"
+    version = CLASSIFIER_FORMAT.rsplit("-", 1)[1]
+    return cache_dir() / "classifiers" / f"{train.name}-{train.content_hash[:16]}-{version}.pt"
 
 
 def get_classifier(
