@@ -22,13 +22,14 @@ from rfbench.errors import UserError
 from rfbench.figures import quality_column, quality_vs_nfe
 from rfbench.report import frame_to_markdown
 from rfbench.results import STATUS_FAILED, STATUS_OK, RunDir, cell_key
-from rfbench.sample import generate, warm_up
+from rfbench.sample import generate, reconstruct, warm_up
 from rfbench.solvers import get_solver
 from rfbench.train import ModelSpec, TrainedModel, load_model, train
 
 log = logging.getLogger("rfbench")
 
 TOY_REFERENCE_SEED = 12345  # seed of the fresh true-distribution sample that toy2d compares with
+INVERSION_SAMPLES = 256  # test-split samples sent through the data -> noise -> data round trip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,22 +82,24 @@ def model_cache_path(spec: ModelSpec) -> Path:
     )
 
 
+def load_checkpoint_for(spec: ModelSpec, checkpoint: str, device: torch.device) -> TrainedModel:
+    """Load a checkpoint and check that it was made for this dataset and sample shape."""
+    trained = load_model(checkpoint, device)
+    if trained.spec.dataset != spec.dataset or trained.spec.sample_shape != spec.sample_shape:
+        raise UserError(
+            f"checkpoint {checkpoint} was trained on {trained.spec.dataset} "
+            f"{list(trained.spec.sample_shape)}, not {spec.dataset} {list(spec.sample_shape)}"
+        )
+    return trained
+
+
 def obtain_model(
     spec: ModelSpec,
     data: datamod.DataSplit,
     device: torch.device,
-    checkpoint: str | None = None,
     progress: bool | None = None,
 ) -> TrainedModel:
-    """Load ``checkpoint``, or the cached model for this spec, or train (resuming a partial one)."""
-    if checkpoint is not None:
-        trained = load_model(checkpoint, device)
-        if trained.spec.dataset != spec.dataset or trained.spec.sample_shape != spec.sample_shape:
-            raise UserError(
-                f"checkpoint {checkpoint} was trained on {trained.spec.dataset} "
-                f"{list(trained.spec.sample_shape)}, not {spec.dataset} {list(spec.sample_shape)}"
-            )
-        return trained
+    """The cached model for this spec, or train it (resuming a partly trained one)."""
     path = model_cache_path(spec)
     if path.exists():
         trained = load_model(path, device)
@@ -136,8 +139,8 @@ class Quality:
 def build_quality(
     dataset: str,
     train_split: datamod.DataSplit,
+    test_split: datamod.DataSplit,
     metrics: tuple[str, ...],
-    data_root: str | None,
     device: torch.device,
     n: int,
     progress: bool | None = None,
@@ -161,7 +164,6 @@ def build_quality(
             f"dataset {dataset!r} has no labels, so the offline classifier extractor cannot be "
             "trained; the Inception extractor is not available yet"
         )
-    test_split = datamod.load_split(dataset, "test", data_root)
     info = get_classifier(train_split, test_split, device=device, progress=progress)
     log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
     extractor = Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path)
@@ -178,19 +180,25 @@ def build_quality(
 
 
 def grid_cells(cfg: RunConfig, default_steps: tuple[int, ...]) -> list[dict]:
-    """Every (solver, setting, seed) cell, in a stable order."""
+    """Every (solver, setting, seed) cell, in a stable order.
+
+    Fixed-step solvers vary over steps x grids; adaptive ones over tolerances x stepping.
+    """
     cells = []
     for seed in cfg.seeds:
         for name in cfg.solvers:
             spec = get_solver(name)
+            base = dict(solver=name, family=spec.family, seed=seed)
             if spec.adaptive:
                 cells += [
-                    dict(solver=name, family=spec.family, steps=None, rtol=tol, atol=tol, seed=seed)
+                    dict(base, steps=None, grid=None, rtol=tol, atol=tol, stepping=mode)
                     for tol in cfg.tols
+                    for mode in cfg.stepping
                 ]
             else:
                 cells += [
-                    dict(solver=name, family=spec.family, steps=s, rtol=None, atol=None, seed=seed)
+                    dict(base, steps=s, grid=g, rtol=None, atol=None, stepping="batched")
+                    for g in cfg.grids
                     for s in (cfg.steps or default_steps)
                 ]
     return cells
@@ -205,6 +213,7 @@ def run_cell(
     batch_size: int,
     device: torch.device,
     progress: bool | None,
+    inversion_data: torch.Tensor | None = None,
 ) -> dict:
     """Sample one cell and measure it; a failure becomes a row with status=failed."""
     row = {
@@ -214,38 +223,37 @@ def run_cell(
         "batch_size": batch_size,
         "n_samples": n,
         "device": device_label(device),
-        "stepping": "batched",
         **quality.columns,
     }
     try:
+        options = dict(
+            batch_size=batch_size, steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"],
+            grid=cell["grid"] or "uniform", stepping=cell["stepping"], device=device,
+            max_nfe=cfg.max_nfe, progress=progress,
+        )  # fmt: skip
         run = generate(
-            trained.model,
-            cell["solver"],
-            n,
-            trained.spec.sample_shape,
-            seed=cell["seed"],
-            batch_size=batch_size,
-            steps=cell["steps"],
-            rtol=cell["rtol"],
-            atol=cell["atol"],
-            device=device,
-            max_nfe=cfg.max_nfe,
-            progress=progress,
-        )
+            trained.model, cell["solver"], n, trained.spec.sample_shape, seed=cell["seed"],
+            repeats=cfg.repeats, **options,
+        )  # fmt: skip
         row.update(
             nfe=run.nfe_per_sample,
-            nfe_per_batch=";".join(map(str, run.nfe_per_batch)),
-            nfe_total=int(sum(run.nfe_per_batch)),
+            nfe_std=run.nfe_std,
+            nfe_per_batch=";".join(map(str, run.nfe_per_solve)),
+            nfe_total=int(sum(run.nfe_per_solve)),
             wall_time_s=run.wall_time_s,
             model_time_s=run.model_time_s,
             overhead_time_s=run.overhead_time_s,
             images_per_s=n / run.wall_time_s,
         )
-        if all(v is not None for v in run.solver_nfe_per_batch):
-            row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_batch))
+        if all(v is not None for v in run.solver_nfe_per_solve):
+            row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_solve))
         if not torch.isfinite(run.x).all():
             raise FloatingPointError("the samples hold NaN or Inf")
         row.update(quality.evaluate(run.x))
+        if inversion_data is not None:
+            rec = reconstruct(trained.model, cell["solver"], inversion_data, **options)
+            row["inversion_rmse"] = rec.rmse
+            row["inversion_nfe"] = rec.encode.nfe_per_sample + rec.decode.nfe_per_sample
         row["status"] = STATUS_OK
     except UserError:
         raise
@@ -265,7 +273,10 @@ def _setup_logging(run_dir: RunDir) -> logging.Handler:
 
 
 def _describe(row: dict) -> str:
-    setting = f"steps={row['steps']}" if row.get("steps") is not None else f"rtol={row['rtol']:g}"
+    if row.get("steps") is not None:
+        setting = f"steps={row['steps']} grid={row['grid']}"
+    else:
+        setting = f"rtol={row['rtol']:g} {row['stepping']}"
     if row.get("status") != STATUS_OK:
         return f"{row['solver']} {setting} seed={row['seed']}: FAILED {row.get('error')}"
     q = " ".join(f"{k}={row[k]:.4g}" for k in ("fid", "kid_mean", "swd") if k in row)
@@ -294,15 +305,21 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
     out = Path(cfg.out or f"runs/{cfg.dataset}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     start = time.perf_counter()
     train_split = datamod.load_split(cfg.dataset, "train", cfg.data_root, image_size=cfg.image_size)
+    test_split = datamod.load_split(cfg.dataset, "test", cfg.data_root, image_size=cfg.image_size)
+    spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
+    trained = load_checkpoint_for(spec, cfg.checkpoint, device) if cfg.checkpoint else None
     run_dir = RunDir(out)
     rows = run_dir.create(cfg.to_dict(), cfg.resume)
     handler = _setup_logging(run_dir)
     try:
         # Section: model and metric.
-        spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
-        trained = obtain_model(spec, train_split, device, cfg.checkpoint, progress)
+        if trained is None:
+            trained = obtain_model(spec, train_split, device, progress)
         quality = build_quality(
-            cfg.dataset, train_split, cfg.metrics, cfg.data_root, device, n, progress
+            cfg.dataset, train_split, test_split, cfg.metrics, device, n, progress
+        )
+        inversion_data = (
+            test_split.x[: min(n, INVERSION_SAMPLES)] if "inversion" in cfg.metrics else None
         )
         warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
 
@@ -312,9 +329,11 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
             key = cell_key({"model_id": trained.model_id, **cell})
             if key in done:
                 continue
-            row = run_cell(cell, trained, quality, cfg, n, batch_size, device, progress)
+            row = run_cell(
+                cell, trained, quality, cfg, n, batch_size, device, progress, inversion_data
+            )
             rows.append(row)
-            frame = run_dir.write_rows(rows)
+            run_dir.write_rows(rows)
             log.info(_describe(row))
 
         # Section: table and figure.

@@ -69,9 +69,11 @@ def _fmt(values) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from rfbench.data import DATASETS
-    from rfbench.solvers import SOLVERS
+    from rfbench.sample import STEPPING_MODES
+    from rfbench.solvers import GRIDS, SOLVERS
 
     solvers, datasets, presets = list(SOLVERS), list(DATASETS), list(C.PRESETS)
+    grids = list(GRIDS)
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = OneLineParser(
         prog=PROG,
@@ -115,6 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="rtol values for adaptive solvers (atol = rtol)",
     )
     r.add_argument(
+        "--grids",
+        type=_list_of(str, "time grid", grids),
+        default=C.DEFAULT_GRIDS,
+        metavar="G1,G2",
+        help=f"time grids for fixed-step solvers, from: {', '.join(grids)}",
+    )
+    r.add_argument(
+        "--stepping",
+        type=_list_of(str, "stepping mode", STEPPING_MODES),
+        default=C.DEFAULT_STEPPING,
+        metavar="M1,M2",
+        help="adaptive solvers: batched (one error norm for the batch) and/or per-sample",
+    )
+    r.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=C.DEFAULT_REPEATS,
+        help="time every solve this many times and report the median",
+    )
+    r.add_argument(
         "--preset",
         choices=presets,
         default=C.DEFAULT_PRESET,
@@ -150,10 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--metrics",
-        type=_list_of(str, "metric", ("fid", "kid", "prc", "isc")),
+        type=_list_of(str, "metric", ("fid", "kid", "prc", "isc", "inversion")),
         default=C.DEFAULT_METRICS,
         metavar="M1,M2",
-        help="image quality metrics (toy2d always uses exact distances)",
+        help="image quality metrics (toy2d always uses exact distances); inversion: the "
+        "data -> noise -> data round-trip error of each solver",
     )
     r.add_argument(
         "--max-nfe",
@@ -252,6 +275,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         preset=args.preset,
         steps=args.steps,
         tols=args.tols,
+        grids=args.grids,
+        stepping=args.stepping,
+        repeats=args.repeats,
         seeds=args.seeds,
         num_samples=args.num_samples,
         batch_size=args.batch_size,

@@ -17,6 +17,9 @@ DEFAULT_ATOL: float = 1e-5
 DEFAULT_TOLS: tuple[float, ...] = (DEFAULT_RTOL,)
 DEFAULT_SEEDS: tuple[int, ...] = (0,)
 DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid")
+DEFAULT_GRIDS: tuple[str, ...] = ("uniform",)
+DEFAULT_STEPPING: tuple[str, ...] = ("batched",)
+DEFAULT_REPEATS: int = 1
 DEFAULT_MAX_NFE: int = 10_000  # per batch solve; a cell that needs more fails, the grid goes on
 
 
@@ -128,6 +131,9 @@ class RunConfig:
     preset: str = DEFAULT_PRESET
     steps: tuple[int, ...] | None = None  # None = the preset's steps
     tols: tuple[float, ...] = DEFAULT_TOLS  # rtol values; atol = rtol
+    grids: tuple[str, ...] = DEFAULT_GRIDS  # time grids of the fixed-step solvers
+    stepping: tuple[str, ...] = DEFAULT_STEPPING  # adaptive solvers: batched, per-sample
+    repeats: int = DEFAULT_REPEATS  # timed repeats of every solve; the median counts
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     num_samples: int | None = None  # None = the preset's
     batch_size: int | None = None  # None = the preset's

@@ -50,7 +50,9 @@ COLUMNS: tuple[str, ...] = (
 )
 # Further columns rfbench fills where they apply.
 EXTRA_COLUMNS: tuple[str, ...] = (
+    "grid",
     "stepping",
+    "nfe_std",
     "nfe_total",
     "solver_nfe",
     "precision",
@@ -59,9 +61,13 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "isc_std",
     "swd",
     "energy_distance",
+    "inversion_rmse",
+    "inversion_nfe",
 )
 # The columns that identify a cell; a resumed run skips rows whose key is done.
-CELL_KEY: tuple[str, ...] = ("model_id", "solver", "steps", "rtol", "atol", "seed")
+CELL_KEY: tuple[str, ...] = (
+    "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping", "seed",
+)  # fmt: skip
 TIMING_COLUMNS: tuple[str, ...] = ("wall_time_s", "model_time_s", "overhead_time_s", "images_per_s")
 
 # Config keys that may differ between a run and its resumption.

@@ -78,29 +78,112 @@ def noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> torch.Te
     return out
 
 
+STEPPING_MODES = ("batched", "per-sample")
+
+
 @dataclass
 class SampleRun:
-    """The samples of one cell, with its accounting."""
+    """The samples of one cell, with its accounting: one entry per solve.
+
+    In batched mode a solve advances a whole batch; in per-sample mode, one sample.
+    """
 
     x: torch.Tensor  # final states on the CPU, float32, [N, ...]
-    nfe_per_batch: list[int] = field(default_factory=list)  # counted network calls per batch
-    solver_nfe_per_batch: list[int | None] = field(default_factory=list)
-    batch_sizes: list[int] = field(default_factory=list)
-    wall_time_s: float = 0.0  # summed over batches
+    nfe_per_solve: list[int] = field(default_factory=list)  # counted network calls
+    solver_nfe_per_solve: list[int | None] = field(default_factory=list)
+    solve_sizes: list[int] = field(default_factory=list)  # samples advanced by each solve
+    wall_time_s: float = 0.0  # summed over solves (median over repeats of each)
     model_time_s: float = 0.0  # the network forwards alone
 
     @property
     def n(self) -> int:
-        return int(sum(self.batch_sizes))
+        return int(sum(self.solve_sizes))
+
+    def _nfe_of_samples(self) -> np.ndarray:
+        return np.repeat(np.asarray(self.nfe_per_solve, dtype=float), self.solve_sizes)
 
     @property
     def nfe_per_sample(self) -> float:
         """Mean over samples of the network calls that advanced each sample."""
-        return float(np.dot(self.nfe_per_batch, self.batch_sizes) / self.n)
+        return float(self._nfe_of_samples().mean())
+
+    @property
+    def nfe_std(self) -> float:
+        """Spread over samples of their NFE (0 when every sample took the same)."""
+        return float(self._nfe_of_samples().std())
 
     @property
     def overhead_time_s(self) -> float:
         return self.wall_time_s - self.model_time_s
+
+
+def integrate(
+    model: nn.Module,
+    solver: str,
+    num_samples: int,
+    initial: Callable[[int, int], torch.Tensor],
+    *,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    batch_size: int = 250,
+    steps: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grid: str = "uniform",
+    stepping: str = "batched",
+    repeats: int = 1,
+    device: str | torch.device = "cpu",
+    max_nfe: int | None = None,
+    progress: bool | None = None,
+) -> SampleRun:
+    """Integrate dx/dt = model(x, t) from t0 to t1 for samples 0..num_samples-1, in batches.
+
+    ``initial(lo, hi)`` gives the start states of samples lo..hi-1 (on the CPU). Every solve
+    is counted by ``CountingVelocity`` and timed ``repeats`` times; the median counts. With
+    ``stepping="per-sample"`` an adaptive solver integrates each sample on its own, so its
+    steps (and NFE) do not depend on the other samples.
+    """
+    if stepping not in STEPPING_MODES:
+        raise ValueError(f"stepping must be one of {STEPPING_MODES}, got {stepping!r}")
+    device = torch.device(device)
+    spec = get_solver(solver)  # fail on an unknown name before any work
+    sync = synchronizer(device)
+    counter = CountingVelocity(model, max_nfe=max_nfe)
+    run: SampleRun | None = None
+    per_sample = stepping == "per-sample" and spec.adaptive
+    starts = range(0, num_samples, batch_size)
+    bar = tqdm(
+        starts, desc=f"{solver} t={t0:g}->{t1:g}", leave=False,
+        disable=None if progress is None else not progress,
+    )  # fmt: skip
+    for start in bar:
+        stop = min(start + batch_size, num_samples)
+        x_start = initial(start, stop).to(device)
+        if run is None:
+            run = SampleRun(x=torch.empty(num_samples, *x_start.shape[1:]))
+        pieces = [(i, i + 1) for i in range(start, stop)] if per_sample else [(start, stop)]
+        for lo, hi in pieces:
+            walls, models = [], []
+            for _ in range(repeats):
+                counter.reset()
+                sync()
+                t_start = time.perf_counter()
+                result = solve(
+                    spec.name, counter, x_start[lo - start : hi - start], steps=steps,
+                    rtol=rtol, atol=atol, t0=t0, t1=t1, grid=grid,
+                )  # fmt: skip
+                sync()
+                walls.append(time.perf_counter() - t_start)
+                models.append(counter.model_time_s)
+            run.wall_time_s += float(np.median(walls))
+            run.model_time_s += float(np.median(models))
+            run.nfe_per_solve.append(counter.nfe)
+            run.solver_nfe_per_solve.append(result.solver_nfe)
+            run.solve_sizes.append(hi - lo)
+            run.x[lo:hi] = result.x.detach().float().cpu()
+    if run is None:
+        raise ValueError("num_samples must be >= 1")
+    return run
 
 
 def generate(
@@ -110,52 +193,46 @@ def generate(
     sample_shape: tuple[int, ...],
     *,
     seed: int = 0,
-    batch_size: int = 250,
-    steps: int | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    device: str | torch.device = "cpu",
-    max_nfe: int | None = None,
-    progress: bool | None = None,
+    **options,
 ) -> SampleRun:
     """Draw ``num_samples`` samples by integrating the model from t=0 (noise) to t=1 (data).
 
-    Samples are solved in consecutive batches of ``batch_size``; sample i's noise is
-    ``noise(seed, [i])`` whatever the batch size.
+    Sample i's noise is ``noise(seed, [i])`` whatever the batch size. ``options`` are those
+    of ``integrate`` (batch_size, steps, rtol, atol, grid, stepping, repeats, device, ...).
 
     >>> import torch
     >>> from rfbench.sample import generate
     >>> zero = lambda x, t: torch.zeros_like(x)
     >>> run = generate(zero, "euler", 10, (2,), steps=3, batch_size=4, progress=False)
-    >>> run.nfe_per_batch, run.batch_sizes
+    >>> run.nfe_per_solve, run.solve_sizes
     ([3, 3, 3], [4, 4, 2])
     """
-    device = torch.device(device)
-    spec = get_solver(solver)  # fail on an unknown name before any work
-    sync = synchronizer(device)
-    counter = CountingVelocity(model, max_nfe=max_nfe)
-    run = SampleRun(x=torch.empty(num_samples, *sample_shape))
-    starts = range(0, num_samples, batch_size)
-    for start in tqdm(
-        starts,
-        desc=f"sample {solver}",
-        disable=None if progress is None else not progress,
-        leave=False,
-    ):
-        idx = range(start, min(start + batch_size, num_samples))
-        x0 = noise(seed, idx, sample_shape).to(device)
-        counter.reset()
-        sync()
-        t_start = time.perf_counter()
-        result = solve(spec.name, counter, x0, steps=steps, rtol=rtol, atol=atol)
-        sync()
-        run.wall_time_s += time.perf_counter() - t_start
-        run.model_time_s += counter.model_time_s
-        run.nfe_per_batch.append(counter.nfe)
-        run.solver_nfe_per_batch.append(result.solver_nfe)
-        run.batch_sizes.append(len(idx))
-        run.x[start : start + len(idx)] = result.x.detach().float().cpu()
-    return run
+    return integrate(
+        model, solver, num_samples, lambda lo, hi: noise(seed, range(lo, hi), sample_shape),
+        t0=0.0, t1=1.0, **options,
+    )  # fmt: skip
+
+
+@dataclass
+class Reconstruction:
+    """Data -> noise -> data with one solver: how far the round trip lands from the data."""
+
+    rmse: float  # root mean squared error per element, averaged over samples
+    encode: SampleRun  # t = 1 -> 0
+    decode: SampleRun  # t = 0 -> 1
+
+
+def reconstruct(model: nn.Module, solver: str, data: torch.Tensor, **options) -> Reconstruction:
+    """Invert ``data`` to noise (integrating from t=1 to t=0), then sample it back.
+
+    The round-trip error measures the solver's accuracy on the real model: an exact solver
+    returns the data exactly, whatever the model.
+    """
+    n = len(data)
+    encode = integrate(model, solver, n, lambda lo, hi: data[lo:hi], t0=1.0, t1=0.0, **options)
+    decode = integrate(model, solver, n, lambda lo, hi: encode.x[lo:hi], t0=0.0, t1=1.0, **options)
+    per_sample = (decode.x - data.float()).flatten(1).pow(2).mean(1).sqrt()
+    return Reconstruction(float(per_sample.mean()), encode, decode)
 
 
 @torch.no_grad()

@@ -60,7 +60,9 @@ def test_help_shows_defaults(capsys):
 def test_toy2d_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, _ = _run(
-        [*TOY, "--solvers", "euler,rk45,heun", "--steps", "1,4", "--out", str(out)], capsys
+        [*TOY, "--solvers", "euler,rk45,heun", "--steps", "1,4", "--metrics", "inversion"]
+        + ["--out", str(out)],
+        capsys,
     )
     assert code == 0 and stdout.strip() == str(out)
     for name in (
@@ -85,6 +87,12 @@ def test_toy2d_run_end_to_end(tmp_path, capsys):
     assert pd.isna(euler.loc[1, "rtol"]) and pd.isna(euler.loc[1, "fid"])  # empty, never 0
     # One step of a barely trained model is far worse than four.
     assert euler.loc[1, "swd"] > euler.loc[4, "swd"]
+    # The round trip data -> noise -> data: 1 Euler step each way is far off, RK45 is close.
+    assert rk45["inversion_rmse"] < 0.1 * euler.loc[1, "inversion_rmse"]
+    assert euler.loc[4, "inversion_nfe"] == 8
+    assert (frame["stepping"] == "batched").all() and (
+        frame[frame.family == "fixed"].grid == "uniform"
+    ).all()
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and "packages" in env
 
@@ -177,6 +185,24 @@ def test_checkpoint_for_another_dataset_is_refused(mnist_root, tmp_path, capsys)
         capsys,
     )
     assert code == 2 and "was trained on toy2d" in err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_missing_checkpoint_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _, err = _run(
+        [*TOY, "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)], capsys
+    )
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_unwritable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    code, _, err = _run([*TOY, "--solvers", "euler", "--out", str(blocker / "run")], capsys)
+    assert code == 2 and "cannot write to output directory" in err
+    assert blocker.read_text() == "keep me"
 
 
 def test_data_list_and_solvers(mnist_root, capsys):
@@ -194,3 +220,19 @@ def test_console_script_runs():
         [sys.executable, "-m", "rfbench", "solvers"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "euler" in proc.stdout
+
+
+def test_grid_and_stepping_axes(tmp_path, capsys):
+    out = tmp_path / "axes"
+    argv = [*TOY, "--num-samples", "40", "--solvers", "euler,dopri5", "--steps", "2,4"]
+    argv += ["--grids", "uniform,cosine", "--stepping", "batched,per-sample", "--tols", "1e-3"]
+    assert _run([*argv, "--out", str(out)], capsys)[0] == 0
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 2 * 2 + 2  # euler: steps x grids; dopri5: tols x stepping
+    euler = frame[frame.solver == "euler"]
+    assert sorted(euler.grid.unique()) == ["cosine", "uniform"] and euler.rtol.isna().all()
+    dopri = frame[frame.solver == "dopri5"].set_index("stepping")
+    assert dopri.grid.isna().all()
+    assert len(str(dopri.loc["per-sample", "nfe_per_batch"]).split(";")) == 40
+    assert dopri.loc["per-sample", "solver_nfe"] == dopri.loc["per-sample", "nfe_per_batch"]
+    assert dopri.loc["batched", "nfe_std"] == 0

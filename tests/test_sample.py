@@ -30,13 +30,13 @@ def test_fixed_step_samples_do_not_depend_on_batch_size(solver, kw):
     ]
     for r in runs[1:]:
         torch.testing.assert_close(r.x, runs[0].x, rtol=1e-6, atol=1e-6)
-    assert [r.batch_sizes for r in runs] == [[1] * 13, [5, 5, 3], [13]]
+    assert [r.solve_sizes for r in runs] == [[1] * 13, [5, 5, 3], [13]]
 
 
 def test_generate_accounting():
     model = _model()
     run = generate(model, "heun", 10, (2,), steps=4, batch_size=4, progress=False)
-    assert run.nfe_per_batch == [8, 8, 8]
+    assert run.nfe_per_solve == [8, 8, 8]
     assert run.nfe_per_sample == 8.0
     assert run.n == 10
     assert 0 < run.model_time_s <= run.wall_time_s
@@ -45,7 +45,7 @@ def test_generate_accounting():
 
 def test_adaptive_solver_records_its_own_count():
     run = generate(_model(), "rk45", 6, (2,), rtol=1e-4, atol=1e-4, batch_size=3, progress=False)
-    assert run.solver_nfe_per_batch == run.nfe_per_batch
+    assert run.solver_nfe_per_solve == run.nfe_per_solve
 
 
 def test_max_nfe_guard():
@@ -65,3 +65,58 @@ def test_counting_wrapper_passes_time_as_batch():
 
     CountingVelocity(model)(torch.ones(4, 2), torch.tensor(0.25))
     assert seen["t"].shape == (4,) and torch.all(seen["t"] == 0.25)
+
+
+def _stiffness_model():
+    """A field whose difficulty differs per sample: adaptive NFE depends on who shares a batch."""
+
+    def v(x, t):
+        scale = 1.0 + 20.0 * (x[:, :1].abs() > 1.5).to(x.dtype)  # samples far out are stiff
+        return -scale * x
+
+    return v
+
+
+def test_per_sample_stepping_is_independent_of_the_other_samples():
+    v = _stiffness_model()
+    kw = dict(rtol=1e-5, atol=1e-5, progress=False, stepping="per-sample")
+    alone = generate(v, "dopri5", 1, (2,), seed=3, batch_size=1, **kw)
+    # Sample 0 of seed 3 again, now batched together with 15 other samples.
+    together = generate(v, "dopri5", 16, (2,), seed=3, batch_size=16, **kw)
+    assert together.nfe_per_solve[0] == alone.nfe_per_solve[0]
+    torch.testing.assert_close(together.x[0], alone.x[0], rtol=0, atol=0)
+    assert together.solve_sizes == [1] * 16
+    assert together.nfe_std > 0  # samples differ in difficulty
+
+
+def test_batched_stepping_couples_the_samples():
+    v = _stiffness_model()
+    kw = dict(rtol=1e-5, atol=1e-5, progress=False)
+    batched = generate(v, "dopri5", 16, (2,), seed=3, batch_size=16, **kw)
+    per_sample = generate(v, "dopri5", 16, (2,), seed=3, batch_size=16, stepping="per-sample", **kw)
+    # One shared error norm: every sample pays for the hardest one.
+    assert batched.nfe_per_sample > per_sample.nfe_per_sample
+    assert batched.nfe_std == 0.0
+
+
+def test_repeats_keep_counts_and_samples():
+    model = _model()
+    once = generate(model, "euler", 8, (2,), steps=4, batch_size=4, progress=False)
+    thrice = generate(model, "euler", 8, (2,), steps=4, batch_size=4, repeats=3, progress=False)
+    assert thrice.nfe_per_solve == once.nfe_per_solve
+    assert torch.equal(thrice.x, once.x)
+
+
+def test_reconstruction_error_shrinks_with_solver_accuracy():
+    from rfbench.sample import reconstruct
+
+    model = _model()
+    data = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    coarse = reconstruct(model, "euler", data, steps=2, batch_size=16, progress=False)
+    fine = reconstruct(model, "rk4", data, steps=64, batch_size=16, progress=False)
+    adaptive = reconstruct(
+        model, "dopri5", data, rtol=1e-7, atol=1e-7, batch_size=16, progress=False
+    )
+    assert fine.rmse < 1e-5 and adaptive.rmse < 1e-4
+    assert coarse.rmse > 100 * fine.rmse
+    assert coarse.encode.nfe_per_sample == coarse.decode.nfe_per_sample == 2

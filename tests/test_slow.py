@@ -13,22 +13,42 @@ from rfbench.data import load_split
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Debian package dataset-fashion-mnist"),
+    pytest.mark.skipif(
+        not FASHION.is_dir(), reason="needs the Debian package dataset-fashion-mnist"
+    ),
 ]
 
 
 def test_fashion_classifier_reaches_90_percent():
     from rfbench.metrics.classifier import get_classifier
 
-    info = get_classifier(load_split("fashion-mnist", "train"), load_split("fashion-mnist", "test"),
-                          progress=False)
+    info = get_classifier(
+        load_split("fashion-mnist", "train"), load_split("fashion-mnist", "test"), progress=False
+    )
     assert info.test_accuracy >= 0.90
 
 
 def test_fashion_run_improves_with_steps(tmp_path):
     out = tmp_path / "run"
-    code = main(["run", "--dataset", "fashion-mnist", "--solvers", "euler,rk45", "--steps", "1,8",
-                 "--tols", "1e-3", "--epochs", "1", "--num-samples", "500", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--dataset",
+            "fashion-mnist",
+            "--solvers",
+            "euler,rk45",
+            "--steps",
+            "1,8",
+            "--tols",
+            "1e-3",
+            "--epochs",
+            "1",
+            "--num-samples",
+            "500",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     frame = pd.read_csv(out / "results.csv")
     assert (frame["status"] == "ok").all()

@@ -11,7 +11,7 @@ from scipy.integrate import solve_ivp
 
 from rfbench.errors import UserError
 from rfbench.sample import CountingVelocity
-from rfbench.solvers import SOLVERS, get_solver, solve
+from rfbench.solvers import GRIDS, SOLVERS, get_solver, solve, time_grid
 
 from .problems import PROBLEMS
 
@@ -77,6 +77,15 @@ def test_scipy_nfev_matches_wrapper(name):
         assert counter.nfe == res.solver_nfe
 
 
+@pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.family == "torchdiffeq"])
+def test_torchdiffeq_step_accounting_matches_wrapper(name):
+    """torchdiffeq keeps no counter; its accept/reject callbacks give 2 + stages x attempts."""
+    counter = CountingVelocity(lambda x, t: t.view(-1, 1) * x - x**3 * 0.1)
+    res = solve(name, counter, torch.ones(2, 3, dtype=torch.float64) * 0.5, rtol=1e-6, atol=1e-6)
+    assert res.solver_nfe == counter.nfe
+    assert "rejected" in res.message
+
+
 def test_rk45_wrapper_equals_direct_scipy_call():
     """The adapter runs exactly the solve the blog runs: same nfev, same answer."""
     velocity = lambda x, t: torch.sin(3 * t).view(-1, 1) * x  # noqa: E731
@@ -114,3 +123,41 @@ def test_integrating_backwards_inverts():
     x1 = solve("rk4", problem.velocity, x0, steps=64).x
     back = solve("rk4", problem.velocity, x1, steps=64, t0=1.0, t1=0.0).x
     assert (back - x0).abs().max().item() < 1e-8
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_time_grids(grid):
+    ts = time_grid(8, 0.0, 1.0, grid)
+    assert ts[0] == 0.0 and ts[-1] == 1.0 and len(ts) == 9
+    assert (ts.diff() > 0).all()
+    back = time_grid(8, 1.0, 0.0, grid)
+    assert torch.equal(back, ts.flip(0))  # dense at the same end of absolute time
+
+
+def test_non_uniform_grids_concentrate_where_named():
+    first = {g: time_grid(8, grid=g)[1].item() for g in GRIDS}
+    last = {g: 1 - time_grid(8, grid=g)[-2].item() for g in GRIDS}
+    assert first["dense-noise"] < first["uniform"] and first["cosine"] < first["uniform"]
+    assert last["dense-data"] < last["uniform"] and last["cosine"] < last["uniform"]
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_every_grid_converges_at_the_method_order(grid, name, order):
+    problem = PROBLEMS[2]
+    x0 = _x0()
+    errs = [
+        (solve(name, problem.velocity, x0, steps=n, grid=grid).x - problem.exact(x0, 1.0))
+        .abs()
+        .max()
+        .item()
+        for n in (32, 64)
+    ]
+    assert abs(math.log2(errs[0] / errs[1]) - order) < 0.25
+
+
+def test_unknown_grid_and_grid_on_adaptive_solver_are_errors():
+    with pytest.raises(UserError, match="choose from: uniform"):
+        solve("euler", lambda x, t: x, torch.ones(1), steps=2, grid="log")
+    with pytest.raises(ValueError, match="fixed-step"):
+        solve("rk45", lambda x, t: x, torch.ones(1), rtol=1e-3, atol=1e-3, grid="cosine")

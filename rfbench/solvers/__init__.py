@@ -21,8 +21,11 @@ from rfbench.solvers.base import (
     get_solver,
     register_solver,
 )
+from rfbench.solvers.fixed import GRIDS, time_grid
 
 __all__ = [
+    "GRIDS",
+    "time_grid",
     "SOLVERS",
     "SolveResult",
     "SolverFailed",
@@ -44,16 +47,20 @@ def solve(
     atol: float | None = None,
     t0: float = 0.0,
     t1: float = 1.0,
+    grid: str = "uniform",
 ) -> SolveResult:
     """Integrate dx/dt = velocity(x, t) from t0 to t1 with a registered solver.
 
-    Fixed-step solvers need ``steps``; adaptive ones need ``rtol`` and ``atol``.
+    Fixed-step solvers need ``steps`` (and take a named time ``grid``); adaptive ones need
+    ``rtol`` and ``atol``.
     """
     spec = get_solver(name)
     if spec.adaptive:
+        if grid != "uniform":
+            raise ValueError(f"time grids apply to fixed-step solvers, not to {name}")
         if rtol is None or atol is None:
             raise ValueError(f"solver {name} needs rtol and atol")
         return spec.fn(velocity, x0, rtol=rtol, atol=atol, t0=t0, t1=t1)
     if steps is None:
         raise ValueError(f"solver {name} needs steps")
-    return spec.fn(velocity, x0, steps=steps, t0=t0, t1=t1)
+    return spec.fn(velocity, x0, steps=steps, t0=t0, t1=t1, grid=grid)

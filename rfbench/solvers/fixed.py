@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from rfbench.errors import UserError
 from rfbench.solvers.base import SolveResult, SolverSpec, Velocity, register_solver
 
 # Butcher tableaux (c, A, b) of the classical methods (Hairer, Norsett & Wanner, Vol. I, II.1).
@@ -19,11 +22,28 @@ TABLEAUX: dict[str, tuple[list[float], list[list[float]], list[float]]] = {
 }
 
 
-def uniform_grid(steps: int, t0: float = 0.0, t1: float = 1.0) -> torch.Tensor:
-    """steps + 1 equally spaced times from t0 to t1, in float64."""
+# Time grids on [0, 1] in rfbench's convention (0 = noise, 1 = data): u(i / steps).
+GRIDS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "uniform": lambda u: u,
+    "dense-noise": lambda u: u**2,  # small steps near t = 0, where x is still noise
+    "dense-data": lambda u: 1 - (1 - u) ** 2,  # small steps near t = 1, the data end
+    "cosine": lambda u: (1 - torch.cos(torch.pi * u)) / 2,  # small steps at both ends
+}
+
+
+def time_grid(steps: int, t0: float = 0.0, t1: float = 1.0, grid: str = "uniform") -> torch.Tensor:
+    """steps + 1 times from t0 to t1 (float64), spaced by a named grid in absolute time.
+
+    A grid that is dense near the noise end stays dense there when integrating backwards.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
+    if grid not in GRIDS:
+        raise UserError(f"unknown time grid {grid!r}; choose from: {', '.join(GRIDS)}")
+    lo, hi = min(t0, t1), max(t0, t1)
+    ts = lo + (hi - lo) * GRIDS[grid](torch.linspace(0, 1, steps + 1, dtype=torch.float64))
+    ts[0], ts[-1] = lo, hi  # exact end points
+    return ts if t0 <= t1 else ts.flip(0)
 
 
 def rk_step(velocity: Velocity, x: torch.Tensor, t: float, h: float, tableau) -> torch.Tensor:
@@ -49,10 +69,10 @@ def _make(name: str):
         steps: int,
         t0: float = 0.0,
         t1: float = 1.0,
-        grid: torch.Tensor | None = None,
+        grid: str = "uniform",
         **_ignored,
     ) -> SolveResult:
-        ts = uniform_grid(steps, t0, t1) if grid is None else grid
+        ts = time_grid(steps, t0, t1, grid)
         x = x0
         for i in range(len(ts) - 1):
             t, h = float(ts[i]), float(ts[i + 1] - ts[i])

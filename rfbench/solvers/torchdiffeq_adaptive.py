@@ -19,7 +19,32 @@ TORCHDIFFEQ_METHODS = {
 }
 
 
+class _StepCounter:
+    """torchdiffeq's func(t, y), with the accept/reject callbacks it calls on every step."""
+
+    def __init__(self, velocity: Velocity):
+        self.velocity, self.accepted, self.rejected = velocity, 0, 0
+
+    def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.velocity(x, t)
+
+    def callback_accept_step(self, t0, y0, dt) -> None:
+        self.accepted += 1
+
+    def callback_reject_step(self, t0, y0, dt) -> None:
+        self.rejected += 1
+
+
+def _stages(method: str) -> int:
+    """Network calls per step attempt: the tableau's stages after the first (FSAL reuses it)."""
+    from torchdiffeq._impl.odeint import SOLVERS as TD_SOLVERS
+
+    return len(TD_SOLVERS[method].tableau.alpha)
+
+
 def _make(method: str):
+    stages = _stages(method)
+
     def solve(
         velocity: Velocity,
         x0: torch.Tensor,
@@ -31,11 +56,19 @@ def _make(method: str):
         **_ignored,
     ) -> SolveResult:
         ts = torch.tensor([t0, t1], dtype=x0.dtype, device=x0.device)
+        func = _StepCounter(velocity)
         try:
-            xs = odeint(lambda t, x: velocity(x, t), x0, ts, method=method, rtol=rtol, atol=atol)
+            xs = odeint(func, x0, ts, method=method, rtol=rtol, atol=atol)
         except AssertionError as e:  # torchdiffeq signals underflow with assert
             raise SolverFailed(f"torchdiffeq {method}: {e}") from None
-        return SolveResult(xs[-1])
+        # torchdiffeq's own accounting: f(t0) and one initial-step probe, then `stages`
+        # calls per attempted step, accepted or rejected.
+        attempts = func.accepted + func.rejected
+        return SolveResult(
+            xs[-1],
+            solver_nfe=2 + stages * attempts,
+            message=f"{func.accepted} accepted, {func.rejected} rejected steps",
+        )
 
     solve.__name__ = f"solve_torchdiffeq_{method}"
     return solve
