@@ -233,7 +233,7 @@ def run_cell(
         )  # fmt: skip
         run = generate(
             trained.model, cell["solver"], n, trained.spec.sample_shape, seed=cell["seed"],
-            repeats=cfg.repeats, **options,
+            repeats=cfg.repeats, record=True, **options,
         )  # fmt: skip
         row.update(
             nfe=run.nfe_per_sample,
@@ -244,6 +244,7 @@ def run_cell(
             model_time_s=run.model_time_s,
             overhead_time_s=run.overhead_time_s,
             images_per_s=n / run.wall_time_s,
+            straightness=float(run.straightness.mean()),
         )
         if all(v is not None for v in run.solver_nfe_per_solve):
             row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_solve))

@@ -8,11 +8,14 @@ import pandas as pd
 SUMMARY_COLUMNS = (
     "solver",
     "steps",
+    "grid",
     "rtol",
+    "stepping",
     "seed",
     "nfe",
     "fid",
     "kid_mean",
+    "straightness",
     "swd",
     "energy_distance",
     "wall_time_s",
@@ -24,7 +27,14 @@ SUMMARY_COLUMNS = (
 
 def frame_to_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """The readable subset of a results frame, sorted by solver and cost."""
-    cols = [c for c in SUMMARY_COLUMNS if c in frame.columns and frame[c].notna().any()]
+    varying = {"grid", "stepping", "seed"}  # shown only where the grid varies them
+    cols = [
+        c
+        for c in SUMMARY_COLUMNS
+        if c in frame.columns
+        and frame[c].notna().any()
+        and (c not in varying or frame[c].nunique() > 1)
+    ]
     return frame.sort_values(["solver", "nfe"], kind="stable")[cols].reset_index(drop=True)
 
 
@@ -40,6 +50,7 @@ def frame_to_markdown(frame: pd.DataFrame) -> str:
         ("batch size", "batch_size"),
         ("feature extractor", "feature_extractor"),
         ("reference", "reference"),
+        ("seeds", "seed"),
         ("device", "device"),
     ):
         values = sorted({str(v) for v in frame[col].dropna()})

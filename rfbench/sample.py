@@ -35,17 +35,20 @@ class CountingVelocity:
     """v(x, t) around a network: counts every forward call and times it.
 
     ``t`` may be a float or a 0-dim tensor; the network receives it as a [B] tensor in
-    x's dtype. Calls beyond ``max_nfe`` raise NFEBudgetExceeded.
+    x's dtype. Calls beyond ``max_nfe`` raise NFEBudgetExceeded. With ``record=True`` it
+    also keeps, per call, t and each sample's mean squared velocity: B numbers a call, which
+    is all that straightness needs (never the states themselves).
     """
 
-    def __init__(self, model: nn.Module, max_nfe: int | None = None):
-        self.model, self.max_nfe = model, max_nfe
+    def __init__(self, model: nn.Module, max_nfe: int | None = None, record: bool = False):
+        self.model, self.max_nfe, self.record = model, max_nfe, record
         self.nfe, self.model_time_s = 0, 0.0
+        self.calls: list[tuple[float, torch.Tensor]] = []
         self._device: torch.device | None = None
         self._sync: Callable[[], None] = lambda: None
 
     def reset(self) -> None:
-        self.nfe, self.model_time_s = 0, 0.0
+        self.nfe, self.model_time_s, self.calls = 0, 0.0, []
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -60,7 +63,57 @@ class CountingVelocity:
         out = self.model(x, tb)
         self._sync()
         self.model_time_s += time.perf_counter() - start
+        if self.record:
+            self.calls.append((float(t), out.detach().flatten(1).double().pow(2).mean(1)))
         return out
+
+
+def straightness(
+    calls: list[tuple[float, torch.Tensor]],
+    weights: list[float] | None,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    t_span: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """Per-sample straightness S = int_0^1 |(X1 - X0) - v(X_t, t)|^2 dt (Liu et al. 2023).
+
+    Along a solution, int v dt = X1 - X0, so S = int |v|^2 dt - |X1 - X0|^2 (squared norms
+    as means over elements). The integral uses the solver's own quadrature ``weights`` (one
+    per call) where it has them, which makes S exact for the discrete fixed-step path;
+    otherwise the trapezoid rule over the calls sorted by t, clipped to ``t_span`` (an
+    estimate for adaptive solvers: rejected-step and overshooting calls lie near the path).
+    """
+    q = torch.stack([c[1] for c in calls])  # [calls, B]
+    if weights is not None:
+        integral = (torch.tensor(weights, dtype=q.dtype, device=q.device)[:, None] * q).sum(0)
+    else:
+        ts = torch.tensor([c[0] for c in calls], dtype=q.dtype, device=q.device)
+        integral = _trapezoid_on(ts, q, min(t_span), max(t_span))
+    chord = (x1 - x0).detach().flatten(1).double().pow(2).mean(1)
+    return (integral - chord).cpu()
+
+
+def _trapezoid_on(ts: torch.Tensor, q: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Trapezoid integral over [lo, hi] of samples q[k] at times ts[k] (any order, repeats
+    averaged), linearly interpolated at the ends."""
+    tu, inverse = torch.unique(ts, return_inverse=True)  # sorted
+    counts = torch.zeros(len(tu), dtype=q.dtype, device=q.device).index_add_(
+        0, inverse, torch.ones_like(ts)
+    )
+    qu = torch.zeros(len(tu), q.shape[1], dtype=q.dtype, device=q.device).index_add_(0, inverse, q)
+    qu = qu / counts[:, None]
+    if len(tu) == 1:
+        return qu[0] * (hi - lo)
+
+    def at(p: float) -> torch.Tensor:
+        i = int(torch.searchsorted(tu, torch.tensor(p, dtype=tu.dtype)).clamp(1, len(tu) - 1))
+        w = float(((p - tu[i - 1]) / (tu[i] - tu[i - 1])).clamp(0, 1))
+        return qu[i - 1] * (1 - w) + qu[i] * w
+
+    inside = (tu > lo) & (tu < hi)
+    grid = torch.cat([tu.new_tensor([lo]), tu[inside], tu.new_tensor([hi])])
+    values = torch.cat([at(lo)[None], qu[inside], at(hi)[None]])
+    return torch.trapezoid(values, grid, dim=0)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -94,6 +147,7 @@ class SampleRun:
     solve_sizes: list[int] = field(default_factory=list)  # samples advanced by each solve
     wall_time_s: float = 0.0  # summed over solves (median over repeats of each)
     model_time_s: float = 0.0  # the network forwards alone
+    straightness: torch.Tensor | None = None  # per sample, when the solve was recorded
 
     @property
     def n(self) -> int:
@@ -134,6 +188,7 @@ def integrate(
     repeats: int = 1,
     device: str | torch.device = "cpu",
     max_nfe: int | None = None,
+    record: bool = False,
     progress: bool | None = None,
 ) -> SampleRun:
     """Integrate dx/dt = model(x, t) from t0 to t1 for samples 0..num_samples-1, in batches.
@@ -141,14 +196,15 @@ def integrate(
     ``initial(lo, hi)`` gives the start states of samples lo..hi-1 (on the CPU). Every solve
     is counted by ``CountingVelocity`` and timed ``repeats`` times; the median counts. With
     ``stepping="per-sample"`` an adaptive solver integrates each sample on its own, so its
-    steps (and NFE) do not depend on the other samples.
+    steps (and NFE) do not depend on the other samples. ``record=True`` accumulates each
+    sample's straightness during the solve (B numbers per network call, no trajectories).
     """
     if stepping not in STEPPING_MODES:
         raise ValueError(f"stepping must be one of {STEPPING_MODES}, got {stepping!r}")
     device = torch.device(device)
     spec = get_solver(solver)  # fail on an unknown name before any work
     sync = synchronizer(device)
-    counter = CountingVelocity(model, max_nfe=max_nfe)
+    counter = CountingVelocity(model, max_nfe=max_nfe, record=record)
     run: SampleRun | None = None
     per_sample = stepping == "per-sample" and spec.adaptive
     starts = range(0, num_samples, batch_size)
@@ -161,6 +217,8 @@ def integrate(
         x_start = initial(start, stop).to(device)
         if run is None:
             run = SampleRun(x=torch.empty(num_samples, *x_start.shape[1:]))
+            if record:
+                run.straightness = torch.empty(num_samples, dtype=torch.float64)
         pieces = [(i, i + 1) for i in range(start, stop)] if per_sample else [(start, stop)]
         for lo, hi in pieces:
             walls, models = [], []
@@ -181,6 +239,11 @@ def integrate(
             run.solver_nfe_per_solve.append(result.solver_nfe)
             run.solve_sizes.append(hi - lo)
             run.x[lo:hi] = result.x.detach().float().cpu()
+            if record:
+                x0 = x_start[lo - start : hi - start]
+                run.straightness[lo:hi] = straightness(
+                    counter.calls, result.weights, x0, result.x, (t0, t1)
+                )
     if run is None:
         raise ValueError("num_samples must be >= 1")
     return run

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from rfbench.config import MLPConfig
 from rfbench.models import MLP
-from rfbench.sample import CountingVelocity, NFEBudgetExceeded, generate, noise, sample_seed
+from rfbench.sample import (
+    CountingVelocity,
+    NFEBudgetExceeded,
+    generate,
+    integrate,
+    noise,
+    sample_seed,
+)
 
 
 def _model():
@@ -120,3 +129,64 @@ def test_reconstruction_error_shrinks_with_solver_accuracy():
     assert fine.rmse < 1e-5 and adaptive.rmse < 1e-4
     assert coarse.rmse > 100 * fine.rmse
     assert coarse.encode.nfe_per_sample == coarse.decode.nfe_per_sample == 2
+
+
+C = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]], dtype=torch.float64)
+
+
+def _curved(x, t):
+    """dx/dt = 2 t c: x(t) = x0 + c t^2, so S = int |2tc - c|^2 dt = mean(c^2) / 3."""
+    return 2 * t.view(-1, 1) * C
+
+
+def _straight(x, t):
+    return C.clone()
+
+
+@pytest.mark.parametrize("solver,options,tol", [
+    ("euler", {"steps": 1}, 1e-12),
+    ("heun", {"steps": 4}, 1e-12),
+    ("rk4", {"steps": 2}, 1e-12),
+    ("rk45", {"rtol": 1e-6, "atol": 1e-6}, 1e-9),
+    ("dopri5", {"rtol": 1e-6, "atol": 1e-6}, 1e-9),
+])  # fmt: skip
+def test_straightness_of_a_straight_field_is_zero(solver, options, tol):
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    run = integrate(_straight, solver, 2, lambda lo, hi: x0[lo:hi], record=True,
+                    batch_size=2, progress=False, **options)  # fmt: skip
+    assert run.straightness.abs().max().item() < tol
+
+
+@pytest.mark.parametrize("solver,options,rel", [
+    ("rk4", {"steps": 2}, 1e-12),  # Simpson-weighted: exact for this quadratic |v|^2
+    ("heun", {"steps": 64}, 1e-3),
+    ("midpoint", {"steps": 64}, 1e-3),
+])  # fmt: skip
+def test_straightness_of_a_curved_field_fixed_step(solver, options, rel):
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    run = integrate(_curved, solver, 2, lambda lo, hi: x0[lo:hi], record=True,
+                    batch_size=2, progress=False, **options)  # fmt: skip
+    exact = C.pow(2).mean(1) / 3
+    torch.testing.assert_close(run.straightness, exact, rtol=rel, atol=0)
+
+
+def _oscillating(x, t):
+    """dx/dt = c cos(3t): S = mean(c^2) (1/2 + sin(6)/12 - (sin(3)/3)^2)."""
+    return torch.cos(3 * t).view(-1, 1) * C
+
+
+@pytest.mark.parametrize("solver", ["rk45", "rk23", "dopri5", "bosh3"])
+def test_straightness_of_a_curved_field_adaptive(solver):
+    """Adaptive solvers: the trapezoid rule over their calls, an estimate."""
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    run = integrate(_oscillating, solver, 2, lambda lo, hi: x0[lo:hi], record=True,
+                    batch_size=2, rtol=1e-7, atol=1e-7, progress=False)  # fmt: skip
+    exact = C.pow(2).mean(1) * (0.5 + math.sin(6) / 12 - (math.sin(3) / 3) ** 2)
+    torch.testing.assert_close(run.straightness, exact, rtol=1e-2, atol=0)
+
+
+def test_straightness_needs_no_trajectory_storage():
+    counter = CountingVelocity(lambda x, t: x, record=True)
+    counter(torch.ones(4, 1, 28, 28), 0.5)
+    ((t, q),) = counter.calls
+    assert t == 0.5 and q.shape == (4,)  # B numbers per call, not B x 784

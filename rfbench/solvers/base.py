@@ -27,6 +27,7 @@ class SolveResult:
     x: torch.Tensor
     solver_nfe: int | None = None  # the solver's own count (scipy's nfev); None where it keeps none
     message: str = ""
+    weights: list[float] | None = None  # quadrature weight of each network call, in call order
 
 
 class SolverFailed(RuntimeError):

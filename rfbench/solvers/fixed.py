@@ -73,11 +73,12 @@ def _make(name: str):
         **_ignored,
     ) -> SolveResult:
         ts = time_grid(steps, t0, t1, grid)
-        x = x0
+        x, weights = x0, []
         for i in range(len(ts) - 1):
             t, h = float(ts[i]), float(ts[i + 1] - ts[i])
             x = rk_step(velocity, x, t, h, tableau)
-        return SolveResult(x)
+            weights += [h * bj for bj in tableau[2]]  # the step's quadrature of each call
+        return SolveResult(x, weights=weights)
 
     solve.__name__ = f"solve_{name}"
     solve.__doc__ = f"Fixed-step {name}: {len(tableau[2])} network call(s) per step."

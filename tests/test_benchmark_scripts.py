@@ -1,0 +1,46 @@
+"""The scripts in benchmarks/ run on the CPU at small sizes, so they are known to work
+before their real runs (and before a GPU is lent)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    assert _load("gpu_check").main(["--smoke", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "gpu_check.md").read_text()
+    for heading in ("## 1. Quick run on toy2d", "## 2. Time per NFE", "## 3. scipy RK45"):
+        assert heading in report
+    assert "| rk45 |" in report and "| dopri5 |" in report
+    assert "Wall-time ratio rk45 / dopri5" in report
+
+
+def test_solver_overhead_small(tmp_path):
+    out = tmp_path / "overhead.md"
+    argv = ["--dataset", "toy2d", "--epochs", "1", "--batch", "16", "--repeats", "1"]
+    assert _load("solver_overhead").main([*argv, "--out", str(out)]) == 0
+    text = out.read_text()
+    for solver in ("euler", "rk4", "rk45", "lsoda", "dopri5", "adaptive_heun"):
+        assert f"| {solver} " in text
+    assert "radau, bdf" in text and "wall-time ratio rk45 / dopri5" in text
+
+
+@pytest.mark.parametrize("solver", ["rk45", "dopri5"])
+def test_stepping_modes_small(tmp_path, solver):
+    out = tmp_path / "stepping.md"
+    argv = ["--datasets", "toy2d", "--solvers", solver, "--n", "8", "--epochs", "1"]
+    assert _load("stepping_modes").main([*argv, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"| {solver} " in text and "nfe_per_sample_std" in text
