@@ -44,3 +44,13 @@ def test_stepping_modes_small(tmp_path, solver):
     assert _load("stepping_modes").main([*argv, "--out", str(out)]) == 0
     text = out.read_text()
     assert f"| {solver} " in text and "nfe_per_sample_std" in text
+
+
+def test_solve_memory_small(tmp_path):
+    out = tmp_path / "memory.md"
+    argv = ["--batch", "8", "--steps", "4", "--out", str(out)]
+    assert _load("solve_memory").main(argv) == 0
+    text = out.read_text()
+    for variant in ("baseline", "bare", "stats", "trajectory"):
+        assert f"| {variant} |" in text
+    assert "Target: stats peak within 1.5x of bare" in text
