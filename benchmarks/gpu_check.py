@@ -12,6 +12,10 @@ It runs on the CPU too (``--smoke`` makes it small), so it is tested before a GP
 
     python benchmarks/gpu_check.py --out results/gpu            # on the GPU machine
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu-check # anywhere, in seconds
+
+The lent GPU machine reaches no network: carry the Fashion-MNIST IDX files (for example a
+copy of /usr/share/datasets/fashion-mnist in an ignored folder) and pass ``--data-root``,
+and carry as wheels whatever Python packages it lacks (torch-fidelity, torchdiffeq).
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/gpu", help="where gpu_check.md and the run go")
     p.add_argument("--device", default="auto", help="auto, cuda, cpu")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset of the quick run")
+    p.add_argument("--data-root", default=None, help="where the dataset's files are")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU test")
     args = p.parse_args(argv)
 
@@ -140,6 +145,7 @@ def main(argv=None) -> int:
             preset="quick",
             device=args.device,
             num_samples=sizes["num_samples"],
+            data_root=args.data_root,
             epochs=sizes["epochs"],
             out=str(out / f"quick-{dataset}"),
             resume=True,
@@ -155,7 +161,7 @@ def main(argv=None) -> int:
     ]
 
     # 2. Time per NFE of the quick UNet (the run's own model, from the cache).
-    data = load_split(dataset, "train")
+    data = load_split(dataset, "train", args.data_root)
     trained = bench.obtain_model(
         bench.model_spec(dataset, "quick", data, 0, sizes["epochs"]), data, device
     )

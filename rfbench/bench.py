@@ -144,7 +144,10 @@ def build_quality(
     device: torch.device,
     n: int,
     progress: bool | None = None,
+    reference: str = "train",
 ) -> Quality:
+    """The quality metric of a run: exact distances for toy2d; torch-fidelity for images,
+    against the ``reference`` split, with the offline classifier extractor."""
     if datamod.get_dataset(dataset).kind == "toy":
         ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
         from rfbench.metrics import energy_distance, sliced_wasserstein
@@ -156,7 +159,7 @@ def build_quality(
             },
             {"reference": f"toy2d-true-n{n}"},
         )
-    from rfbench.metrics.classifier import get_classifier
+    from rfbench.metrics.classifier import FEATURE_DIM, get_classifier
     from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, samples_to_metrics
 
     if train_split.labels is None:
@@ -167,11 +170,19 @@ def build_quality(
     info = get_classifier(train_split, test_split, device=device, progress=progress)
     log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
     extractor = Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path)
+    ref = train_split if reference == "train" else test_split
+    if n < FEATURE_DIM:
+        log.warning(
+            "%d samples < %d feature dimensions: the sample covariance is rank-deficient and "
+            "FID is strongly biased; compare only rows of equal n_samples",
+            n,
+            FEATURE_DIM,
+        )
     return Quality(
-        lambda x: samples_to_metrics(x, train_split, extractor, metrics, device=device),
+        lambda x: samples_to_metrics(x, ref, extractor, metrics, device=device),
         {
             "feature_extractor": info.name,
-            "reference": f"{dataset}-train-{train_split.content_hash[:8]}",
+            "reference": f"{dataset}-{ref.split}-{ref.content_hash[:8]}",
         },
     )
 
@@ -245,6 +256,7 @@ def run_cell(
             overhead_time_s=run.overhead_time_s,
             images_per_s=n / run.wall_time_s,
             straightness=float(run.straightness.mean()),
+            curvature=float(run.curvature.nanmean()),
         )
         if all(v is not None for v in run.solver_nfe_per_solve):
             row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_solve))
@@ -317,7 +329,7 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
         if trained is None:
             trained = obtain_model(spec, train_split, device, progress)
         quality = build_quality(
-            cfg.dataset, train_split, test_split, cfg.metrics, device, n, progress
+            cfg.dataset, train_split, test_split, cfg.metrics, device, n, progress, cfg.reference
         )
         inversion_data = (
             test_split.x[: min(n, INVERSION_SAMPLES)] if "inversion" in cfg.metrics else None

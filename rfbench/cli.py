@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         "data -> noise -> data round-trip error of each solver",
     )
     r.add_argument(
+        "--reference",
+        choices=("train", "test"),
+        default=C.DEFAULT_REFERENCE,
+        help="the split that generated samples are compared with",
+    )
+    r.add_argument(
         "--max-nfe",
         type=_positive_int,
         default=C.DEFAULT_MAX_NFE,
@@ -282,6 +288,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         metrics=args.metrics,
+        reference=args.reference,
         checkpoint=args.checkpoint,
         data_root=args.data_root,
         device=args.device,

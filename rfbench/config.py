@@ -17,6 +17,7 @@ DEFAULT_ATOL: float = 1e-5
 DEFAULT_TOLS: tuple[float, ...] = (DEFAULT_RTOL,)
 DEFAULT_SEEDS: tuple[int, ...] = (0,)
 DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid")
+DEFAULT_REFERENCE: str = "train"
 DEFAULT_GRIDS: tuple[str, ...] = ("uniform",)
 DEFAULT_STEPPING: tuple[str, ...] = ("batched",)
 DEFAULT_REPEATS: int = 1
@@ -138,6 +139,7 @@ class RunConfig:
     num_samples: int | None = None  # None = the preset's
     batch_size: int | None = None  # None = the preset's
     metrics: tuple[str, ...] = DEFAULT_METRICS
+    reference: str = DEFAULT_REFERENCE  # the split FID compares with: train or test
     checkpoint: str | None = None
     data_root: str | None = None
     device: str = "auto"

@@ -53,6 +53,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "grid",
     "stepping",
     "nfe_std",
+    "curvature",
     "nfe_total",
     "solver_nfe",
     "precision",

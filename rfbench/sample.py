@@ -36,19 +36,43 @@ class CountingVelocity:
 
     ``t`` may be a float or a 0-dim tensor; the network receives it as a [B] tensor in
     x's dtype. Calls beyond ``max_nfe`` raise NFEBudgetExceeded. With ``record=True`` it
-    also keeps, per call, t and each sample's mean squared velocity: B numbers a call, which
-    is all that straightness needs (never the states themselves).
+    also keeps, per call, t and each sample's mean squared velocity and velocity norm: 2B
+    numbers a call, all that straightness and curvature need (never the states themselves).
+    They go into one buffer that doubles when full: many small tensors kept alive between
+    the network's large buffers would fragment the heap (measured in
+    results/solve-memory.md).
     """
 
     def __init__(self, model: nn.Module, max_nfe: int | None = None, record: bool = False):
         self.model, self.max_nfe, self.record = model, max_nfe, record
         self.nfe, self.model_time_s = 0, 0.0
-        self.calls: list[tuple[float, torch.Tensor]] = []
+        self._times: list[float] = []
+        self._stats: torch.Tensor | None = None  # [capacity, 2, B] float64
         self._device: torch.device | None = None
         self._sync: Callable[[], None] = lambda: None
 
     def reset(self) -> None:
-        self.nfe, self.model_time_s, self.calls = 0, 0.0, []
+        self.nfe, self.model_time_s, self._times = 0, 0.0, []
+
+    def recorded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t [calls], mean squared velocity [calls, B], velocity norm [calls, B]) on the CPU."""
+        k = len(self._times)
+        stats = self._stats[:k].cpu()
+        return torch.tensor(self._times, dtype=torch.float64), stats[:, 0], stats[:, 1]
+
+    def _record(self, t: float, out: torch.Tensor) -> None:
+        flat = out.detach().flatten(1).double()
+        k = len(self._times)
+        if self._stats is None or self._stats.shape[2] != len(flat) or k == len(self._stats):
+            grown = torch.empty(
+                max(64, 2 * k), 2, len(flat), dtype=torch.float64, device=flat.device
+            )
+            if k:
+                grown[:k] = self._stats[:k]
+            self._stats = grown
+        self._stats[k, 0] = flat.pow(2).mean(1)
+        self._stats[k, 1] = flat.norm(dim=1)
+        self._times.append(t)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -64,33 +88,46 @@ class CountingVelocity:
         self._sync()
         self.model_time_s += time.perf_counter() - start
         if self.record:
-            self.calls.append((float(t), out.detach().flatten(1).double().pow(2).mean(1)))
+            self._record(float(t), out)
         return out
 
 
-def straightness(
-    calls: list[tuple[float, torch.Tensor]],
+@dataclass
+class PathStats:
+    """Per-sample statistics of solved paths, from the recorded calls alone."""
+
+    straightness: torch.Tensor  # S = int |(X1 - X0) - v|^2 dt (Liu et al. 2023)
+    curvature: torch.Tensor  # arc-chord excess: int |v| dt / |X1 - X0| - 1 (0 for a line)
+
+
+def path_statistics(
+    recorded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     weights: list[float] | None,
     x0: torch.Tensor,
     x1: torch.Tensor,
     t_span: tuple[float, float] = (0.0, 1.0),
-) -> torch.Tensor:
-    """Per-sample straightness S = int_0^1 |(X1 - X0) - v(X_t, t)|^2 dt (Liu et al. 2023).
+) -> PathStats:
+    """Straightness and curvature of each sample's solved path X_t, t in t_span, from
+    ``CountingVelocity.recorded()``.
 
     Along a solution, int v dt = X1 - X0, so S = int |v|^2 dt - |X1 - X0|^2 (squared norms
-    as means over elements). The integral uses the solver's own quadrature ``weights`` (one
-    per call) where it has them, which makes S exact for the discrete fixed-step path;
-    otherwise the trapezoid rule over the calls sorted by t, clipped to ``t_span`` (an
-    estimate for adaptive solvers: rejected-step and overshooting calls lie near the path).
+    as means over elements), and the path length is int |v| dt (Euclidean norms). Integrals
+    use the solver's own quadrature ``weights`` (one per call) where it has them, which
+    makes both exact for the discrete fixed-step path; otherwise the trapezoid rule over
+    the calls sorted by t, clipped to ``t_span`` (an estimate for adaptive solvers, whose
+    rejected-step and overshooting calls lie near the path).
     """
-    q = torch.stack([c[1] for c in calls])  # [calls, B]
-    if weights is not None:
-        integral = (torch.tensor(weights, dtype=q.dtype, device=q.device)[:, None] * q).sum(0)
-    else:
-        ts = torch.tensor([c[0] for c in calls], dtype=q.dtype, device=q.device)
-        integral = _trapezoid_on(ts, q, min(t_span), max(t_span))
-    chord = (x1 - x0).detach().flatten(1).double().pow(2).mean(1)
-    return (integral - chord).cpu()
+    ts, sq, norm = recorded  # [calls], [calls, B], [calls, B]
+
+    def integral(q: torch.Tensor) -> torch.Tensor:
+        if weights is not None:
+            return (torch.tensor(weights, dtype=q.dtype)[:, None] * q).sum(0)
+        return _trapezoid_on(ts, q, min(t_span), max(t_span))
+
+    d = (x1 - x0).detach().flatten(1).double().cpu()
+    chord = d.norm(dim=1)
+    curvature = torch.where(chord > 0, integral(norm) / chord - 1, torch.nan)
+    return PathStats(integral(sq) - d.pow(2).mean(1), curvature)
 
 
 def _trapezoid_on(ts: torch.Tensor, q: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -148,6 +185,7 @@ class SampleRun:
     wall_time_s: float = 0.0  # summed over solves (median over repeats of each)
     model_time_s: float = 0.0  # the network forwards alone
     straightness: torch.Tensor | None = None  # per sample, when the solve was recorded
+    curvature: torch.Tensor | None = None  # per sample, when the solve was recorded
 
     @property
     def n(self) -> int:
@@ -197,7 +235,8 @@ def integrate(
     is counted by ``CountingVelocity`` and timed ``repeats`` times; the median counts. With
     ``stepping="per-sample"`` an adaptive solver integrates each sample on its own, so its
     steps (and NFE) do not depend on the other samples. ``record=True`` accumulates each
-    sample's straightness during the solve (B numbers per network call, no trajectories).
+    sample's straightness and curvature during the solve (2B numbers per network call, no
+    trajectories).
     """
     if stepping not in STEPPING_MODES:
         raise ValueError(f"stepping must be one of {STEPPING_MODES}, got {stepping!r}")
@@ -219,6 +258,7 @@ def integrate(
             run = SampleRun(x=torch.empty(num_samples, *x_start.shape[1:]))
             if record:
                 run.straightness = torch.empty(num_samples, dtype=torch.float64)
+                run.curvature = torch.empty(num_samples, dtype=torch.float64)
         pieces = [(i, i + 1) for i in range(start, stop)] if per_sample else [(start, stop)]
         for lo, hi in pieces:
             walls, models = [], []
@@ -241,9 +281,8 @@ def integrate(
             run.x[lo:hi] = result.x.detach().float().cpu()
             if record:
                 x0 = x_start[lo - start : hi - start]
-                run.straightness[lo:hi] = straightness(
-                    counter.calls, result.weights, x0, result.x, (t0, t1)
-                )
+                stats = path_statistics(counter.recorded(), result.weights, x0, result.x, (t0, t1))
+                run.straightness[lo:hi], run.curvature[lo:hi] = stats.straightness, stats.curvature
     if run is None:
         raise ValueError("num_samples must be >= 1")
     return run

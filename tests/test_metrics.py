@@ -72,3 +72,73 @@ def test_toy_distances():
     # SW2 of a pure shift by d is |d| times the RMS of cos over random directions: 1/sqrt(2).
     assert sliced_wasserstein(a, shifted, projections=4000) == pytest.approx(2**-0.5, rel=0.05)
     assert energy_distance(a, shifted) > 0.1
+
+
+def test_equals_torch_fidelity_called_directly(mnist_like):
+    """rfbench's numbers are torch-fidelity's, on the same uint8 samples and extractor."""
+    import torch_fidelity
+
+    from rfbench.data import to_uint8
+    from rfbench.metrics.fidelity import UInt8Images
+
+    train, test, _, extractor = mnist_like
+    ours = samples_to_metrics(test.x, train, extractor, ("fid", "kid"))
+    direct = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(to_uint8(test.x)),
+        input2=UInt8Images(to_uint8(train.x)),
+        feature_extractor=extractor.registry_name,
+        feature_extractor_weights_path=extractor.weights_path,
+        fid=True,
+        kid=True,
+        kid_subset_size=len(test.x),
+        cuda=False,
+        cache=False,
+        verbose=False,
+        save_cpu_ram=True,
+    )
+    assert ours["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-9)
+    assert ours["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-9)
+
+
+def test_metrics_do_not_depend_on_the_batch_size(mnist_like):
+    train, test, _, extractor = mnist_like
+    small = samples_to_metrics(test.x, train, extractor, ("fid",), batch_size=7)
+    large = samples_to_metrics(test.x, train, extractor, ("fid",), batch_size=200)
+    assert small["fid"] == pytest.approx(large["fid"], rel=1e-6)
+
+
+def test_kid_of_disjoint_halves_is_near_zero(mnist_like):
+    train, _, _, extractor = mnist_like
+    a = samples_to_metrics(train.x[:300], _half(train, slice(300, None)), extractor, ("kid",))
+    noise = samples_to_metrics(
+        torch.rand_like(train.x[:300]) * 2 - 1, _half(train, slice(300, None)), extractor, ("kid",)
+    )
+    assert abs(a["kid_mean"]) < 0.02 * noise["kid_mean"]
+
+
+def _half(split, part):
+    from dataclasses import replace
+
+    from rfbench.data import content_hash, to_uint8
+
+    x = split.x[part]
+    return replace(split, x=x, labels=split.labels[part], content_hash=content_hash(
+        to_uint8(x).numpy()))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["noise", "blur"])
+def test_fid_rises_with_disturbance(mnist_like, kind):
+    import torchvision.transforms.functional as TF
+
+    train, test, _, extractor = mnist_like
+
+    def disturb(x, level):
+        if kind == "noise":
+            g = torch.Generator().manual_seed(0)
+            return (x + level * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+        return TF.gaussian_blur(x, kernel_size=9, sigma=level)
+
+    levels = [0.1, 0.3, 0.6, 1.0] if kind == "noise" else [0.5, 1.0, 2.0, 3.0]
+    fids = [samples_to_metrics(disturb(test.x, lv), train, extractor, ("fid",))["fid"]
+            for lv in levels]  # fmt: skip
+    assert all(b > a for a, b in zip(fids, fids[1:])), fids

@@ -188,5 +188,33 @@ def test_straightness_of_a_curved_field_adaptive(solver):
 def test_straightness_needs_no_trajectory_storage():
     counter = CountingVelocity(lambda x, t: x, record=True)
     counter(torch.ones(4, 1, 28, 28), 0.5)
-    ((t, q),) = counter.calls
-    assert t == 0.5 and q.shape == (4,)  # B numbers per call, not B x 784
+    t, sq, norm = counter.recorded()
+    assert t.tolist() == [0.5] and sq.shape == norm.shape == (1, 4)  # 2B numbers per call
+
+
+def _rotation(x, t):
+    """dx/dt = (pi/2) (-x2, x1): a quarter circle from (1, 0); length pi/2, chord sqrt(2)."""
+    return (math.pi / 2) * torch.stack([-x[:, 1], x[:, 0]], dim=1)
+
+
+@pytest.mark.parametrize("solver,options,rel", [
+    ("rk4", {"steps": 32}, 1e-6),
+    ("heun", {"steps": 64}, 1e-3),
+    ("dopri5", {"rtol": 1e-7, "atol": 1e-7}, 1e-2),
+    ("rk45", {"rtol": 1e-7, "atol": 1e-7}, 1e-2),
+])  # fmt: skip
+def test_curvature_of_a_quarter_circle(solver, options, rel):
+    x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    run = integrate(_rotation, solver, 1, lambda lo, hi: x0[lo:hi], record=True,
+                    batch_size=1, progress=False, **options)  # fmt: skip
+    exact = (math.pi / 2) / math.sqrt(2) - 1
+    assert run.curvature.item() == pytest.approx(exact, rel=rel)
+
+
+def test_curvature_is_geometry_and_straightness_is_also_speed():
+    """x = x0 + c t^2 moves along a line at a changing speed: curvature 0, straightness > 0."""
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    run = integrate(_curved, "rk4", 2, lambda lo, hi: x0[lo:hi], steps=8, record=True,
+                    batch_size=2, progress=False)  # fmt: skip
+    assert run.curvature.abs().max().item() < 1e-12
+    assert (run.straightness > 0.1).all()
