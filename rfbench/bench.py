@@ -10,13 +10,13 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from rfbench import data as datamod
-from rfbench.config import RunConfig, TrainConfig, cache_dir
+from rfbench.config import RunConfig, cache_dir
 from rfbench.config import preset as get_preset
 from rfbench.errors import UserError
 from rfbench.figures import quality_column, quality_vs_nfe
@@ -33,7 +33,7 @@ INVERSION_SAMPLES = 256  # test-split samples sent through the data -> noise -> 
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when present, else CPU; otherwise the named device, checked."""
+    """The device to run on: CUDA when present for "auto", else the named one, checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -57,19 +57,13 @@ def device_label(device: torch.device) -> str:
 def model_spec(
     dataset: str, preset_name: str, data: datamod.DataSplit, seed: int, epochs: int | None = None
 ) -> ModelSpec:
+    """What `run` trains for a dataset and preset: the preset's recipe (its toy2d recipe for
+    vectors), with this seed and, if given, this many epochs."""
     p = get_preset(preset_name)
-    base = p.toy_train if data.x.dim() == 2 else p.train
-    fields = {**base.__dict__, "seed": seed}
-    if epochs is not None:
-        fields["epochs"] = epochs
+    recipe = p.toy_train if data.x.dim() == 2 else p.train
+    recipe = replace(recipe, seed=seed, epochs=recipe.epochs if epochs is None else epochs)
     return ModelSpec(
-        dataset,
-        data.sample_shape,
-        p.unet,
-        p.mlp,
-        TrainConfig(**fields),
-        data.content_hash,
-        preset_name,
+        dataset, data.sample_shape, p.unet, p.mlp, recipe, data.content_hash, preset_name
     )
 
 
@@ -121,7 +115,6 @@ def obtain_model(
         time.perf_counter() - start,
         trained.losses[-1],
     )
-    trained.model.to(device)
     return trained
 
 
@@ -292,7 +285,9 @@ def _describe(row: dict) -> str:
         setting = f"rtol={row['rtol']:g} {row['stepping']}"
     if row.get("status") != STATUS_OK:
         return f"{row['solver']} {setting} seed={row['seed']}: FAILED {row.get('error')}"
-    q = " ".join(f"{k}={row[k]:.4g}" for k in ("fid", "kid_mean", "swd") if k in row)
+    q = " ".join(
+        f"{k}={row[k]:.4g}" for k in ("fid", "kid_mean", "swd", "inversion_rmse") if k in row
+    )
     return (
         f"{row['solver']} {setting} seed={row['seed']}: nfe={row['nfe']:.1f} {q} "
         f"wall={row['wall_time_s']:.2f}s"

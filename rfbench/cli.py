@@ -250,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dc.set_defaults(handler=_cmd_data_check)
 
+    # rfbench report
+    rp = sub.add_parser("report", help="print the table of a run directory", formatter_class=fmt)
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `rfbench run`")
+    rp.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
+    rp.set_defaults(handler=_cmd_report)
+
     # rfbench solvers
     s = sub.add_parser("solvers", help="list every registered solver")
     s.set_defaults(handler=_cmd_solvers)
@@ -348,6 +354,19 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
             f"{d.name} {split}: {len(d.x)} samples of shape {list(d.sample_shape)}, "
             f"sha256 {d.content_hash[:16]}, from {d.source}"
         )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rfbench.report import FORMATS
+    from rfbench.results import RunDir, records_to_frame
+
+    run_dir = RunDir(args.run_dir)
+    if not run_dir.results_csv.is_file():
+        from rfbench.errors import UserError
+
+        raise UserError(f"{args.run_dir} holds no results.csv: not a run directory")
+    print(FORMATS[args.format](records_to_frame(run_dir.read_rows())), end="")
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from rfbench.errors import UserError
+
 # The columns a reader of table.md wants, in order; those that are all empty are dropped.
 SUMMARY_COLUMNS = (
     "solver",
@@ -16,6 +18,8 @@ SUMMARY_COLUMNS = (
     "fid",
     "kid_mean",
     "straightness",
+    "curvature",
+    "inversion_rmse",
     "swd",
     "energy_distance",
     "wall_time_s",
@@ -63,7 +67,11 @@ def frame_to_markdown(frame: pd.DataFrame) -> str:
 
 
 def frame_to_latex(frame: pd.DataFrame) -> str:
-    return frame_to_summary(frame).to_latex(index=False, float_format="%.4g")
+    """A booktabs table (pandas' to_latex, which needs jinja2: the `report` extra)."""
+    try:
+        return frame_to_summary(frame).to_latex(index=False, float_format="%.4g", na_rep="")
+    except ImportError as e:
+        raise UserError(f"LaTeX tables need {e.name}: pip install 'rfbench[report]'") from None
 
 
 def frame_to_csv(frame: pd.DataFrame) -> str:

@@ -241,3 +241,14 @@ def test_grid_and_stepping_axes(tmp_path, capsys):
     assert len(str(dopri.loc["per-sample", "nfe_per_batch"]).split(";")) == 40
     assert dopri.loc["per-sample", "solver_nfe"] == dopri.loc["per-sample", "nfe_per_batch"]
     assert dopri.loc["batched", "nfe_std"] == 0
+
+
+def test_report_prints_the_run_table(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run([*TOY, "--solvers", "euler", "--steps", "1,2", "--out", str(out)], capsys)[0] == 0
+    code, md, _ = _run(["report", str(out)], capsys)
+    assert code == 0 and md == (out / "table.md").read_text()
+    code, csv, _ = _run(["report", str(out), "--format", "csv"], capsys)
+    assert code == 0 and csv.splitlines()[0].startswith("solver,steps,nfe")
+    code, _, err = _run(["report", str(tmp_path)], capsys)
+    assert code == 2 and "not a run directory" in err
