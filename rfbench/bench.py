@@ -129,6 +129,30 @@ class Quality:
     columns: dict  # constant columns: feature_extractor, reference
 
 
+INCEPTION_FEATURE_DIM = 2048
+
+
+def resolve_extractor(cfg: RunConfig, train_split: datamod.DataSplit):
+    """Check the extractor choice before any work: "auto" is the classifier where the data
+    has labels, else Inception; Inception's weights are located and verified here. Returns
+    the Inception Extractor, or None for the classifier (trained later) and for toy2d."""
+    if datamod.get_dataset(cfg.dataset).kind == "toy":
+        return None
+    choice = cfg.feature_extractor
+    if choice == "auto":
+        choice = "classifier" if train_split.labels is not None else "inception"
+    if choice == "classifier":
+        if train_split.labels is None:
+            raise UserError(
+                f"dataset {cfg.dataset!r} has no labels, so the classifier extractor cannot be "
+                "trained; use --feature-extractor inception"
+            )
+        return None
+    from rfbench.metrics.inception import inception_extractor
+
+    return inception_extractor(cfg.inception_weights)
+
+
 def build_quality(
     dataset: str,
     train_split: datamod.DataSplit,
@@ -138,9 +162,11 @@ def build_quality(
     n: int,
     progress: bool | None = None,
     reference: str = "train",
+    extractor=None,
 ) -> Quality:
     """The quality metric of a run: exact distances for toy2d; torch-fidelity for images,
-    against the ``reference`` split, with the offline classifier extractor."""
+    against the ``reference`` split, with ``extractor`` (from ``resolve_extractor``) or
+    else the offline classifier."""
     if datamod.get_dataset(dataset).kind == "toy":
         ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
         from rfbench.metrics import energy_distance, sliced_wasserstein
@@ -155,26 +181,23 @@ def build_quality(
     from rfbench.metrics.classifier import FEATURE_DIM, get_classifier
     from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, samples_to_metrics
 
-    if train_split.labels is None:
-        raise UserError(
-            f"dataset {dataset!r} has no labels, so the offline classifier extractor cannot be "
-            "trained; the Inception extractor is not available yet"
-        )
-    info = get_classifier(train_split, test_split, device=device, progress=progress)
-    log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
-    extractor = Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path)
+    feature_dim = INCEPTION_FEATURE_DIM
+    if extractor is None:
+        info = get_classifier(train_split, test_split, device=device, progress=progress)
+        log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
+        extractor, feature_dim = Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path), FEATURE_DIM
     ref = train_split if reference == "train" else test_split
-    if n < FEATURE_DIM:
+    if n < feature_dim:
         log.warning(
             "%d samples < %d feature dimensions: the sample covariance is rank-deficient and "
             "FID is strongly biased; compare only rows of equal n_samples",
             n,
-            FEATURE_DIM,
+            feature_dim,
         )
     return Quality(
         lambda x: samples_to_metrics(x, ref, extractor, metrics, device=device),
         {
-            "feature_extractor": info.name,
+            "feature_extractor": extractor.label,
             "reference": f"{dataset}-{ref.split}-{ref.content_hash[:8]}",
         },
     )
@@ -316,6 +339,7 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
     test_split = datamod.load_split(cfg.dataset, "test", cfg.data_root, image_size=cfg.image_size)
     spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
     trained = load_checkpoint_for(spec, cfg.checkpoint, device) if cfg.checkpoint else None
+    extractor = resolve_extractor(cfg, train_split)
     run_dir = RunDir(out)
     rows = run_dir.create(cfg.to_dict(), cfg.resume)
     handler = _setup_logging(run_dir)
@@ -324,7 +348,15 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
         if trained is None:
             trained = obtain_model(spec, train_split, device, progress)
         quality = build_quality(
-            cfg.dataset, train_split, test_split, cfg.metrics, device, n, progress, cfg.reference
+            cfg.dataset,
+            train_split,
+            test_split,
+            cfg.metrics,
+            device,
+            n,
+            progress,
+            cfg.reference,
+            extractor,
         )
         inversion_data = (
             test_split.x[: min(n, INVERSION_SAMPLES)] if "inversion" in cfg.metrics else None

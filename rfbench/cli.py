@@ -185,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split that generated samples are compared with",
     )
     r.add_argument(
+        "--feature-extractor",
+        choices=("auto", "classifier", "inception"),
+        default="auto",
+        help="FID features: the offline classifier (auto, where the data has labels) or the "
+        "standard Inception-v3 (comparable with papers; needs its weights file)",
+    )
+    r.add_argument(
+        "--inception-weights",
+        default=None,
+        metavar="PATH",
+        help="weights-inception-2015-12-05-6726825d.pth (default: torch hub's checkpoints/)",
+    )
+    r.add_argument(
         "--max-nfe",
         type=_positive_int,
         default=C.DEFAULT_MAX_NFE,
@@ -295,6 +308,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         metrics=args.metrics,
         reference=args.reference,
+        feature_extractor=args.feature_extractor,
+        inception_weights=args.inception_weights,
         checkpoint=args.checkpoint,
         data_root=args.data_root,
         device=args.device,

@@ -140,6 +140,8 @@ class RunConfig:
     batch_size: int | None = None  # None = the preset's
     metrics: tuple[str, ...] = DEFAULT_METRICS
     reference: str = DEFAULT_REFERENCE  # the split FID compares with: train or test
+    feature_extractor: str = "auto"  # auto, classifier or inception
+    inception_weights: str | None = None  # path of weights-inception-2015-12-05-6726825d.pth
     checkpoint: str | None = None
     data_root: str | None = None
     device: str = "auto"

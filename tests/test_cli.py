@@ -252,3 +252,12 @@ def test_report_prints_the_run_table(tmp_path, capsys):
     assert code == 0 and csv.splitlines()[0].startswith("solver,steps,nfe")
     code, _, err = _run(["report", str(tmp_path)], capsys)
     assert code == 2 and "not a run directory" in err
+
+
+def test_inception_without_weights_stops_before_writing(mnist_root, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["run", "--dataset", "mnist", "--data-root", str(mnist_root), "--solvers", "euler"]
+    argv += ["--feature-extractor", "inception", "--inception-weights", str(tmp_path / "w.pth")]
+    code, _, err = _run([*argv, "--out", str(out)], capsys)
+    assert code == 2 and "weights-inception-2015-12-05-6726825d.pth" in err
+    assert err.count("\n") == 1 and not out.exists()

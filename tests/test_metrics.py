@@ -142,3 +142,36 @@ def test_fid_rises_with_disturbance(mnist_like, kind):
     fids = [samples_to_metrics(disturb(test.x, lv), train, extractor, ("fid",))["fid"]
             for lv in levels]  # fmt: skip
     assert all(b > a for a, b in zip(fids, fids[1:])), fids
+
+
+def test_inception_weights_missing_is_one_clear_error(tmp_path):
+    from rfbench.errors import UserError
+    from rfbench.metrics.inception import INCEPTION_FILE, inception_extractor
+
+    with pytest.raises(UserError) as e:
+        inception_extractor(str(tmp_path / INCEPTION_FILE))
+    msg = str(e.value)
+    assert "--inception-weights" in msg and "classifier" in msg and "\n" not in msg
+
+
+def test_inception_weights_checksum_is_verified(tmp_path, monkeypatch):
+    from rfbench.errors import UserError
+    from rfbench.metrics import inception
+
+    fake = tmp_path / inception.INCEPTION_FILE
+    fake.write_bytes(b"not the weights")
+    with pytest.raises(UserError, match="sha256 starts"):
+        inception.inception_extractor(str(fake))
+    # A file whose digest does carry the expected prefix is accepted and named by it.
+    monkeypatch.setattr(inception, "INCEPTION_SHA256_PREFIX", inception.sha256_of(fake)[:8])
+    ex = inception.inception_extractor(str(fake))
+    assert ex.label == f"inception-{inception.sha256_of(fake)[:8]}" and ex.rgb
+
+
+def test_grey_images_are_repeated_for_rgb_extractors():
+    from rfbench.metrics.fidelity import _channels_for
+
+    grey = torch.randint(0, 255, (2, 1, 4, 4), dtype=torch.uint8)
+    rgb = _channels_for(Extractor("x", "x", None, rgb=True), grey)
+    assert rgb.shape == (2, 3, 4, 4) and torch.equal(rgb[:, 2], grey[:, 0])
+    assert _channels_for(Extractor("x", "x", None), grey) is grey

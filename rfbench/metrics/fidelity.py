@@ -49,6 +49,7 @@ class Extractor:
     registry_name: str  # the name registered with torch-fidelity
     label: str  # what the feature_extractor column says, e.g. classifier-1a2b3c4d
     weights_path: str | None
+    rgb: bool = False  # takes 3-channel images only: grey images are repeated to RGB
 
 
 def samples_to_metrics(
@@ -66,8 +67,8 @@ def samples_to_metrics(
         return {}
     n = len(samples)
     out = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(to_uint8(samples)),
-        input2=UInt8Images(to_uint8(reference.x)),
+        input1=UInt8Images(_channels_for(extractor, to_uint8(samples))),
+        input2=UInt8Images(_channels_for(extractor, to_uint8(reference.x))),
         input2_cache_name=reference_cache_name(reference, extractor),
         cache_root=str(cache_dir() / "fidelity"),
         feature_extractor=extractor.registry_name,
@@ -91,6 +92,12 @@ def samples_to_metrics(
         row["isc_mean"] = out["inception_score_mean"]
         row["isc_std"] = out["inception_score_std"]
     return row
+
+
+def _channels_for(extractor: Extractor, images: torch.Tensor) -> torch.Tensor:
+    if extractor.rgb and images.shape[1] == 1:
+        return images.expand(-1, 3, -1, -1)
+    return images
 
 
 def reference_cache_name(reference: DataSplit, extractor: Extractor) -> str:
