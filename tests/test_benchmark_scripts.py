@@ -54,3 +54,16 @@ def test_solve_memory_small(tmp_path):
     for variant in ("baseline", "bare", "stats", "trajectory"):
         assert f"| {variant} |" in text
     assert "Target: stats peak within 1.5x of bare" in text
+
+
+def test_metrics_sanity_small(tmp_path, mnist_root, monkeypatch):
+    roots = tmp_path / "roots"  # the script reads the dataset by name: $RFBENCH_DATA_ROOT/mnist
+    roots.mkdir()
+    (roots / "mnist").symlink_to(mnist_root)
+    monkeypatch.setenv("RFBENCH_DATA_ROOT", str(roots))
+    out = tmp_path / "sanity.md"
+    argv = ["--dataset", "mnist", "--sizes", "50,100", "--epochs", "1", "--solver-steps", "2"]
+    assert _load("metrics_sanity").main([*argv, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## 2. FID as the test images are disturbed" in text and "| blur " in text
+    assert (tmp_path / "sanity.png").stat().st_size > 0
