@@ -175,3 +175,12 @@ def test_grey_images_are_repeated_for_rgb_extractors():
     rgb = _channels_for(Extractor("x", "x", None, rgb=True), grey)
     assert rgb.shape == (2, 3, 4, 4) and torch.equal(rgb[:, 2], grey[:, 0])
     assert _channels_for(Extractor("x", "x", None), grey) is grey
+
+
+def test_precision_recall_against_an_equal_size_reference(mnist_like):
+    train, test, _, extractor = mnist_like
+    real = samples_to_metrics(test.x, train, extractor, ("prc",))
+    noise = samples_to_metrics(torch.rand_like(test.x) * 2 - 1, train, extractor, ("prc",))
+    assert set(real) == {"precision", "recall"}
+    assert real["precision"] > 0.5 and real["recall"] > 0.5
+    assert noise["precision"] < 0.1

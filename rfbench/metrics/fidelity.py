@@ -8,7 +8,7 @@ weights hash, so a changed dataset or extractor can never reuse stale statistics
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch_fidelity
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from rfbench.config import cache_dir
-from rfbench.data import DataSplit, to_uint8
+from rfbench.data import DataSplit, content_hash, to_uint8
 from rfbench.metrics.classifier import ClassifierFeatureExtractor
 
 CLASSIFIER_EXTRACTOR = "rfbench-classifier"
@@ -61,12 +61,36 @@ def samples_to_metrics(
     device: str | torch.device = "cpu",
     batch_size: int = 500,
 ) -> dict:
-    """Compare samples in [-1, 1] with a reference split; returns schema-named values."""
+    """Compare samples in [-1, 1] with a reference split; returns schema-named values.
+
+    Precision and recall (Kynkaenniemi et al. 2019) compare equal-size sets: the reference
+    is a fixed random subset of n images (its k-NN radii cost O(n^2), which the whole
+    training split would make prohibitive on a CPU).
+    """
     wanted = {m: m in metrics for m in FIDELITY_METRICS}
-    if not any(wanted.values()):
-        return {}
+    row: dict = {}
+    if wanted["fid"] or wanted["kid"] or wanted["isc"]:
+        out = _calculate(samples, reference, extractor, device, batch_size,
+                         fid=wanted["fid"], kid=wanted["kid"], isc=wanted["isc"])  # fmt: skip
+        if wanted["fid"]:
+            row["fid"] = out["frechet_inception_distance"]
+        if wanted["kid"]:
+            row["kid_mean"] = out["kernel_inception_distance_mean"]
+            row["kid_std"] = out["kernel_inception_distance_std"]
+        if wanted["isc"]:
+            row["isc_mean"] = out["inception_score_mean"]
+            row["isc_std"] = out["inception_score_std"]
+    if wanted["prc"]:
+        out = _calculate(samples, _subset(reference, len(samples)), extractor, device,
+                         batch_size, prc=True)  # fmt: skip
+        row["precision"], row["recall"] = out["precision"], out["recall"]
+    return row
+
+
+def _calculate(samples, reference: DataSplit, extractor: Extractor, device, batch_size,
+               **metrics) -> dict:  # fmt: skip
     n = len(samples)
-    out = torch_fidelity.calculate_metrics(
+    return torch_fidelity.calculate_metrics(
         input1=UInt8Images(_channels_for(extractor, to_uint8(samples))),
         input2=UInt8Images(_channels_for(extractor, to_uint8(reference.x))),
         input2_cache_name=reference_cache_name(reference, extractor),
@@ -78,20 +102,20 @@ def samples_to_metrics(
         kid_subset_size=min(KID_SUBSET_SIZE, n, len(reference.x)),
         save_cpu_ram=True,  # no DataLoader worker processes for in-memory tensors
         verbose=False,
-        **wanted,
+        **metrics,
     )
-    row = {}
-    if wanted["fid"]:
-        row["fid"] = out["frechet_inception_distance"]
-    if wanted["kid"]:
-        row["kid_mean"] = out["kernel_inception_distance_mean"]
-        row["kid_std"] = out["kernel_inception_distance_std"]
-    if wanted["prc"]:
-        row["precision"], row["recall"] = out["precision"], out["recall"]
-    if wanted["isc"]:
-        row["isc_mean"] = out["inception_score_mean"]
-        row["isc_std"] = out["inception_score_std"]
-    return row
+
+
+PRC_SUBSET_SEED = 0
+
+
+def _subset(reference: DataSplit, n: int) -> DataSplit:
+    """A fixed random subset of n reference images, with its own content hash."""
+    if n >= len(reference.x):
+        return reference
+    idx = torch.randperm(len(reference.x), generator=torch.Generator().manual_seed(PRC_SUBSET_SEED))
+    x = reference.x[idx[:n].sort().values]
+    return replace(reference, x=x, labels=None, content_hash=content_hash(to_uint8(x).numpy()))
 
 
 def _channels_for(extractor: Extractor, images: torch.Tensor) -> torch.Tensor:
