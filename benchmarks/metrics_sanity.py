@@ -23,27 +23,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torchvision.transforms.functional as TF  # noqa: E402
 
 from rfbench import bench  # noqa: E402
 from rfbench.data import load_split  # noqa: E402
 from rfbench.figures import PALETTE  # noqa: E402
 from rfbench.metrics.classifier import get_classifier  # noqa: E402
 from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, samples_to_metrics  # noqa: E402
+from rfbench.metrics.sanity import disturb  # noqa: E402
 from rfbench.results import environment  # noqa: E402
 from rfbench.sample import generate  # noqa: E402
 
 NOISE = (0.05, 0.1, 0.2, 0.4, 0.8)  # std of added Gaussian noise, images in [-1, 1]
 BLUR = (0.5, 1.0, 1.5, 2.0, 3.0)  # sigma of a 9x9 Gaussian blur, in pixels
 SIZES = (500, 1000, 2000, 5000, 10_000)
-
-
-def disturb(x: torch.Tensor, kind: str, level: float) -> torch.Tensor:
-    if kind == "noise":
-        g = torch.Generator().manual_seed(0)
-        return (x + level * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-    return TF.gaussian_blur(x, kernel_size=9, sigma=level)
 
 
 def main(argv=None) -> int:

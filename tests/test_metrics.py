@@ -128,18 +128,12 @@ def _half(split, part):
 
 @pytest.mark.parametrize("kind", ["noise", "blur"])
 def test_fid_rises_with_disturbance(mnist_like, kind):
-    import torchvision.transforms.functional as TF
+    from rfbench.metrics.sanity import disturb
 
     train, test, _, extractor = mnist_like
 
-    def disturb(x, level):
-        if kind == "noise":
-            g = torch.Generator().manual_seed(0)
-            return (x + level * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-        return TF.gaussian_blur(x, kernel_size=9, sigma=level)
-
     levels = [0.1, 0.3, 0.6, 1.0] if kind == "noise" else [0.5, 1.0, 2.0, 3.0]
-    fids = [samples_to_metrics(disturb(test.x, lv), train, extractor, ("fid",))["fid"]
+    fids = [samples_to_metrics(disturb(test.x, kind, lv), train, extractor, ("fid",))["fid"]
             for lv in levels]  # fmt: skip
     assert all(b > a for a, b in zip(fids, fids[1:])), fids
 
