@@ -16,6 +16,18 @@ from rfbench import config as C
 PROG = "rfbench"
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help text that ends with the default, lists written as they are typed (a,b,c)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or action.required or default in (None, False, argparse.SUPPRESS):
+            return text
+        shown = _fmt(default) if isinstance(default, tuple) else default
+        return f"{text} (default: {shown})"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2), never the usage block."""
 
@@ -74,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     solvers, datasets, presets = list(SOLVERS), list(DATASETS), list(C.PRESETS)
     grids = list(GRIDS)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsFormatter
     parser = OneLineParser(
         prog=PROG,
         description="Benchmark rectified-flow image generators: "
@@ -141,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=presets,
         default=C.DEFAULT_PRESET,
         help="model size, training recipe and sample count: "
-        + "; ".join(f"{p.name}: {p.description}" for p in C.PRESETS.values()),
+        + "; ".join(f"{p.name}: {p.description.rstrip('.')}" for p in C.PRESETS.values()),
     )
     r.add_argument(
         "--checkpoint",
