@@ -22,7 +22,8 @@ class DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or action.required or default in (None, False, argparse.SUPPRESS):
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if "default" in text or action.required or hidden:
             return text
         shown = _fmt(default) if isinstance(default, tuple) else default
         return f"{text} (default: {shown})"

@@ -54,6 +54,7 @@ def test_help_shows_defaults(capsys):
                     "(default: uniform)", "(default: fid,kid)", "(default: auto)"):  # fmt: skip
         assert default in out, default
     assert "(default: None)" not in out
+    assert "seed of the trained model (default: 0)" in out
 
 
 def test_toy2d_run_end_to_end(tmp_path, capsys):
