@@ -280,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="print the table of a run directory", formatter_class=fmt)
     rp.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `rfbench run`")
     rp.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
+    rp.add_argument(
+        "--view",
+        choices=("cells", "seeds", "paired"),
+        default="cells",
+        help="cells: one row per cell; seeds: mean, std and bootstrap CI over seeds; paired: "
+        "each setting minus --baseline on the same seeds",
+    )
+    rp.add_argument("--baseline", default=None, metavar="SOLVER", help="for --view paired")
+    rp.add_argument("--metric", default="fid", help="the column --view seeds|paired summarise")
     rp.set_defaults(handler=_cmd_report)
 
     # rfbench solvers
@@ -394,7 +403,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from rfbench.errors import UserError
 
         raise UserError(f"{args.run_dir} holds no results.csv: not a run directory")
-    print(FORMATS[args.format](records_to_frame(run_dir.read_rows())), end="")
+    frame = records_to_frame(run_dir.read_rows())
+    if args.view == "cells":
+        print(FORMATS[args.format](frame), end="")
+        return 0
+    from rfbench.errors import UserError
+    from rfbench.report import paired_differences, seed_summary
+
+    if args.view == "paired" and not args.baseline:
+        raise UserError("--view paired needs --baseline SOLVER")
+    if args.metric not in frame.columns or frame[args.metric].isna().all():
+        raise UserError(f"the run has no values of {args.metric!r}")
+    table = (seed_summary(frame, args.metric) if args.view == "seeds"
+             else paired_differences(frame, args.baseline, args.metric))  # fmt: skip
+    if args.format == "md":
+        print(table.to_markdown(index=False, floatfmt=".4g"))
+    elif args.format == "latex":
+        print(table.to_latex(index=False, float_format="%.4g", na_rep=""), end="")
+    else:
+        print(table.to_csv(index=False), end="")
     return 0
 
 

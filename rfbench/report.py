@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from rfbench.errors import UserError
@@ -79,3 +80,58 @@ def frame_to_csv(frame: pd.DataFrame) -> str:
 
 
 FORMATS = {"md": frame_to_markdown, "latex": frame_to_latex, "csv": frame_to_csv}
+
+
+# Uncertainty over seeds.
+
+SETTING_KEYS = ("dataset", "model_id", "solver", "steps", "grid", "rtol", "stepping", "n_samples")
+
+
+def _settings(frame: pd.DataFrame) -> list[str]:
+    return [k for k in SETTING_KEYS if k in frame.columns]
+
+
+def seed_summary(
+    frame: pd.DataFrame, metric: str = "fid", boot: int = 2000, level: float = 0.95
+) -> pd.DataFrame:
+    """Per setting: the metric's mean and standard deviation over seeds, with a percentile
+    bootstrap confidence interval of the mean (resampling seeds; needs >= 2 seeds)."""
+    ok = frame[(frame["status"] == "ok") & frame[metric].notna()]
+    rng = np.random.default_rng(0)
+    rows = []
+    for key, g in ok.groupby(_settings(ok), dropna=False, sort=True):
+        values = g[metric].to_numpy(dtype=float)
+        row = dict(zip(_settings(ok), key), nfe=g["nfe"].mean(), seeds=len(values))
+        row[f"{metric}_mean"] = values.mean()
+        row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        if len(values) > 1:
+            means = rng.choice(values, size=(boot, len(values))).mean(axis=1)
+            lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = lo, hi
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_differences(frame: pd.DataFrame, baseline: str, metric: str = "fid") -> pd.DataFrame:
+    """Each setting minus the ``baseline`` solver on the same model and seed (the same noise):
+    mean, standard deviation and count of the per-seed differences."""
+    ok = frame[(frame["status"] == "ok") & frame[metric].notna()]
+    base = ok[ok["solver"] == baseline]
+    if base.empty:
+        raise UserError(f"no successful rows of baseline solver {baseline!r} to pair with")
+    if base.duplicated(["model_id", "seed"]).any():
+        raise UserError(
+            f"baseline {baseline!r} has several settings per seed; keep one in the run to pair"
+        )
+    ref = base.set_index(["model_id", "seed"])[metric]
+    others = ok[ok["solver"] != baseline]
+    diffs = others.assign(
+        diff=others[metric].to_numpy()
+        - ref.reindex(
+            pd.MultiIndex.from_frame(others[["model_id", "seed"]])
+        ).to_numpy()  # fmt: skip
+    ).dropna(subset=["diff"])
+    out = diffs.groupby(_settings(diffs), dropna=False, sort=True)["diff"].agg(
+        ["mean", "std", "count"]
+    )
+    return out.rename(columns=lambda c: f"{metric}_minus_{baseline}_{c}").reset_index()

@@ -261,3 +261,17 @@ def test_inception_without_weights_stops_before_writing(mnist_root, tmp_path, ca
     code, _, err = _run([*argv, "--out", str(out)], capsys)
     assert code == 2 and "weights-inception-2015-12-05-6726825d.pth" in err
     assert err.count("\n") == 1 and not out.exists()
+
+
+def test_report_views_over_seeds(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    argv = [*TOY, "--num-samples", "100", "--solvers", "euler,heun", "--steps", "2"]
+    assert _run([*argv, "--seeds", "0,1,2", "--out", str(out)], capsys)[0] == 0
+    code, md, _ = _run(["report", str(out), "--view", "seeds", "--metric", "swd"], capsys)
+    assert code == 0 and "swd_ci_low" in md and "| euler" in md
+    code, csv, _ = _run(["report", str(out), "--view", "paired", "--baseline", "heun",
+                         "--metric", "swd", "--format", "csv"], capsys)  # fmt: skip
+    assert code == 0 and csv.splitlines()[1].startswith("toy2d,")
+    assert "swd_minus_heun_count" in csv and csv.splitlines()[1].endswith(",3")
+    code, _, err = _run(["report", str(out), "--view", "paired"], capsys)
+    assert code == 2 and "--baseline" in err
