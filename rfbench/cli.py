@@ -101,13 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train or load a model, sample it with each solver, measure",
         formatter_class=fmt,
     )
-    r.add_argument(
-        "--dataset",
-        required=True,
-        choices=datasets,
-        metavar="D",
-        help=f"dataset: {', '.join(datasets)}",
-    )
+    _dataset_arg(r, datasets)
     r.add_argument(
         "--solvers",
         type=_list_of(str, "solver", solvers),
@@ -236,13 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", help="train a velocity model and write its checkpoint", formatter_class=fmt
     )
-    t.add_argument(
-        "--dataset",
-        required=True,
-        choices=datasets,
-        metavar="D",
-        help=f"dataset: {', '.join(datasets)}",
-    )
+    _dataset_arg(t, datasets)
     t.add_argument("--preset", choices=presets, default=C.DEFAULT_PRESET, help="recipe")
     t.add_argument(
         "--epochs", type=_positive_int, default=None, help="override the preset's epochs"
@@ -295,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solvers", help="list every registered solver")
     s.set_defaults(handler=_cmd_solvers)
     return parser
+
+
+def _dataset_arg(p: argparse.ArgumentParser, datasets: list[str]) -> None:
+    p.add_argument(
+        "--dataset", required=True, choices=datasets, metavar="D",
+        help=f"dataset: {', '.join(datasets)}",
+    )  # fmt: skip
 
 
 def _common_data_args(p: argparse.ArgumentParser) -> None:
@@ -395,33 +390,24 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rfbench.report import FORMATS
+    from rfbench.errors import UserError
+    from rfbench.report import FORMATS, paired_differences, render, seed_summary
     from rfbench.results import RunDir, records_to_frame
 
     run_dir = RunDir(args.run_dir)
     if not run_dir.results_csv.is_file():
-        from rfbench.errors import UserError
-
         raise UserError(f"{args.run_dir} holds no results.csv: not a run directory")
     frame = records_to_frame(run_dir.read_rows())
     if args.view == "cells":
         print(FORMATS[args.format](frame), end="")
         return 0
-    from rfbench.errors import UserError
-    from rfbench.report import paired_differences, seed_summary
-
     if args.view == "paired" and not args.baseline:
         raise UserError("--view paired needs --baseline SOLVER")
     if args.metric not in frame.columns or frame[args.metric].isna().all():
         raise UserError(f"the run has no values of {args.metric!r}")
     table = (seed_summary(frame, args.metric) if args.view == "seeds"
              else paired_differences(frame, args.baseline, args.metric))  # fmt: skip
-    if args.format == "md":
-        print(table.to_markdown(index=False, floatfmt=".4g"))
-    elif args.format == "latex":
-        print(table.to_latex(index=False, float_format="%.4g", na_rep=""), end="")
-    else:
-        print(table.to_csv(index=False), end="")
+    print(render(table, args.format), end="")
     return 0
 
 

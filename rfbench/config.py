@@ -13,7 +13,6 @@ from pathlib import Path
 # Sampling and grid defaults.
 DEFAULT_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16)
 DEFAULT_RTOL: float = 1e-5  # Liu et al. 2023 sample with RK45 at 1e-5; scipy's own default is 1e-3.
-DEFAULT_ATOL: float = 1e-5
 DEFAULT_TOLS: tuple[float, ...] = (DEFAULT_RTOL,)
 DEFAULT_SEEDS: tuple[int, ...] = (0,)
 DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid")

@@ -61,22 +61,30 @@ def frame_to_markdown(frame: pd.DataFrame) -> str:
         values = sorted({str(v) for v in frame[col].dropna()})
         if values:
             head.append(f"- {label}: {', '.join(values)}")
-    summary = frame_to_summary(frame)
-    summary = summary.astype(object).where(summary.notna(), None)  # empty cells, not "nan"
-    table = summary.to_markdown(index=False, floatfmt=".4g", missingval="")
-    return "\n".join(head) + "\n\n" + table + "\n"
+    return "\n".join(head) + "\n\n" + render(frame_to_summary(frame), "md")
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """Any table as markdown, LaTeX (booktabs) or CSV; empty cells stay empty, never "nan"."""
+    if fmt == "md":
+        shown = table.astype(object).where(table.notna(), None)
+        return shown.to_markdown(index=False, floatfmt=".4g", missingval="") + "\n"
+    if fmt == "latex":
+        try:  # pandas' to_latex needs jinja2: the `report` extra
+            return table.to_latex(index=False, float_format="%.4g", na_rep="")
+        except ImportError as e:
+            raise UserError(f"LaTeX tables need {e.name}: pip install 'rfbench[report]'") from None
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    raise ValueError(f"unknown table format {fmt!r}")
 
 
 def frame_to_latex(frame: pd.DataFrame) -> str:
-    """A booktabs table (pandas' to_latex, which needs jinja2: the `report` extra)."""
-    try:
-        return frame_to_summary(frame).to_latex(index=False, float_format="%.4g", na_rep="")
-    except ImportError as e:
-        raise UserError(f"LaTeX tables need {e.name}: pip install 'rfbench[report]'") from None
+    return render(frame_to_summary(frame), "latex")
 
 
 def frame_to_csv(frame: pd.DataFrame) -> str:
-    return frame_to_summary(frame).to_csv(index=False)
+    return render(frame_to_summary(frame), "csv")
 
 
 FORMATS = {"md": frame_to_markdown, "latex": frame_to_latex, "csv": frame_to_csv}

@@ -69,7 +69,6 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 CELL_KEY: tuple[str, ...] = (
     "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping", "seed",
 )  # fmt: skip
-TIMING_COLUMNS: tuple[str, ...] = ("wall_time_s", "model_time_s", "overhead_time_s", "images_per_s")
 
 # Config keys that may differ between a run and its resumption.
 _RESUMABLE = frozenset({"resume", "out"})

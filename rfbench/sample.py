@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rfbench.flow import T_DATA, T_NOISE
 from rfbench.solvers import get_solver, solve
 
 
@@ -311,7 +312,7 @@ def generate(
     """
     return integrate(
         model, solver, num_samples, lambda lo, hi: noise(seed, range(lo, hi), sample_shape),
-        t0=0.0, t1=1.0, **options,
+        t0=T_NOISE, t1=T_DATA, **options,
     )  # fmt: skip
 
 
@@ -331,8 +332,12 @@ def reconstruct(model: nn.Module, solver: str, data: torch.Tensor, **options) ->
     returns the data exactly, whatever the model.
     """
     n = len(data)
-    encode = integrate(model, solver, n, lambda lo, hi: data[lo:hi], t0=1.0, t1=0.0, **options)
-    decode = integrate(model, solver, n, lambda lo, hi: encode.x[lo:hi], t0=0.0, t1=1.0, **options)
+    encode = integrate(
+        model, solver, n, lambda lo, hi: data[lo:hi], t0=T_DATA, t1=T_NOISE, **options
+    )
+    decode = integrate(
+        model, solver, n, lambda lo, hi: encode.x[lo:hi], t0=T_NOISE, t1=T_DATA, **options
+    )
     per_sample = (decode.x - data.float()).flatten(1).pow(2).mean(1).sqrt()
     return Reconstruction(float(per_sample.mean()), encode, decode)
 
