@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,11 +17,12 @@ import torch
 from rfbench import data as datamod
 from rfbench.config import RunConfig, cache_dir
 from rfbench.config import preset as get_preset
+from rfbench.data import to_uint8
 from rfbench.errors import UserError
 from rfbench.figures import quality_column, quality_vs_nfe
 from rfbench.report import frame_to_markdown
 from rfbench.results import STATUS_FAILED, STATUS_OK, RunDir, cell_key
-from rfbench.sample import generate, reconstruct, warm_up
+from rfbench.sample import generate, noise, reconstruct, trajectory, warm_up
 from rfbench.solvers import get_solver
 from rfbench.train import ModelSpec, TrainedModel, load_model, train
 
@@ -30,6 +30,8 @@ log = logging.getLogger("rfbench")
 
 TOY_REFERENCE_SEED = 12345  # seed of the fresh true-distribution sample that toy2d compares with
 INVERSION_SAMPLES = 256  # test-split samples sent through the data -> noise -> data round trip
+SAVED_SAMPLES = 64  # first samples of each cell kept for the sample-grid figures
+TRAJECTORIES = 128  # toy2d paths traced per fixed-step cell for the trajectory figures
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,10 +125,10 @@ def obtain_model(
 
 @dataclass
 class Quality:
-    """Computes the quality columns of a row from a set of samples."""
+    """The quality metric of a run and the constant columns it adds to each row."""
 
-    evaluate: Callable[[torch.Tensor], dict]
-    columns: dict  # constant columns: feature_extractor, reference
+    metric: object  # FidelityMetrics or ToyDistances: stream(n) -> .add(batch), .result()
+    columns: dict  # feature_extractor, reference
 
 
 INCEPTION_FEATURE_DIM = 2048
@@ -168,18 +170,12 @@ def build_quality(
     against the ``reference`` split, with ``extractor`` (from ``resolve_extractor``) or
     else the offline classifier."""
     if datamod.get_dataset(dataset).kind == "toy":
-        ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
-        from rfbench.metrics import energy_distance, sliced_wasserstein
+        from rfbench.metrics.toy import ToyDistances
 
-        return Quality(
-            lambda x: {
-                "swd": sliced_wasserstein(x, ref),
-                "energy_distance": energy_distance(x, ref),
-            },
-            {"reference": f"toy2d-true-n{n}"},
-        )
+        ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
+        return Quality(ToyDistances(ref), {"reference": f"toy2d-true-n{n}"})
     from rfbench.metrics.classifier import FEATURE_DIM, get_classifier
-    from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, samples_to_metrics
+    from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, FidelityMetrics
 
     feature_dim = INCEPTION_FEATURE_DIM
     if extractor is None:
@@ -195,7 +191,7 @@ def build_quality(
             feature_dim,
         )
     return Quality(
-        lambda x: samples_to_metrics(x, ref, extractor, metrics, device=device),
+        FidelityMetrics(ref, extractor, metrics, device=device),
         {
             "feature_extractor": extractor.label,
             "reference": f"{dataset}-{ref.split}-{ref.content_hash[:8]}",
@@ -241,8 +237,13 @@ def run_cell(
     device: torch.device,
     progress: bool | None,
     inversion_data: torch.Tensor | None = None,
+    run_dir: RunDir | None = None,
 ) -> dict:
-    """Sample one cell and measure it; a failure becomes a row with status=failed."""
+    """Sample one cell and measure it; a failure becomes a row with status=failed.
+
+    Samples stream into the quality metric batch by batch; the first SAVED_SAMPLES are
+    written to the run directory for the sample-grid figures (with toy2d trajectories).
+    """
     row = {
         "dataset": cfg.dataset,
         "model_id": trained.model_id,
@@ -258,9 +259,18 @@ def run_cell(
             grid=cell["grid"] or "uniform", stepping=cell["stepping"], device=device,
             max_nfe=cfg.max_nfe, progress=progress,
         )  # fmt: skip
+        stream, nonfinite = quality.metric.stream(n), []
+
+        def sink(x: torch.Tensor) -> None:  # each finished batch, streamed into the metric
+            finite = torch.isfinite(x.flatten(1)).all(1)
+            if not finite.all():
+                nonfinite.append(int((~finite).sum()))
+            elif not nonfinite:
+                stream.add(x)
+
         run = generate(
             trained.model, cell["solver"], n, trained.spec.sample_shape, seed=cell["seed"],
-            repeats=cfg.repeats, record=True, **options,
+            repeats=cfg.repeats, record=True, sink=sink, keep=SAVED_SAMPLES, **options,
         )  # fmt: skip
         row.update(
             nfe=run.nfe_per_sample,
@@ -276,9 +286,11 @@ def run_cell(
         )
         if all(v is not None for v in run.solver_nfe_per_solve):
             row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_solve))
-        if not torch.isfinite(run.x).all():
-            raise FloatingPointError("the samples hold NaN or Inf")
-        row.update(quality.evaluate(run.x))
+        if nonfinite:
+            raise FloatingPointError(f"{sum(nonfinite)} of {n} samples hold NaN or Inf")
+        row.update(stream.result())
+        if run_dir is not None:
+            _save_arrays(run_dir, row, run.x, trained, cell)
         if inversion_data is not None:
             rec = reconstruct(trained.model, cell["solver"], inversion_data, **options)
             row["inversion_rmse"] = rec.rmse
@@ -290,6 +302,18 @@ def run_cell(
         log.debug("cell failed:\n%s", traceback.format_exc())
         row.update(status=STATUS_FAILED, error=f"{type(e).__name__}: {e}"[:500])
     return row
+
+
+def _save_arrays(run_dir: RunDir, row: dict, x: torch.Tensor, trained, cell: dict) -> None:
+    if x.dim() == 4:
+        run_dir.save_arrays("samples", row, x=to_uint8(x).numpy())
+        return
+    run_dir.save_arrays("samples", row, x=x.numpy())
+    if cell["steps"] is not None:  # toy2d, fixed-step: trace its paths
+        x0 = noise(cell["seed"], range(TRAJECTORIES), trained.spec.sample_shape)
+        ts, xs = trajectory(trained.model, cell["solver"], x0, steps=int(cell["steps"]),
+                            grid=cell["grid"] or "uniform")  # fmt: skip
+        run_dir.save_arrays("trajectories", row, t=ts.numpy(), x=xs.float().numpy())
 
 
 def _setup_logging(run_dir: RunDir) -> logging.Handler:
@@ -370,8 +394,9 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
             if key in done:
                 continue
             row = run_cell(
-                cell, trained, quality, cfg, n, batch_size, device, progress, inversion_data
-            )
+                cell, trained, quality, cfg, n, batch_size, device, progress, inversion_data,
+                run_dir,
+            )  # fmt: skip
             rows.append(row)
             run_dir.write_rows(rows)
             log.info(_describe(row))

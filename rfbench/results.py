@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -98,6 +100,17 @@ def cell_key(row: dict) -> tuple:
     return tuple(norm(row.get(k)) for k in CELL_KEY)
 
 
+def cell_id(row: dict) -> str:
+    """A file-name-safe name of a cell, unique within a run: the name of its saved samples
+    (``samples/<cell_id>.npz``) and toy2d trajectories (``trajectories/<cell_id>.npz``)."""
+    model, solver, steps, grid, rtol, atol, stepping, seed = cell_key(row)
+    if steps is not None:
+        setting = f"steps{steps}-{grid or 'uniform'}"
+    else:
+        setting = f"rtol{rtol:g}-atol{rtol if atol is None else atol:g}-{stepping or 'batched'}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", f"{model}--{solver}-{setting}-seed{seed}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -163,6 +176,16 @@ class RunDir:
         except ImportError:
             pass
         return frame
+
+    def save_arrays(self, kind: str, row: dict, **arrays) -> Path:
+        """Write ``<kind>/<cell_id>.npz`` atomically: a cell's saved samples or trajectories."""
+        path = self.path / kind / f"{cell_id(row)}.npz"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        return path
 
 
 def _git_commit() -> str | None:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rfbench.flow import T_DATA, T_NOISE
 from rfbench.solvers import get_solver, solve
+from rfbench.solvers.fixed import time_grid
 
 
 class NFEBudgetExceeded(RuntimeError):
@@ -179,7 +180,7 @@ class SampleRun:
     In batched mode a solve advances a whole batch; in per-sample mode, one sample.
     """
 
-    x: torch.Tensor  # final states on the CPU, float32, [N, ...]
+    x: torch.Tensor  # final states on the CPU, float32: all N, or the first `keep`
     nfe_per_solve: list[int] = field(default_factory=list)  # counted network calls
     solver_nfe_per_solve: list[int | None] = field(default_factory=list)
     solve_sizes: list[int] = field(default_factory=list)  # samples advanced by each solve
@@ -229,6 +230,8 @@ def integrate(
     max_nfe: int | None = None,
     record: bool = False,
     progress: bool | None = None,
+    sink: Callable[[torch.Tensor], None] | None = None,
+    keep: int | None = None,
 ) -> SampleRun:
     """Integrate dx/dt = model(x, t) from t0 to t1 for samples 0..num_samples-1, in batches.
 
@@ -238,6 +241,11 @@ def integrate(
     steps (and NFE) do not depend on the other samples. ``record=True`` accumulates each
     sample's straightness and curvature during the solve (2B numbers per network call, no
     trajectories).
+
+    Each finished batch of final states goes to ``sink`` (in sample order, on the CPU,
+    outside the timed solves), and only the first ``keep`` samples (all by default) stay in
+    ``SampleRun.x``: with a sink that consumes them, memory does not grow with
+    ``num_samples``.
     """
     if stepping not in STEPPING_MODES:
         raise ValueError(f"stepping must be one of {STEPPING_MODES}, got {stepping!r}")
@@ -252,11 +260,13 @@ def integrate(
         starts, desc=f"{solver} t={t0:g}->{t1:g}", leave=False,
         disable=None if progress is None else not progress,
     )  # fmt: skip
+    kept = num_samples if keep is None else min(keep, num_samples)
     for start in bar:
         stop = min(start + batch_size, num_samples)
         x_start = initial(start, stop).to(device)
+        x_end = torch.empty(stop - start, *x_start.shape[1:])
         if run is None:
-            run = SampleRun(x=torch.empty(num_samples, *x_start.shape[1:]))
+            run = SampleRun(x=torch.empty(kept, *x_start.shape[1:]))
             if record:
                 run.straightness = torch.empty(num_samples, dtype=torch.float64)
                 run.curvature = torch.empty(num_samples, dtype=torch.float64)
@@ -279,11 +289,15 @@ def integrate(
             run.nfe_per_solve.append(counter.nfe)
             run.solver_nfe_per_solve.append(result.solver_nfe)
             run.solve_sizes.append(hi - lo)
-            run.x[lo:hi] = result.x.detach().float().cpu()
+            x_end[lo - start : hi - start] = result.x.detach().float().cpu()
             if record:
                 x0 = x_start[lo - start : hi - start]
                 stats = path_statistics(counter.recorded(), result.weights, x0, result.x, (t0, t1))
                 run.straightness[lo:hi], run.curvature[lo:hi] = stats.straightness, stats.curvature
+        if start < kept:
+            run.x[start : min(stop, kept)] = x_end[: kept - start]
+        if sink is not None:
+            sink(x_end)
     if run is None:
         raise ValueError("num_samples must be >= 1")
     return run
@@ -314,6 +328,32 @@ def generate(
         model, solver, num_samples, lambda lo, hi: noise(seed, range(lo, hi), sample_shape),
         t0=T_NOISE, t1=T_DATA, **options,
     )  # fmt: skip
+
+
+def trajectory(
+    model: nn.Module,
+    solver: str,
+    x0: torch.Tensor,
+    *,
+    steps: int,
+    grid: str = "uniform",
+    t0: float = T_NOISE,
+    t1: float = T_DATA,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states of a fixed-step solve at its steps + 1 grid times: (t [m], x [m, B, ...]).
+
+    Every fixed-step solver is a one-step method, so solving one step at a time is the same
+    solve, node for node.
+    """
+    spec = get_solver(solver)
+    if spec.adaptive:
+        raise ValueError(f"trajectory() traces fixed-step solvers, not {solver}")
+    ts = time_grid(steps, t0, t1, grid)
+    velocity = CountingVelocity(model)
+    xs = [x0]
+    for a, b in zip(ts[:-1].tolist(), ts[1:].tolist()):
+        xs.append(solve(solver, velocity, xs[-1], steps=1, t0=a, t1=b).x)
+    return ts, torch.stack(xs)
 
 
 @dataclass

@@ -4,6 +4,7 @@ before their real runs (and before a GPU is lent)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,16 @@ def test_metrics_sanity_small(tmp_path, mnist_root, monkeypatch):
     text = out.read_text()
     assert "## 2. FID as the test images are disturbed" in text and "| blur " in text
     assert (tmp_path / "sanity.png").stat().st_size > 0
+
+
+def test_feature_memory_small(tmp_path, mnist_root, monkeypatch):
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "mnist").symlink_to(mnist_root)
+    monkeypatch.setenv("RFBENCH_DATA_ROOT", str(roots))
+    out = tmp_path / "features.md"
+    argv = ["--dataset", "mnist", "--sizes", "100,300", "--repeats", "1", "--out", str(out)]
+    assert _load("feature_memory").main(argv) == 0
+    text = out.read_text()
+    assert re.search(r"\|\s+100 \| stream", text) and re.search(r"\|\s+300 \| hold", text)
+    assert "FID equal: True" in text  # streamed and held samples give the same FID

@@ -82,7 +82,7 @@ def test_equals_torch_fidelity_called_directly(mnist_like):
     from rfbench.metrics.fidelity import UInt8Images
 
     train, test, _, extractor = mnist_like
-    ours = samples_to_metrics(test.x, train, extractor, ("fid", "kid"))
+    ours = samples_to_metrics(test.x, train, extractor, ("fid", "kid", "isc"))
     direct = torch_fidelity.calculate_metrics(
         input1=UInt8Images(to_uint8(test.x)),
         input2=UInt8Images(to_uint8(train.x)),
@@ -90,6 +90,7 @@ def test_equals_torch_fidelity_called_directly(mnist_like):
         feature_extractor_weights_path=extractor.weights_path,
         fid=True,
         kid=True,
+        isc=True,
         kid_subset_size=len(test.x),
         cuda=False,
         cache=False,
@@ -98,6 +99,57 @@ def test_equals_torch_fidelity_called_directly(mnist_like):
     )
     assert ours["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-9)
     assert ours["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-9)
+    assert ours["isc_mean"] == pytest.approx(direct["inception_score_mean"], rel=1e-9)
+
+
+def test_stream_checks_its_count_and_keeps_only_features(mnist_like):
+    from rfbench.metrics.fidelity import FidelityMetrics
+
+    train, test, _, extractor = mnist_like
+    stream = FidelityMetrics(train, extractor, ("fid", "isc")).stream(30)
+    stream.add(test.x[:20])
+    with pytest.raises(ValueError, match="20 samples streamed, 30 announced"):
+        stream.result()
+    with pytest.raises(ValueError, match="more than the 30"):
+        stream.add(test.x[:11])
+    stream.add(test.x[20:30])
+    assert stream.result()["fid"] > 0
+    # What it holds: one row of 128 features and 10 logits per sample, no images.
+    assert {k: tuple(v.shape) for k, v in stream._features.items()} == {
+        "feature": (30, 128),
+        "logits": (30, 10),
+    }
+
+
+def test_reference_features_are_cached_and_checked(mnist_like, monkeypatch):
+    from rfbench.config import cache_dir
+    from rfbench.errors import UserError
+    from rfbench.metrics.fidelity import FidelityMetrics
+
+    train, test, _, extractor = mnist_like
+    first = samples_to_metrics(test.x, train, extractor, ("fid",))
+    path = cache_dir() / "fidelity" / f"{reference_cache_name(train, extractor)}-feature.pt"
+    assert path.exists()
+
+    def no_extraction(self, images):
+        raise AssertionError("the reference features should come from the cache")
+
+    with monkeypatch.context() as m:  # generated samples still need the extractor: FID only
+        fm = FidelityMetrics(train, extractor, ("fid",))
+        m.setattr(FidelityMetrics, "features", no_extraction)
+        fm.reference_fid_statistics()
+    assert samples_to_metrics(test.x, train, extractor, ("fid",)) == first
+
+    saved = path.read_bytes()
+    try:
+        path.write_bytes(saved[: len(saved) // 2])  # truncated
+        with pytest.raises(UserError, match="delete it"):
+            samples_to_metrics(test.x, train, extractor, ("fid",))
+        torch.save({"format": "rfbench-features-v1", "features": torch.zeros(5, 128)}, path)
+        with pytest.raises(UserError, match=r"shape \[5, 128\]"):
+            samples_to_metrics(test.x, train, extractor, ("fid",))
+    finally:
+        path.write_bytes(saved)
 
 
 def test_metrics_do_not_depend_on_the_batch_size(mnist_like):

@@ -14,6 +14,7 @@ from rfbench.sample import (
     integrate,
     noise,
     sample_seed,
+    trajectory,
 )
 
 
@@ -50,6 +51,31 @@ def test_generate_accounting():
     assert run.n == 10
     assert 0 < run.model_time_s <= run.wall_time_s
     assert run.overhead_time_s == pytest.approx(run.wall_time_s - run.model_time_s)
+
+
+def test_sink_streams_every_sample_in_order_and_keep_bounds_memory():
+    model = _model()
+    full = generate(model, "rk4", 11, (2,), steps=3, batch_size=4, progress=False)
+    batches = []
+    kept = generate(model, "rk4", 11, (2,), steps=3, batch_size=4, progress=False,
+                    sink=batches.append, keep=5)  # fmt: skip
+    assert [len(b) for b in batches] == [4, 4, 3]
+    assert torch.equal(torch.cat(batches), full.x)
+    assert torch.equal(kept.x, full.x[:5]) and kept.n == 11
+    assert kept.nfe_per_solve == full.nfe_per_solve == [12, 12, 12]
+
+
+@pytest.mark.parametrize("solver,grid", [("euler", "uniform"), ("heun", "cosine")])
+def test_trajectory_nodes_end_where_the_solve_ends(solver, grid):
+    model = _model()
+    ts, xs = trajectory(model, solver, noise(3, range(6), (2,)), steps=5, grid=grid)
+    run = generate(model, solver, 6, (2,), seed=3, steps=5, grid=grid, progress=False)
+    assert ts.shape == (6,) and xs.shape == (6, 6, 2)
+    assert ts[0] == 0.0 and ts[-1] == 1.0 and (ts.diff() > 0).all()
+    assert torch.equal(xs[0], noise(3, range(6), (2,)))
+    assert torch.equal(xs[-1], run.x)  # the same solve, node for node
+    with pytest.raises(ValueError, match="fixed-step"):
+        trajectory(model, "rk45", xs[0], steps=5)
 
 
 def test_adaptive_solver_records_its_own_count():

@@ -1,22 +1,35 @@
-"""FID, KID, precision/recall and IS through torch-fidelity's ``calculate_metrics``.
+"""FID, KID, precision/recall and IS, computed by torch-fidelity's own metric functions.
 
-Generated samples go in as a Dataset of uint8 tensors (never as a generator object: a
-conditional generator crashes inside torch-fidelity 0.4.0). Reference features are cached
-by torch-fidelity under a name that holds the data's content hash and the extractor's
-weights hash, so a changed dataset or extractor can never reuse stale statistics.
+Generated samples stream through the feature extractor batch by batch as they are made:
+only their feature matrix is kept, never the images, so a 50k-sample FID holds 50k
+feature rows and one batch of images (measured in results/feature-memory.md). The
+reference split's features are extracted once, the same way, and cached
+under a name that holds the data's content hash and the extractor's weights hash, so a
+changed dataset or extractor can never reuse stale statistics. The cache holds plain
+tensors, loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field
 
 import torch
-import torch_fidelity
 from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import (
+    KEY_METRIC_FID,
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from torch_fidelity.utils import create_feature_extractor
 
 from rfbench.config import cache_dir
-from rfbench.data import DataSplit, content_hash, to_uint8
+from rfbench.data import DataSplit, to_uint8
+from rfbench.errors import UserError
 from rfbench.metrics.classifier import ClassifierFeatureExtractor
 
 CLASSIFIER_EXTRACTOR = "rfbench-classifier"
@@ -25,6 +38,8 @@ if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
 
 FIDELITY_METRICS = ("fid", "kid", "prc", "isc")
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default; lowered to n for smaller sample sets
+PRC_SUBSET_SEED = 0
+FEATURES_FORMAT = "rfbench-features-v1"
 
 
 class UInt8Images(Dataset):
@@ -50,6 +65,153 @@ class Extractor:
     label: str  # what the feature_extractor column says, e.g. classifier-1a2b3c4d
     weights_path: str | None
     rgb: bool = False  # takes 3-channel images only: grey images are repeated to RGB
+    batch_size: int = 500  # images per extractor call
+
+
+class FidelityMetrics:
+    """The image metrics of one reference split and extractor, for any number of sample sets.
+
+    ``stream(n)`` returns a ``FeatureStream`` that takes samples in batches. The reference's
+    features and FID statistics are computed (or read from the cache) once per object.
+    """
+
+    def __init__(
+        self,
+        reference: DataSplit,
+        extractor: Extractor,
+        metrics: tuple[str, ...] = ("fid", "kid"),
+        *,
+        device: str | torch.device = "cpu",
+    ):
+        self.reference, self.extractor = reference, extractor
+        self.metrics = tuple(m for m in FIDELITY_METRICS if m in metrics)
+        self.device = torch.device(device)
+        self.layers = {}  # metric -> feature layer
+        cls = FEATURE_EXTRACTORS_REGISTRY[extractor.registry_name]
+        for m in self.metrics:
+            self.layers[m] = cls.get_default_feature_layer_for_metric(m)
+        self._net = None
+        self._reference_features: dict[str, torch.Tensor] | None = None
+        self._reference_fid_stats: dict | None = None
+
+    @property
+    def net(self):
+        """The torch-fidelity feature extractor, built on first use."""
+        if self._net is None:
+            self._net = create_feature_extractor(
+                self.extractor.registry_name,
+                sorted(set(self.layers.values())),
+                cuda=False,
+                feature_extractor_weights_path=self.extractor.weights_path,
+                verbose=False,
+            ).to(self.device)
+        return self._net
+
+    def kwargs(self, n: int) -> dict:
+        """The torch-fidelity options of a set of n samples (its defaults otherwise)."""
+        return dict(
+            kid_subset_size=min(KID_SUBSET_SIZE, n, len(self.reference.x)),
+            save_cpu_ram=True,
+            verbose=False,
+        )
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of uint8 images, one extractor call per ``extractor.batch_size`` images."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for chunk in _channels_for(self.extractor, images).split(self.extractor.batch_size):
+            feats = self.net.convert_features_tuple_to_dict(self.net(chunk.to(self.device)))
+            for k, v in feats.items():
+                out.setdefault(k, []).append(v.cpu())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def reference_features(self) -> dict[str, torch.Tensor]:
+        """The reference split's features for the binary metrics, from the cache if there."""
+        if self._reference_features is None:
+            layers = sorted({self.layers[m] for m in self.metrics if m != "isc"})
+            self._reference_features = self._cached_reference_features(layers)
+        return self._reference_features
+
+    def _cached_reference_features(self, layers: list[str]) -> dict[str, torch.Tensor]:
+        root = cache_dir() / "fidelity"
+        name = reference_cache_name(self.reference, self.extractor)
+        paths = {layer: root / f"{name}-{layer}.pt" for layer in layers}
+        out = {layer: _load_features(p, len(self.reference.x)) for layer, p in paths.items()}
+        missing = [layer for layer, f in out.items() if f is None]
+        if missing:
+            fresh = self.features(to_uint8(self.reference.x))
+            root.mkdir(parents=True, exist_ok=True)
+            for layer in missing:
+                out[layer] = fresh[layer]
+                tmp = paths[layer].with_name(paths[layer].name + ".tmp")
+                torch.save({"format": FEATURES_FORMAT, "features": fresh[layer]}, tmp)
+                os.replace(tmp, paths[layer])
+        return out
+
+    def reference_fid_statistics(self) -> dict:
+        if self._reference_fid_stats is None:
+            feats = self.reference_features()[self.layers["fid"]]
+            self._reference_fid_stats = fid_features_to_statistics(feats)
+        return self._reference_fid_stats
+
+    def stream(self, n: int) -> FeatureStream:
+        return FeatureStream(self, n)
+
+
+@dataclass
+class FeatureStream:
+    """Takes n generated samples in batches (in [-1, 1]); keeps only their features."""
+
+    metrics: FidelityMetrics
+    n: int
+    _filled: int = 0
+    _features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, x: torch.Tensor) -> None:
+        if self._filled + len(x) > self.n:
+            raise ValueError(f"more than the {self.n} samples announced")
+        if not self.metrics.metrics:
+            self._filled += len(x)
+            return
+        for layer, f in self.metrics.features(to_uint8(x)).items():
+            if layer not in self._features:
+                self._features[layer] = torch.empty(self.n, *f.shape[1:], dtype=f.dtype)
+            self._features[layer][self._filled : self._filled + len(x)] = f
+        self._filled += len(x)
+
+    def result(self) -> dict:
+        """Schema-named metric values of the n samples.
+
+        Precision and recall (Kynkaenniemi et al. 2019) compare equal-size sets: the
+        reference is a fixed random subset of n images (its k-NN radii cost O(n^2), which
+        the whole training split would make prohibitive on a CPU).
+        """
+        if self._filled != self.n:
+            raise ValueError(f"{self._filled} samples streamed, {self.n} announced")
+        fm, row = self.metrics, {}
+        kwargs = fm.kwargs(self.n)
+        if "fid" in fm.metrics:
+            stats = fid_features_to_statistics(self._features[fm.layers["fid"]])
+            out = fid_statistics_to_metric(stats, fm.reference_fid_statistics(), verbose=False)
+            row["fid"] = out[KEY_METRIC_FID]
+        if "kid" in fm.metrics:
+            layer = fm.layers["kid"]
+            out = kid_featuresdict_to_metric(
+                self._features, fm.reference_features(), layer, **kwargs
+            )
+            row["kid_mean"] = out["kernel_inception_distance_mean"]
+            row["kid_std"] = out["kernel_inception_distance_std"]
+        if "isc" in fm.metrics:
+            out = isc_featuresdict_to_metric(self._features, fm.layers["isc"], **kwargs)
+            row["isc_mean"] = out["inception_score_mean"]
+            row["isc_std"] = out["inception_score_std"]
+        if "prc" in fm.metrics:
+            layer = fm.layers["prc"]
+            ref = fm.reference_features()[layer]
+            subset = {layer: ref[_subset_indices(len(ref), self.n)]}
+            out = prc_featuresdict_to_metric(self._features, subset, layer, **kwargs)
+            row["precision"], row["recall"] = out["precision"], out["recall"]
+        return row
 
 
 def samples_to_metrics(
@@ -61,61 +223,43 @@ def samples_to_metrics(
     device: str | torch.device = "cpu",
     batch_size: int = 500,
 ) -> dict:
-    """Compare samples in [-1, 1] with a reference split; returns schema-named values.
-
-    Precision and recall (Kynkaenniemi et al. 2019) compare equal-size sets: the reference
-    is a fixed random subset of n images (its k-NN radii cost O(n^2), which the whole
-    training split would make prohibitive on a CPU).
-    """
-    wanted = {m: m in metrics for m in FIDELITY_METRICS}
-    row: dict = {}
-    if wanted["fid"] or wanted["kid"] or wanted["isc"]:
-        out = _calculate(samples, reference, extractor, device, batch_size,
-                         fid=wanted["fid"], kid=wanted["kid"], isc=wanted["isc"])  # fmt: skip
-        if wanted["fid"]:
-            row["fid"] = out["frechet_inception_distance"]
-        if wanted["kid"]:
-            row["kid_mean"] = out["kernel_inception_distance_mean"]
-            row["kid_std"] = out["kernel_inception_distance_std"]
-        if wanted["isc"]:
-            row["isc_mean"] = out["inception_score_mean"]
-            row["isc_std"] = out["inception_score_std"]
-    if wanted["prc"]:
-        out = _calculate(samples, _subset(reference, len(samples)), extractor, device,
-                         batch_size, prc=True)  # fmt: skip
-        row["precision"], row["recall"] = out["precision"], out["recall"]
-    return row
+    """Compare samples in [-1, 1] with a reference split; returns schema-named values."""
+    stream = FidelityMetrics(reference, extractor, metrics, device=device).stream(len(samples))
+    for chunk in samples.split(batch_size):
+        stream.add(chunk)
+    return stream.result()
 
 
-def _calculate(samples, reference: DataSplit, extractor: Extractor, device, batch_size,
-               **metrics) -> dict:  # fmt: skip
-    n = len(samples)
-    return torch_fidelity.calculate_metrics(
-        input1=UInt8Images(_channels_for(extractor, to_uint8(samples))),
-        input2=UInt8Images(_channels_for(extractor, to_uint8(reference.x))),
-        input2_cache_name=reference_cache_name(reference, extractor),
-        cache_root=str(cache_dir() / "fidelity"),
-        feature_extractor=extractor.registry_name,
-        feature_extractor_weights_path=extractor.weights_path,
-        cuda=torch.device(device).type == "cuda",
-        batch_size=batch_size,
-        kid_subset_size=min(KID_SUBSET_SIZE, n, len(reference.x)),
-        save_cpu_ram=True,  # no DataLoader worker processes for in-memory tensors
-        verbose=False,
-        **metrics,
-    )
+def _subset_indices(size: int, n: int) -> torch.Tensor:
+    """A fixed random subset of n of ``size`` reference rows, in order."""
+    if n >= size:
+        return torch.arange(size)
+    idx = torch.randperm(size, generator=torch.Generator().manual_seed(PRC_SUBSET_SEED))
+    return idx[:n].sort().values
 
 
-PRC_SUBSET_SEED = 0
-
-
-def _subset(reference: DataSplit, n: int) -> DataSplit:
-    """A fixed random subset of n reference images, with its own content hash."""
-    if n >= len(reference.x):
-        return reference
-    idx = torch.randperm(len(reference.x), generator=torch.Generator().manual_seed(PRC_SUBSET_SEED))
-    x = reference.x[idx[:n].sort().values]
-    return replace(reference, x=x, labels=None, content_hash=content_hash(to_uint8(x).numpy()))
+def _load_features(path, rows: int) -> torch.Tensor | None:
+    """Cached reference features, or None when absent; a bad file is a clear error."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt or unsafe file
+        raise UserError(
+            f"cannot load cached reference features {path} ({type(e).__name__}); delete it "
+            "and rfbench recomputes it"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FEATURES_FORMAT:
+        raise UserError(f"{path} is not an rfbench feature cache; delete it")
+    features = payload.get("features")
+    if not isinstance(features, torch.Tensor):
+        raise UserError(f"{path} is not an rfbench feature cache; delete it")
+    if features.dim() != 2 or len(features) != rows:
+        raise UserError(
+            f"cached reference features {path} have shape {list(features.shape)}, not "
+            f"{rows} rows; delete it and rfbench recomputes it"
+        )
+    return features
 
 
 def _channels_for(extractor: Extractor, images: torch.Tensor) -> torch.Tensor:

@@ -54,4 +54,6 @@ def inception_extractor(weights: str | None = None) -> Extractor:
             f"{path} is not {INCEPTION_FILE}: its sha256 starts {digest[:8]}, "
             f"not {INCEPTION_SHA256_PREFIX}"
         )
-    return Extractor(INCEPTION_EXTRACTOR, f"inception-{digest[:8]}", str(path), rgb=True)
+    return Extractor(
+        INCEPTION_EXTRACTOR, f"inception-{digest[:8]}", str(path), rgb=True, batch_size=64
+    )

@@ -23,3 +23,34 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo 2013), V-statistic form."""
     a, b = a.double(), b.double()
     return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+class ToyDistances:
+    """The toy2d metric: both distances from a sample set to a fixed sample of the truth.
+
+    ``stream(n)`` takes the n samples in batches, like ``FidelityMetrics.stream``; points
+    in 2-d are cheap to keep, so it keeps them.
+    """
+
+    def __init__(self, reference: torch.Tensor):
+        self.reference = reference
+
+    def stream(self, n: int) -> _PointStream:
+        return _PointStream(self.reference, n)
+
+
+class _PointStream:
+    def __init__(self, reference: torch.Tensor, n: int):
+        self.reference, self.n, self.parts = reference, n, []
+
+    def add(self, x: torch.Tensor) -> None:
+        self.parts.append(x)
+
+    def result(self) -> dict:
+        x = torch.cat(self.parts)
+        if len(x) != self.n:
+            raise ValueError(f"{len(x)} samples streamed, {self.n} announced")
+        return {
+            "swd": sliced_wasserstein(x, self.reference),
+            "energy_distance": energy_distance(x, self.reference),
+        }
