@@ -265,18 +265,45 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(handler=_cmd_data_check)
 
     # rfbench report
-    rp = sub.add_parser("report", help="print the table of a run directory", formatter_class=fmt)
-    rp.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `rfbench run`")
+    rp = sub.add_parser(
+        "report", help="tables of one or more run directories, for reading or a paper",
+        formatter_class=fmt,
+    )  # fmt: skip
+    rp.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR",
+        help="directories written by `rfbench run` (or their results.csv); several are merged "
+        "into one table, keyed by a `run` column where runs repeat a cell",
+    )  # fmt: skip
     rp.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
     rp.add_argument(
         "--view",
-        choices=("cells", "seeds", "paired"),
+        choices=("cells", "seeds", "paired", "pivot", "budget"),
         default="cells",
         help="cells: one row per cell; seeds: mean, std and bootstrap CI over seeds; paired: "
-        "each setting minus --baseline on the same seeds",
+        "each setting minus --baseline on the same seeds; pivot: solver (model x solver for "
+        "several models) by setting, cells 'mean ± std (NFE)'; budget: per model, the best "
+        "--metric within each --nfe-budget and --time-budget",
     )
     rp.add_argument("--baseline", default=None, metavar="SOLVER", help="for --view paired")
-    rp.add_argument("--metric", default="fid", help="the column --view seeds|paired summarise")
+    rp.add_argument(
+        "--metric", default="fid",
+        help="the column the seeds, paired, pivot and budget views summarise (fid, kid_mean, "
+        "swd, straightness, wall_time_s, ...)",
+    )  # fmt: skip
+    rp.add_argument(
+        "--nfe-budget", type=_list_of(int, "NFE budget", positive=True), default=None,
+        metavar="K1,K2", help="for --view budget: NFE per sample <= K, K included (default: "
+        "powers of two from the smallest NFE in the results up to the largest)",
+    )  # fmt: skip
+    rp.add_argument(
+        "--time-budget", type=_list_of(float, "time budget", positive=True), default=None,
+        metavar="S1,S2", help="for --view budget: also the best within each wall time in "
+        "seconds (a cell's wall_time_s, mean over seeds) (default: none)",
+    )  # fmt: skip
+    rp.add_argument(
+        "--out", default=None, metavar="FILE",
+        help="write the table to FILE, atomically (default: standard output)",
+    )  # fmt: skip
     rp.set_defaults(handler=_cmd_report)
 
     # rfbench solvers
@@ -390,24 +417,45 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rfbench.errors import UserError
-    from rfbench.report import FORMATS, paired_differences, render, seed_summary
-    from rfbench.results import RunDir, records_to_frame
+    from pathlib import Path
 
-    run_dir = RunDir(args.run_dir)
-    if not run_dir.results_csv.is_file():
-        raise UserError(f"{args.run_dir} holds no results.csv: not a run directory")
-    frame = records_to_frame(run_dir.read_rows())
-    if args.view == "cells":
-        print(FORMATS[args.format](frame), end="")
-        return 0
+    from rfbench import report as R
+    from rfbench.errors import UserError
+    from rfbench.results import atomic_write_text
+
+    for option, view in (("baseline", "paired"), ("nfe_budget", "budget"),
+                         ("time_budget", "budget")):  # fmt: skip
+        if getattr(args, option) is not None and args.view != view:
+            raise UserError(f"--{option.replace('_', '-')} applies to --view {view} only")
     if args.view == "paired" and not args.baseline:
         raise UserError("--view paired needs --baseline SOLVER")
-    if args.metric not in frame.columns or frame[args.metric].isna().all():
-        raise UserError(f"the run has no values of {args.metric!r}")
-    table = (seed_summary(frame, args.metric) if args.view == "seeds"
-             else paired_differences(frame, args.baseline, args.metric))  # fmt: skip
-    print(render(table, args.format), end="")
+    frame = R.read_runs(args.run_dirs)
+    if args.view == "cells":
+        text = R.FORMATS[args.format](frame)
+    else:
+        R.check_metric(frame, args.metric)
+        table = {
+            "seeds": lambda: R.seed_summary(frame, args.metric),
+            "paired": lambda: R.paired_differences(frame, args.baseline, args.metric),
+            "pivot": lambda: R.pivot_table(frame, args.metric),
+            "budget": lambda: R.budget_table(
+                frame, args.metric, args.nfe_budget, args.time_budget or ()
+            ),
+        }[args.view]()
+        title = R.caption(args.view, args.metric, args.baseline)
+        text = R.render_view(frame, table, args.format, title)
+        if args.format == "csv":
+            for note in R.notes(frame):
+                logging.getLogger("rfbench").warning("note: %s", note)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    try:
+        atomic_write_text(out, text)
+    except OSError as e:
+        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
     return 0
 
 

@@ -6,11 +6,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from rfbench.cli import main
-from rfbench.results import COLUMNS
+from rfbench.results import COLUMNS, cell_id
 
 TOY = ["run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "300", "--batch-size", "100"]
 
@@ -100,6 +101,13 @@ def test_toy2d_run_end_to_end(tmp_path, capsys):
     ).all()
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and "packages" in env
+    # The first samples of every cell, and the paths of the fixed-step cells, for figures.
+    for _, row in frame.iterrows():
+        saved = np.load(out / "samples" / f"{cell_id(row.to_dict())}.npz")
+        assert saved["x"].shape == (64, 2) and saved["x"].dtype == np.float32
+    paths = np.load(out / "trajectories" / f"{cell_id(euler.reset_index().iloc[1])}.npz")
+    assert paths["t"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0] and paths["x"].shape == (5, 128, 2)
+    assert len(list((out / "trajectories").iterdir())) == 4  # euler and heun, 1 and 4 steps
 
 
 def test_existing_run_is_not_overwritten_and_resume_skips_done_cells(tmp_path, capsys):
@@ -148,6 +156,9 @@ def test_mnist_from_data_root_gives_fid_and_kid(mnist_root, tmp_path, capsys):
     for col in ("nfe", "wall_time_s", "fid", "kid_mean", "n_samples", "feature_extractor"):
         assert frame[col].notna().all(), col
     assert frame["feature_extractor"].str.match(r"classifier-[0-9a-f]{8}$").all()
+    saved = np.load(out / "samples" / f"{cell_id(frame.iloc[0].to_dict())}.npz")["x"]
+    assert saved.shape == (64, 1, 28, 28) and saved.dtype == np.uint8
+    assert not (out / "trajectories").exists()
     assert (out / "figures" / "fid_vs_nfe.png").exists()
 
 
@@ -275,3 +286,104 @@ def test_report_views_over_seeds(tmp_path, capsys):
     assert "swd_minus_heun_count" in csv and csv.splitlines()[1].endswith(",3")
     code, _, err = _run(["report", str(out), "--view", "paired"], capsys)
     assert code == 2 and "--baseline" in err
+
+
+def _results_dir(path, model, fids, status="ok"):
+    """A run directory holding only a hand-made results.csv: euler at 1 and 4 steps, rk45."""
+    from rfbench.results import records_to_frame
+
+    path.mkdir()
+    rows = [
+        dict(dataset="d", model_id=model, solver=solver, steps=steps, rtol=rtol, atol=rtol,
+             seed=seed, nfe=nfe, fid=fid + seed, wall_time_s=nfe / 10, status=status)
+        for seed in (0, 1)
+        for (solver, steps, rtol, nfe), fid in zip(
+            [("euler", 1, None, 1), ("euler", 4, None, 4), ("rk45", None, 1e-5, 86)], fids
+        )
+    ]  # fmt: skip
+    records_to_frame(rows).to_csv(path / "results.csv", index=False)
+    return path
+
+
+def test_report_pivot_and_budget_views(tmp_path, capsys):
+    a = _results_dir(tmp_path / "a", "m1", (300.0, 120.0, 55.0))
+    b = _results_dir(tmp_path / "b", "m2", (200.0, 100.0, 50.0))
+    code, md, _ = _run(["report", str(a), str(b), "--view", "pivot"], capsys)
+    assert code == 0 and "- fid: mean ± std over seeds (mean NFE per sample)" in md
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("|") and not line.startswith("|:")]  # fmt: skip
+    assert rows[0] == ["model", "solver", "1 step", "4 steps", "rtol 1e-05"]
+    assert rows[-1] == ["m2", "rk45", "", "", "50.5 ± 0.71 (86)"]
+    code, tex, _ = _run(["report", str(a), "--view", "pivot", "--format", "latex"], capsys)
+    assert code == 0 and r"\toprule" in tex and r"300.5 $\pm$ 0.71 (1)" in tex
+    argv = ["report", str(a), str(b), "--view", "budget", "--format", "csv"]
+    code, csv, _ = _run([*argv, "--nfe-budget", "1,4", "--time-budget", "0.5"], capsys)
+    assert code == 0 and csv.splitlines() == [
+        "model,budget,solver,setting,nfe,wall_time_s,fid,fid_std",
+        f"m1,NFE ≤ 1,euler,1 step,1.0,0.1,300.5,{2**-0.5}",
+        f"m1,NFE ≤ 4,euler,4 steps,4.0,0.4,120.5,{2**-0.5}",
+        f"m1,time ≤ 0.5 s,euler,4 steps,4.0,0.4,120.5,{2**-0.5}",
+        f"m2,NFE ≤ 1,euler,1 step,1.0,0.1,200.5,{2**-0.5}",
+        f"m2,NFE ≤ 4,euler,4 steps,4.0,0.4,100.5,{2**-0.5}",
+        f"m2,time ≤ 0.5 s,euler,4 steps,4.0,0.4,100.5,{2**-0.5}",
+    ]  # fmt: skip
+    out = tmp_path / "budget.md"
+    code, md, _ = _run(["report", str(a), "--view", "budget", "--out", str(out)], capsys)
+    assert code == 0 and md == "" and "| NFE ≤ 128 | rk45     | rtol 1e-05 |" in out.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "budget.md"]  # no .tmp left
+
+
+def test_report_notes_failed_cells(tmp_path, capsys):
+    a = _results_dir(tmp_path / "a", "m1", (300.0, 120.0, 55.0))
+    b = _results_dir(tmp_path / "b", "m2", (200.0, 100.0, 50.0), status="failed")
+    code, md, _ = _run(["report", str(a), str(b), "--view", "pivot"], capsys)
+    assert code == 0 and "| m2" not in md and "_left out 6 cell(s) that did not succeed" in md
+    code, csv, err = _run(["report", str(a), str(b), "--view", "pivot", "--format", "csv"], capsys)
+    assert code == 0 and "left out 6 cell(s)" not in csv and "note: left out 6 cell(s)" in err
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--view", "nope"], "invalid choice: 'nope'"),
+        (["--view", "budget", "--nfe-budget", "0"], "> 0"),
+        (["--view", "budget", "--nfe-budget", "1,,4"], "malformed"),
+        (["--view", "budget", "--nfe-budget", "2.5"], "not a valid NFE budget"),
+        (["--view", "budget", "--time-budget", "abc"], "not a valid time budget"),
+    ],
+)
+def test_report_bad_options_exit_2(tmp_path, extra, needle, capsys):
+    a = _results_dir(tmp_path / "a", "m1", (300.0, 120.0, 55.0))
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(a), *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--view", "pivot", "--metric", "swd"], "no values of 'swd'; they have: fid, nfe"),
+        (["--view", "pivot", "--metric", "solver"], "no values of 'solver'"),
+        (["--view", "pivot", "--nfe-budget", "4"], "--nfe-budget applies to --view budget only"),
+        (["--view", "budget", "--baseline", "euler"], "--baseline applies to --view paired"),
+        (["--view", "pivot", "--out", "/nonexistent/dir/t.md"], "cannot write /nonexistent"),
+        (["MISSING"], "MISSING holds no results.csv: not a run directory"),
+        (["A"], "is given twice"),
+    ],
+)
+def test_report_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, extra, needle, capsys):
+    a = _results_dir(tmp_path / "A", "m1", (300.0, 120.0, 55.0))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(["report", str(a), *extra], capsys)
+    assert code == 2 and out == "" and needle in err and err.count("\n") == 1
+
+
+def test_report_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: cells)", "(default: md)", "(default: fid)", "(default: none)",
+                    "(default: standard output)", "powers of two"):  # fmt: skip
+        assert default in out, default
+    assert "(default: None)" not in out
