@@ -19,7 +19,7 @@ from rfbench.config import RunConfig, cache_dir
 from rfbench.config import preset as get_preset
 from rfbench.data import to_uint8
 from rfbench.errors import UserError
-from rfbench.figures import quality_column, quality_vs_nfe
+from rfbench.figures import make_all
 from rfbench.report import frame_to_markdown
 from rfbench.results import STATUS_FAILED, STATUS_OK, RunDir, cell_key
 from rfbench.sample import generate, noise, reconstruct, trajectory, warm_up
@@ -259,19 +259,33 @@ def run_cell(
             grid=cell["grid"] or "uniform", stepping=cell["stepping"], device=device,
             max_nfe=cfg.max_nfe, progress=progress,
         )  # fmt: skip
-        stream, nonfinite = quality.metric.stream(n), []
+        while True:  # on a GPU out of memory: halve the batch and try again
+            stream, nonfinite = quality.metric.stream(n), []
 
-        def sink(x: torch.Tensor) -> None:  # each finished batch, streamed into the metric
-            finite = torch.isfinite(x.flatten(1)).all(1)
-            if not finite.all():
-                nonfinite.append(int((~finite).sum()))
-            elif not nonfinite:
-                stream.add(x)
+            def sink(x: torch.Tensor, stream=stream, nonfinite=nonfinite) -> None:
+                finite = torch.isfinite(x.flatten(1)).all(1)  # each batch into the metric
+                if not finite.all():
+                    nonfinite.append(int((~finite).sum()))
+                elif not nonfinite:
+                    stream.add(x)
 
-        run = generate(
-            trained.model, cell["solver"], n, trained.spec.sample_shape, seed=cell["seed"],
-            repeats=cfg.repeats, record=True, sink=sink, keep=SAVED_SAMPLES, **options,
-        )  # fmt: skip
+            try:
+                run = generate(
+                    trained.model, cell["solver"], n, trained.spec.sample_shape,
+                    seed=cell["seed"], repeats=cfg.repeats, record=True, sink=sink,
+                    keep=SAVED_SAMPLES, **options,
+                )  # fmt: skip
+                break
+            except torch.cuda.OutOfMemoryError:
+                if options["batch_size"] == 1:
+                    raise
+                options["batch_size"] = max(1, options["batch_size"] // 2)
+                row["batch_size"] = options["batch_size"]
+                row["oom_retries"] = row.get("oom_retries", 0) + 1
+                log.warning("out of memory: %s retried at batch size %d", cell["solver"],
+                            options["batch_size"])  # fmt: skip
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         row.update(
             nfe=run.nfe_per_sample,
             nfe_std=run.nfe_std,
@@ -362,15 +376,18 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
     train_split = datamod.load_split(cfg.dataset, "train", cfg.data_root, image_size=cfg.image_size)
     test_split = datamod.load_split(cfg.dataset, "test", cfg.data_root, image_size=cfg.image_size)
     spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
-    trained = load_checkpoint_for(spec, cfg.checkpoint, device) if cfg.checkpoint else None
+    models = [load_checkpoint_for(spec, c, device) for c in cfg.checkpoint or ()]
+    ids = [m.model_id for m in models]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"--checkpoint names the same model twice: {', '.join(ids)}")
     extractor = resolve_extractor(cfg, train_split)
     run_dir = RunDir(out)
     rows = run_dir.create(cfg.to_dict(), cfg.resume)
     handler = _setup_logging(run_dir)
     try:
         # Section: model and metric.
-        if trained is None:
-            trained = obtain_model(spec, train_split, device, progress)
+        if not models:
+            models = [obtain_model(spec, train_split, device, progress)]
         quality = build_quality(
             cfg.dataset,
             train_split,
@@ -385,29 +402,32 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
         inversion_data = (
             test_split.x[: min(n, INVERSION_SAMPLES)] if "inversion" in cfg.metrics else None
         )
-        warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
 
-        # Section: the cells, each written as it finishes.
+        # Section: the cells of every model, each written as it finishes.
         done = {cell_key(r) for r in rows}
-        for cell in grid_cells(cfg, p.steps):
-            key = cell_key({"model_id": trained.model_id, **cell})
-            if key in done:
-                continue
-            row = run_cell(
-                cell, trained, quality, cfg, n, batch_size, device, progress, inversion_data,
-                run_dir,
-            )  # fmt: skip
-            rows.append(row)
-            run_dir.write_rows(rows)
-            log.info(_describe(row))
+        for trained in models:
+            todo = [c for c in grid_cells(cfg, p.steps)
+                    if cell_key({"model_id": trained.model_id, **c}) not in done]  # fmt: skip
+            if todo:
+                warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
+            for cell in todo:
+                row = run_cell(
+                    cell, trained, quality, cfg, n, batch_size, device, progress,
+                    inversion_data, run_dir,
+                )  # fmt: skip
+                rows.append(row)
+                run_dir.write_rows(rows)
+                prefix = f"{trained.model_id}: " if len(models) > 1 else ""
+                log.info(prefix + _describe(row))
 
         # Section: table and figure.
         frame = run_dir.write_rows(rows)
         (run_dir.path / "table.md").write_text(frame_to_markdown(frame))
-        if (frame["status"] == STATUS_OK).any():
-            quality_vs_nfe(frame, run_dir.figures / f"{quality_column(frame)}_vs_nfe.png")
+        if (frame["status"] == STATUS_OK).any():  # PNG for a first look; `rfbench figures`
+            make_all(run_dir.path, formats=("png",))  # writes PDF and SVG for a paper
         log.info("run finished in %.1f s: %s", time.perf_counter() - start, run_dir.path)
     finally:
         log.removeHandler(handler)
         handler.close()
+        run_dir.close()
     return run_dir.path

@@ -76,6 +76,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
 def _fmt(values) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
@@ -152,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--checkpoint",
+        type=_list_of(str, "checkpoint"),
         default=None,
-        metavar="PATH",
-        help="evaluate this checkpoint instead of training or reusing the cached model",
+        metavar="P1,P2",
+        help="evaluate these checkpoints (a model axis: the model_id column names each) "
+        "instead of training or reusing the cached model",
     )
     r.add_argument(
         "--num-samples",
@@ -236,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_positive_int, default=None, help="override the preset's epochs"
     )
     t.add_argument("--seed", type=int, default=0, help="training seed")
+    _timesteps_arg(t)
     _common_data_args(t)
     t.add_argument("--out", required=True, metavar="DIR", help="writes DIR/checkpoint.pt")
     t.add_argument(
@@ -244,6 +259,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue DIR/checkpoint.pt from its last finished epoch",
     )
     t.set_defaults(handler=_cmd_train)
+
+    # rfbench reflow
+    rf = sub.add_parser(
+        "reflow", formatter_class=fmt,
+        help="make (x0, ODE(x0)) pairs with a model, then train the next rectified flow (or "
+        "a few-step distilled model) on them",
+    )  # fmt: skip
+    rf.add_argument("--checkpoint", required=True, metavar="PATH", help="the k-RF model")
+    rf.add_argument("--pairs", type=_positive_int, required=True, metavar="N",
+                    help="number of pairs to generate")  # fmt: skip
+    rf.add_argument("--solver", choices=solvers, default="rk45", metavar="S",
+                    help=f"solver that makes the pairs, from: {', '.join(solvers)}")  # fmt: skip
+    rf.add_argument("--steps", type=_positive_int, default=None,
+                    help="its steps (fixed-step solvers)")  # fmt: skip
+    rf.add_argument("--tols", type=_positive_float, default=1e-3, metavar="T",
+                    help="its rtol = atol (adaptive solvers)")  # fmt: skip
+    rf.add_argument("--distill", type=_positive_int, default=None, metavar="K",
+                    help="train a model distilled to K Euler steps, not the (k+1)-RF")  # fmt: skip
+    rf.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="training epochs over the pairs (default: the parent's preset's)",
+    )
+    rf.add_argument("--lr", type=_positive_float, default=None,
+                    help="learning rate (default: the parent's)")  # fmt: skip
+    _timesteps_arg(rf)
+    rf.add_argument("--loss", choices=("l2", "lpips"), default="l2",
+                    help="distillation loss; lpips needs its VGG16 weights in torch hub's "
+                    "checkpoints/ (not downloadable offline)")  # fmt: skip
+    rf.add_argument("--seed", type=int, default=0, help="noise seed of the pairs")
+    rf.add_argument("--shard-size", type=_positive_int, default=1000,
+                    help="pairs per shard file")  # fmt: skip
+    rf.add_argument("--batch-size", type=_positive_int, default=250,
+                    help="sampling batch size for the pairs")  # fmt: skip
+    rf.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    rf.add_argument("--out", required=True, metavar="DIR",
+                    help="writes DIR/pairs/ and DIR/checkpoint.pt")  # fmt: skip
+    rf.add_argument("--resume", action="store_true",
+                    help="continue the pairs and the training in DIR")  # fmt: skip
+    rf.set_defaults(handler=_cmd_reflow)
 
     # rfbench data
     d = sub.add_parser("data", help="where each dataset comes from", formatter_class=fmt)
@@ -306,10 +362,36 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     rp.set_defaults(handler=_cmd_report)
 
+    # rfbench figures
+    fg = sub.add_parser(
+        "figures", help="publication figures of a run directory (PDF, PNG, SVG)",
+        formatter_class=fmt,
+    )  # fmt: skip
+    fg.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `rfbench run`")
+    fg.add_argument(
+        "--format", type=_list_of(str, "figure format", choices=C.FIGURE_FORMATS),
+        default=C.FIGURE_FORMATS, metavar="F1,F2", help="file formats, any of pdf,png,svg",
+    )  # fmt: skip
+    fg.add_argument(
+        "--width", choices=("single", "double"), default="single",
+        help="figure width: a single paper column (3.25 in) or both (6.75 in)",
+    )  # fmt: skip
+    fg.add_argument("--out", default=None, metavar="DIR", help="default: RUN_DIR/figures")
+    fg.set_defaults(handler=_cmd_figures)
+
     # rfbench solvers
     s = sub.add_parser("solvers", help="list every registered solver")
     s.set_defaults(handler=_cmd_solvers)
     return parser
+
+
+def _timesteps_arg(p: argparse.ArgumentParser) -> None:
+    from rfbench.flow import TIMESTEPS
+
+    p.add_argument(
+        "--timesteps", choices=TIMESTEPS, default="uniform",
+        help="training t: uniform, or u-shaped (density ∝ cosh(4(t - 1/2)), Lee et al. 2024)",
+    )  # fmt: skip
 
 
 def _dataset_arg(p: argparse.ArgumentParser, datasets: list[str]) -> None:
@@ -370,6 +452,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     from rfbench import bench
@@ -383,6 +466,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     device = bench.resolve_device(args.device)
     data = load_split(args.dataset, "train", args.data_root, image_size=args.image_size)
     spec = bench.model_spec(args.dataset, args.preset, data, args.seed, args.epochs)
+    spec = replace(spec, train=replace(spec.train, timesteps=args.timesteps))
     trained = train(spec, data, device=device, out_path=path, resume=args.resume)
     logging.getLogger("rfbench").info(
         "model %s, %d epoch(s), losses %s",
@@ -390,6 +474,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trained.epochs_done,
         _fmt(round(v, 5) for v in trained.losses),
     )
+    print(path)
+    return 0
+
+
+def _cmd_reflow(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from rfbench import bench, reflow
+    from rfbench.errors import UserError
+    from rfbench.train import load_model
+
+    if args.loss != "l2" and not args.distill:
+        raise UserError(f"--loss {args.loss} applies to distillation only (--distill K)")
+    if args.loss == "lpips":
+        from rfbench.metrics.lpips import lpips_network
+
+        lpips_network()  # its weights are here, or one clear message before any work
+    out = Path(args.out)
+    path = out / "checkpoint.pt"
+    if (path.exists() or (out / "pairs").exists()) and not args.resume:
+        raise UserError(f"{out} holds reflow work; pass --resume to continue it, or another --out")
+    device = bench.resolve_device(args.device)
+    parent = load_model(args.checkpoint, device)
+    spec = reflow.pair_spec(
+        parent, args.pairs, args.solver, steps=args.steps, rtol=args.tols, seed=args.seed,
+        shard_size=args.shard_size,
+    )  # fmt: skip
+    log = logging.getLogger("rfbench")
+    log.info("pairs: %d from %s with %s %s -> %s/pairs", spec.pairs, parent.model_id,
+             spec.solver, spec.setting, out)  # fmt: skip
+    store = reflow.generate_pairs(parent, spec, out, batch_size=args.batch_size, device=device)
+    recipe = replace(parent.spec.train, timesteps=args.timesteps, loss=args.loss)
+    if args.epochs is not None:
+        recipe = replace(recipe, epochs=args.epochs)
+    if args.lr is not None:
+        recipe = replace(recipe, lr=args.lr)
+    trained = reflow.reflow(parent, store, recipe, path, distill_steps=args.distill,
+                            device=device, resume=args.resume)  # fmt: skip
+    log.info("model %s (%s from %s), %d epoch(s), losses %s", trained.model_id,
+             trained.spec.lineage.tag, parent.model_id, trained.epochs_done,
+             _fmt(round(v, 5) for v in trained.losses))  # fmt: skip
     print(path)
     return 0
 
@@ -413,6 +539,21 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
             f"{d.name} {split}: {len(d.x)} samples of shape {list(d.sample_shape)}, "
             f"sha256 {d.content_hash[:16]}, from {d.source}"
         )
+    return 0
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from rfbench.errors import UserError
+    from rfbench.figures import NoDataError, make_all
+
+    try:
+        paths = make_all(args.run_dir, args.format, args.width, args.out)
+    except NoDataError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot write figures: {e}") from None
+    for path in paths:
+        print(path)
     return 0
 
 

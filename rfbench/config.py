@@ -56,6 +56,8 @@ class TrainConfig:
     ema_decay: float = 0.999  # with warm-up: min(decay, (1 + step) / (10 + step))
     max_train_images: int | None = None  # a prefix of the training split; None = all
     seed: int = 0
+    timesteps: str = "uniform"  # the distribution of training t: uniform or u-shaped
+    loss: str = "l2"  # distillation only: l2, or lpips where its weights are present
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class RunConfig:
     reference: str = DEFAULT_REFERENCE  # the split FID compares with: train or test
     feature_extractor: str = "auto"  # auto, classifier or inception
     inception_weights: str | None = None  # path of weights-inception-2015-12-05-6726825d.pth
-    checkpoint: str | None = None
+    checkpoint: tuple[str, ...] | None = None  # models to evaluate; None = train or reuse
     data_root: str | None = None
     device: str = "auto"
     out: str | None = None
@@ -157,3 +159,6 @@ class RunConfig:
 
 def preset(name: str) -> Preset:
     return PRESETS[name]
+
+
+FIGURE_FORMATS = ("pdf", "png", "svg")  # what `rfbench figures` writes by default

@@ -66,6 +66,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "energy_distance",
     "inversion_rmse",
     "inversion_nfe",
+    "oom_retries",
 )
 # The columns that identify a cell; a resumed run skips rows whose key is done.
 CELL_KEY: tuple[str, ...] = (
@@ -127,7 +128,9 @@ class RunDir:
         self.log_path = self.path / "run.log"
 
     def create(self, config: dict, resume: bool) -> list[dict]:
-        """Make the directory; return the rows already done (``resume``); never overwrite."""
+        """Make the directory and lock it; return the rows already done (``resume``); never
+        overwrite. The lock (``flock`` on ``.lock``) is held until ``close()`` or the
+        process ends, however it ends, so a second run on the same directory stops."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -135,6 +138,14 @@ class RunDir:
             probe.unlink()
         except OSError as e:
             raise UserError(f"cannot write to output directory {self.path}: {e.strerror}") from None
+        self._lock()
+        try:
+            return self._start(config, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, config: dict, resume: bool) -> list[dict]:
         config_path = self.path / "config.json"
         if self.results_csv.exists() or config_path.exists():
             if not resume:
@@ -153,6 +164,32 @@ class RunDir:
         atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         atomic_write_text(self.path / "env.json", json.dumps(environment(), indent=2) + "\n")
         return self.read_rows() if resume else []
+
+    def _lock(self) -> None:
+        import fcntl
+
+        lock = open(self.path / ".lock", "a+")  # noqa: SIM115 - held open until close()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise UserError(
+                f"{self.path} is in use by a running rfbench ({holder}); wait for it to "
+                "finish or choose another --out"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        self._lock_file = lock
+
+    def close(self) -> None:
+        """Release the directory's lock."""
+        lock = getattr(self, "_lock_file", None)
+        if lock is not None:
+            lock.close()
+            self._lock_file = None
 
     def read_rows(self) -> list[dict]:
         if not self.results_csv.exists():
@@ -183,23 +220,29 @@ class RunDir:
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez_compressed(f, **arrays)
         os.replace(tmp, path)
         return path
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
         )
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _git_commit() -> str | None:
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_dirty() -> bool | None:
+    """Whether rfbench's source differs from its commit (None outside a git checkout)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return None if status is None else bool(status)
 
 
 def environment() -> dict:
@@ -231,5 +274,6 @@ def environment() -> dict:
         "cuda_available": cuda,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "packages": versions,
     }

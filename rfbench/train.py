@@ -20,10 +20,30 @@ from tqdm.auto import tqdm
 from rfbench.config import MLPConfig, TrainConfig, UNetConfig
 from rfbench.data import DataSplit
 from rfbench.errors import UserError
-from rfbench.flow import rf_loss, sample_t
+from rfbench.flow import endpoint, interpolate, rf_loss, sample_grid_t, sample_t
 from rfbench.models import build_model
 
 CHECKPOINT_FORMAT = "rfbench-checkpoint-v1"
+LOSSES = ("l2", "lpips")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a reflowed or distilled model comes from (absent for a 1-RF model)."""
+
+    k: int  # the rectified flow's generation: 2 for a model trained on a 1-RF's pairs
+    parent: str  # model_id of the model that made the pairs (and gave the initial weights)
+    parent_path: str
+    pair_solver: str
+    pair_setting: str  # "steps=16", or "rtol=0.001 atol=0.001"
+    pairs: int
+    distill_steps: int | None = None  # a model distilled to this many Euler steps
+
+    @property
+    def tag(self) -> str:
+        """``2rf``, or ``2rf-d1`` for a 2-RF distilled to one step."""
+        base = f"{self.k}rf"
+        return base if self.distill_steps is None else f"{base}-d{self.distill_steps}"
 
 
 @dataclass(frozen=True)
@@ -35,11 +55,16 @@ class ModelSpec:
     unet: UNetConfig
     mlp: MLPConfig
     train: TrainConfig
-    data_hash: str
+    data_hash: str  # of the training split, or of the pairs for a reflowed model
     preset: str = ""
+    lineage: Lineage | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def k(self) -> int:
+        return 1 if self.lineage is None else self.lineage.k
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
@@ -53,6 +78,7 @@ class ModelSpec:
             train=TrainConfig(**d["train"]),
             data_hash=d["data_hash"],
             preset=d.get("preset", ""),
+            lineage=Lineage(**d["lineage"]) if d.get("lineage") else None,
         )
 
 
@@ -68,8 +94,13 @@ class TrainedModel:
 
     @property
     def model_id(self) -> str:
-        """``<dataset>-<preset>-<first 8 hex of the sha256 of the weights>``."""
-        return f"{self.spec.dataset}-{self.spec.preset or 'custom'}-{weights_hash(self.model)[:8]}"
+        """``<dataset>-<preset>-<first 8 hex of the sha256 of the weights>``, with the lineage
+        tag before the hash for a reflowed or distilled model (``...-2rf-1a2b3c4d``)."""
+        tag = f"{self.spec.lineage.tag}-" if self.spec.lineage else ""
+        return (
+            f"{self.spec.dataset}-{self.spec.preset or 'custom'}-{tag}"
+            f"{weights_hash(self.model)[:8]}"
+        )
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -102,8 +133,15 @@ def train(
     out_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    x0: torch.Tensor | None = None,
+    init: nn.Module | None = None,
 ) -> TrainedModel:
     """Train a velocity model with the rectified-flow loss; checkpoint after every epoch.
+
+    By default x0 is fresh noise for every batch (1-RF). Reflow passes the noise ``x0`` that
+    the parent model carried to ``data.x`` (pairs, row for row), and the parent as ``init``,
+    whose weights the training starts from. A spec whose lineage has ``distill_steps`` k
+    trains only at the k Euler times, so that k Euler steps map x0 to its x1.
 
     With ``resume=True`` and an existing checkpoint at ``out_path``, training continues
     from its last finished epoch; the data shuffle of every epoch depends only on
@@ -122,8 +160,22 @@ def train(
     cfg = spec.train
     if data.content_hash != spec.data_hash:
         raise UserError("the training data does not match the data hash in the model spec")
+    if x0 is not None and x0.shape != data.x.shape:
+        raise ValueError(f"x0 {list(x0.shape)} does not pair with the data {list(data.x.shape)}")
     torch.manual_seed(cfg.seed)
     model = build_model(spec.sample_shape, spec.unet, spec.mlp).to(device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    distill = spec.lineage.distill_steps if spec.lineage else None
+    if cfg.loss not in LOSSES:
+        raise UserError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}")
+    if cfg.loss != "l2" and not distill:
+        raise UserError(f"the {cfg.loss} loss applies to distillation only (--distill K)")
+    lpips = None
+    if cfg.loss == "lpips":
+        from rfbench.metrics.lpips import lpips_network
+
+        lpips = lpips_network().to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch, step, losses = 0, 0, []
@@ -157,9 +209,19 @@ def train(
         for b in bar:
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x1 = x_all[idx].to(device, non_blocking=True)
-            x0 = torch.randn(x1.shape, generator=g).to(device)
-            t = sample_t(len(idx), generator=g).to(device)
-            loss = rf_loss(model, x0, x1, t)
+            noise = torch.randn(x1.shape, generator=g) if x0 is None else x0[idx]
+            if distill:
+                t = sample_grid_t(len(idx), distill, generator=g)
+            else:
+                t = sample_t(len(idx), generator=g, dist=cfg.timesteps)
+            noise, t = noise.to(device), t.to(device)
+            if lpips is None:
+                loss = rf_loss(model, noise, x1, t)
+            else:  # the Euler step to t = 1 from the straight path must land on x1
+                from rfbench.metrics.lpips import lpips_loss
+
+                x_t = interpolate(noise, x1, t)
+                loss = lpips_loss(lpips, endpoint(x_t, t, model(x_t, t)), x1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -81,3 +81,18 @@ def test_feature_memory_small(tmp_path, mnist_root, monkeypatch):
     text = out.read_text()
     assert re.search(r"\|\s+100 \| stream", text) and re.search(r"\|\s+300 \| hold", text)
     assert "FID equal: True" in text  # streamed and held samples give the same FID
+
+
+def test_reflow_study_small(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--dataset", "toy2d", "--out", str(out), "--work", str(work), "--train-epochs", "2",
+            "--pairs", "600", "--pair-solver", "euler", "--pair-steps", "4",
+            "--reflow-epochs", "1", "--num-samples", "200", "--seeds", "0"]  # fmt: skip
+    assert _load("reflow_study").main(argv) == 0
+    text = (out / "README.md").read_text()
+    assert "| 1-RF " in text and "| 2-RF " in text and "| 2-RF distilled (1 step) " in text
+    assert "rfbench reflow --checkpoint" in text and "ratio" in text
+    assert (out / "run" / "figures" / "trajectories.pdf").stat().st_size > 0
+    assert (out / "pivot-swd.md").exists() and (out / "pivot-straightness.md").exists()
+    # Rerunning skips every step that is done.
+    assert _load("reflow_study").main(argv) == 0

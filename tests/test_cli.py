@@ -73,6 +73,9 @@ def test_toy2d_run_end_to_end(tmp_path, capsys):
         "table.md",
         "run.log",
         "figures/swd_vs_nfe.png",
+        "figures/swd_vs_time.png",
+        "figures/straightness_vs_nfe.png",
+        "figures/trajectories.png",
     ):
         assert (out / name).stat().st_size > 0, name
     frame = pd.read_csv(out / "results.csv")
@@ -387,3 +390,25 @@ def test_report_help_shows_defaults(capsys):
                     "(default: standard output)", "powers of two"):  # fmt: skip
         assert default in out, default
     assert "(default: None)" not in out
+
+
+def test_figures_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*TOY, "--solvers", "euler,rk45", "--steps", "1,2", "--seeds", "0,1"]
+    assert _run([*argv, "--out", str(out)], capsys)[0] == 0
+    code, stdout, err = _run(["figures", str(out), "--format", "pdf,svg"], capsys)
+    assert code == 0, err
+    written = sorted(p.split("/")[-1] for p in stdout.split())
+    assert written == sorted(
+        f"{name}.{ext}"
+        for name in ("swd_vs_nfe", "swd_vs_time", "straightness_vs_nfe", "trajectories")
+        for ext in ("pdf", "svg")
+    )
+    first = {p: (out / "figures" / p).read_bytes() for p in written}
+    assert _run(["figures", str(out), "--format", "pdf,svg"], capsys)[0] == 0
+    assert all((out / "figures" / p).read_bytes() == b for p, b in first.items())
+    code, _, err = _run(["figures", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "no results.csv" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["figures", str(out), "--format", "png,gif"])
+    assert e.value.code == 2 and "unknown figure format 'gif'" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""Faults during a grid: a run killed with SIGKILL resumes to exactly the rows of an
+uninterrupted run, and two runs never write the same directory at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rfbench.cli import main
+from rfbench.results import CELL_KEY
+
+# rk45 integrating each of 200 samples on its own takes about a second per cell here: slow
+# enough to kill the run between cells and in the middle of one.
+GRID = [
+    "run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "200", "--batch-size", "50",
+    "--solvers", "euler,rk45", "--steps", "1,2", "--tols", "1e-2,1e-3,1e-4,1e-5",
+    "--stepping", "per-sample",
+]  # fmt: skip
+TIMING = ["wall_time_s", "model_time_s", "overhead_time_s", "images_per_s"]
+CELLS = 6
+
+
+def _start(out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rfbench", *GRID, "--out", str(out), "--resume"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _rows(out: Path) -> int:
+    try:
+        return len(pd.read_csv(out / "results.csv"))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+def _wait_for_rows(proc: subprocess.Popen, out: Path, rows: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while _rows(out) < rows:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {rows} rows: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {rows} rows within {timeout} s")
+        time.sleep(0.02)
+
+
+def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=TIMING).sort_values(list(CELL_KEY)).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("faults") / "whole"
+    assert main([*GRID, "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == CELLS and (frame["status"] == "ok").all()
+    return frame
+
+
+def test_sigkill_between_and_during_cells_loses_nothing(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    kills = 0
+    for rows in (3, 4):  # each kill lands in the middle of an rk45 cell
+        proc = _start(out)
+        _wait_for_rows(proc, out, rows)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        frame = pd.read_csv(out / "results.csv")  # never corrupt
+        assert rows <= len(frame) < CELLS
+        assert not frame.duplicated(list(CELL_KEY)).any()
+    proc = _start(out)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    final = pd.read_csv(out / "results.csv")
+    assert kills == 2 and len(final) == CELLS
+    pd.testing.assert_frame_equal(_comparable(final), _comparable(uninterrupted))
+    assert not list(out.glob("*.tmp"))
+
+
+def test_second_run_on_a_busy_directory_stops(tmp_path, capsys):
+    out = tmp_path / "busy"
+    proc = _start(out)
+    try:
+        _wait_for_rows(proc, out, 1)
+        before = (out / "results.csv").read_bytes()
+        code = main([*GRID, "--out", str(out), "--resume"])
+        err = capsys.readouterr().err
+        assert code == 2 and "is in use by a running rfbench (pid" in err
+        assert len(err.strip().splitlines()) == 1
+        assert (out / "results.csv").read_bytes()[: len(before)] == before  # nothing lost
+    finally:
+        proc.kill()
+        proc.wait()
+    # The lock dies with its process: the run resumes.
+    assert main([*GRID, "--out", str(out), "--resume"]) == 0
+    assert _rows(out) == CELLS
+
+
+def test_lock_is_released_after_a_refused_start(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*GRID[:-4], "--steps", "1", "--solvers", "euler", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 2  # exists: refused, and the lock it took is given back
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    assert os.path.exists(out / ".lock")
+
+
+def test_out_of_memory_halves_the_batch_and_says_so():
+    from dataclasses import replace
+
+    import torch
+    from torch import nn
+
+    from rfbench import bench
+    from rfbench.config import RunConfig
+    from rfbench.data import load_split
+    from rfbench.train import train
+
+    data = load_split("toy2d")
+    trained = train(bench.model_spec("toy2d", "quick", data, 0, 1), data, progress=False)
+
+    class FitsFifty(nn.Module):  # a GPU that holds 50 samples at a time
+        def __init__(self):
+            super().__init__()
+            self.net = trained.model
+
+        def forward(self, x, t):
+            if len(x) > 50:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.net(x, t)
+
+    cpu = torch.device("cpu")
+    quality = bench.build_quality("toy2d", data, data, (), cpu, 200)
+    cfg = RunConfig(dataset="toy2d", solvers=("euler",))
+    cell = dict(solver="euler", family="fixed", seed=0, steps=4, grid="uniform", rtol=None,
+                atol=None, stepping="batched")  # fmt: skip
+    row = bench.run_cell(cell, replace(trained, model=FitsFifty()), quality, cfg, 200, 200, cpu,
+                         progress=False)  # fmt: skip
+    assert row["status"] == "ok" and row["batch_size"] == 50 and row["oom_retries"] == 2
+    direct = bench.run_cell(cell, trained, quality, cfg, 200, 50, cpu, progress=False)
+    assert row["swd"] == direct["swd"] and row["nfe_per_batch"] == "4;4;4;4"

@@ -1,0 +1,140 @@
+"""Figures from a run directory: every file in every format, byte-identical on a rerun."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rfbench.figures import (
+    FORMATS,
+    NoDataError,
+    make_all,
+    pareto_front,
+    quality_vs_nfe,
+    sample_grid,
+    setting_means,
+)
+from rfbench.results import cell_id, records_to_frame
+
+FIGURES = ("fid_vs_nfe", "fid_vs_time", "straightness_vs_nfe", "samples", "trajectories")
+
+
+def _rows() -> list[dict]:
+    """euler at 1, 2, 4, 8 steps and rk45 at two tolerances, 2 seeds; one failed row."""
+    common = dict(dataset="toyset", model_id="m", n_samples=64, status="ok")
+    common.update(feature_extractor="classifier-abc", batch_size=64)
+    rows = []
+    for seed in (0, 1):
+        for steps in (1, 2, 4, 8):
+            rows.append(
+                dict(common, solver="euler", family="fixed", steps=steps, grid="uniform",
+                     stepping="batched", seed=seed, nfe=steps, fid=100 / steps + seed,
+                     wall_time_s=0.1 * steps, straightness=0.1 / steps, curvature=0.01 * steps)
+            )  # fmt: skip
+        for rtol, nfe in ((1e-3, 20), (1e-5, 50)):
+            rows.append(
+                dict(common, solver="rk45", family="scipy", rtol=rtol, atol=rtol,
+                     stepping="batched", seed=seed, nfe=nfe + seed, fid=8 - nfe / 10 + seed,
+                     wall_time_s=0.12 * nfe, straightness=0.01, curvature=0.02)
+            )  # fmt: skip
+    rows.append(dict(rows[0], seed=2, status="failed", fid=None, error="boom"))
+    return rows
+
+
+def _run_dir(tmp_path, samples=True, straightness=True):
+    """A run directory: results.csv, and arrays named by cell_id for seed 0."""
+    rows = _rows()
+    frame = records_to_frame(rows)
+    if not straightness:
+        frame[["straightness", "curvature"]] = np.nan
+    frame.to_csv(tmp_path / "results.csv", index=False)
+    rng = np.random.default_rng(0)
+    for row in rows:
+        if row["seed"] != 0 or row["status"] != "ok":
+            continue
+        if samples:
+            (tmp_path / "samples").mkdir(exist_ok=True)
+            x = rng.integers(0, 256, (16, 1, 8, 8), dtype=np.uint8)
+            np.savez(tmp_path / "samples" / f"{cell_id(row)}.npz", x=x)
+        (tmp_path / "trajectories").mkdir(exist_ok=True)
+        t = np.linspace(0, 1, 5)
+        x0 = rng.standard_normal((8, 2))
+        x = np.stack([(1 - s) * x0 + s * np.sign(x0) for s in t]).astype(np.float32)
+        np.savez(tmp_path / "trajectories" / f"{cell_id(row)}.npz", t=t, x=x)
+    return tmp_path
+
+
+def test_make_all_writes_every_figure_identically(tmp_path):
+    run = _run_dir(tmp_path)
+    paths = make_all(run)
+    expected = {run / "figures" / f"{n}.{f}" for n in FIGURES for f in FORMATS}
+    assert set(paths) == expected
+    first = {p: p.read_bytes() for p in paths}
+    assert all(len(b) > 1000 for b in first.values())
+    assert make_all(run) == paths
+    changed = [p.name for p in paths if p.read_bytes() != first[p]]
+    assert not changed, f"not byte-identical on a rerun: {changed}"
+
+
+def test_make_all_skips_figures_without_data(tmp_path):
+    run = _run_dir(tmp_path, samples=False, straightness=False)
+    out = tmp_path / "elsewhere"
+    paths = make_all(run, formats=("png",), width="double", out=out)
+    assert paths == [out / "fid_vs_nfe.png", out / "fid_vs_time.png", out / "trajectories.png"]
+    assert not (run / "figures").exists()
+
+
+def test_seed_means_ignore_failed_rows():
+    means = setting_means(records_to_frame(_rows()), "fid").set_index(["solver", "nfe"])
+    assert len(means) == 6
+    assert means.loc[("euler", 1), "mean"] == pytest.approx(100.5)  # seeds 0 and 1 only
+    assert means.loc[("euler", 1), "std"] == pytest.approx(np.std([100, 101], ddof=1))
+    assert means.loc[("rk45", 20.5), "seeds"] == 2
+
+
+def test_pareto_front():
+    times = [1.0, 2.0, 3.0, 4.0, 2.0, 5.0, np.nan]
+    values = [9.0, 5.0, 6.0, 4.0, 7.0, 4.0, 1.0]
+    # 3.0 is beaten by the faster 2.0 (5 < 6); 2.0 with 7 ties in time with a better point;
+    # 5.0 only equals the faster 4.0; a point without a time is never on the front.
+    expected = [True, True, False, True, False, False, False]
+    assert pareto_front(times, values).tolist() == expected
+    assert pareto_front([], []).tolist() == []
+
+
+def test_no_data_raises(tmp_path):
+    failed = records_to_frame([dict(r, status="failed") for r in _rows()])
+    with pytest.raises(ValueError, match="no successful rows"):
+        quality_vs_nfe(failed, tmp_path / "q", formats=("png",))
+    frame = records_to_frame(_rows())
+    with pytest.raises(NoDataError, match="no saved samples"):
+        sample_grid(frame, tmp_path, tmp_path / "s")
+    (tmp_path / "samples").mkdir()  # toy2d saves points, not images
+    np.savez(tmp_path / "samples" / f"{cell_id(_rows()[0])}.npz", x=np.zeros((8, 2), np.float32))
+    with pytest.raises(NoDataError, match="holds no images"):
+        sample_grid(frame, tmp_path, tmp_path / "s")
+    with pytest.raises(NoDataError, match="no results.csv"):
+        make_all(tmp_path)
+    failed.to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(NoDataError, match="no figure to draw"):
+        make_all(tmp_path)
+
+
+def test_single_file_path_as_bench_calls_it(tmp_path):
+    path = tmp_path / "figures" / "fid_vs_nfe.png"
+    assert quality_vs_nfe(records_to_frame(_rows()), path) == [path]
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_models_are_told_apart_by_their_short_names():
+    import pandas as pd
+
+    from rfbench.figures import _labels
+
+    rows = pd.DataFrame(
+        {"solver": ["euler"] * 3, "grid": "uniform", "stepping": "batched",
+         "model_id": ["toy2d-quick-1a2b3c4d", "toy2d-quick-2rf-9f8e7d6c", "toy2d-quick-2rf-d1-5e"]}
+    )  # fmt: skip
+    assert _labels(rows).tolist() == [
+        "euler (1a2b3c4d)", "euler (2rf-9f8e7d6c)", "euler (2rf-d1-5e)",
+    ]  # fmt: skip
