@@ -6,7 +6,9 @@ It measures, on the chosen device, and writes ``<out>/gpu_check.md`` plus the ru
 2. the time per NFE of the quick UNet at several batch sizes (median of repeats);
 3. scipy RK45 (numpy round trip every call) against torchdiffeq dopri5 (the same
    Dormand-Prince 5(4) pair, torch-native) at equal tolerance: NFE, wall time, and the
-   largest difference between their final samples.
+   largest difference between their final samples;
+4. reflow: 10k dopri5 pairs from the quick model, a 2-RF trained on them for 3 epochs, and
+   both models at 1, 2 and 4 Euler steps (FID).
 
 It runs on the CPU too (``--smoke`` makes it small), so it is tested before a GPU is there:
 
@@ -111,7 +113,16 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dataset = "toy2d" if args.smoke else args.dataset
     sizes = (
-        dict(num_samples=200, batch_sizes=(16, 64), repeats=3, pair_n=64, pair_batch=32, epochs=2)
+        dict(
+            num_samples=200,
+            batch_sizes=(16, 64),
+            repeats=3,
+            pair_n=64,
+            pair_batch=32,
+            epochs=2,
+            reflow_pairs=256,
+            reflow_epochs=1,
+        )  # fmt: skip
         if args.smoke
         else dict(
             num_samples=None,
@@ -120,6 +131,8 @@ def main(argv=None) -> int:
             pair_n=1000,
             pair_batch=1000,
             epochs=None,
+            reflow_pairs=10_000,
+            reflow_epochs=3,
         )
     )
     report = [
@@ -184,6 +197,40 @@ def main(argv=None) -> int:
         _md_table(rows),
         "",
         f"Wall-time ratio rk45 / dopri5: {ratio:.2f}",
+        "",
+    ]
+
+    # 4. Reflow: pairs from the quick model, a 2-RF trained on them, both at few Euler steps.
+    from dataclasses import replace
+
+    from rfbench import reflow
+
+    start = time.perf_counter()
+    parent_path = bench.model_cache_path(trained.spec)
+    trained.path = str(parent_path)
+    spec = reflow.pair_spec(trained, sizes["reflow_pairs"], "dopri5", rtol=1e-3,
+                            shard_size=sizes["reflow_pairs"])  # fmt: skip
+    store = reflow.generate_pairs(trained, spec, out / "reflow", batch_size=1000, device=device,
+                                  progress=False)  # fmt: skip
+    recipe = replace(trained.spec.train, epochs=sizes["reflow_epochs"])
+    two = reflow.reflow(trained, store, recipe, out / "reflow" / "checkpoint.pt", device=device,
+                        resume=True, progress=False)  # fmt: skip
+    reflow_s = time.perf_counter() - start
+    run_dir = bench.run(
+        RunConfig(
+            dataset=dataset, solvers=("euler",), steps=(1, 2, 4), preset="quick",
+            checkpoint=(str(parent_path), str(out / "reflow" / "checkpoint.pt")),
+            device=args.device, num_samples=sizes["num_samples"], data_root=args.data_root,
+            out=str(out / f"reflow-{dataset}"), resume=True,
+        ),
+        progress=False,
+    )  # fmt: skip
+    report += [
+        f"## 4. Reflow: {spec.pairs} dopri5 (1e-3) pairs and a 2-RF ({two.model_id}, "
+        f"{sizes['reflow_epochs']} epoch(s)) in {reflow_s:.1f} s; 1-RF against 2-RF at 1, 2, 4 "
+        "Euler steps",
+        "",
+        (run_dir / "table.md").read_text(),
         "",
     ]
 

@@ -20,6 +20,7 @@ Models and pairs stay in WORK (default runs/reflow-<dataset>, not committed).
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -32,17 +33,22 @@ from rfbench.cli import main as rfbench
 STEPS = "1,2,4,8"
 
 
-def _step(argv: list[str], done: Path, log: list[str]) -> None:
-    log.append("rfbench " + shlex.join(argv))
+def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) -> None:
+    """Run one rfbench command unless ``done`` exists; its duration is kept in ``times``."""
+    command = "rfbench " + shlex.join(argv)
+    recorded = json.loads(times.read_text()) if times.exists() else {}
     if done.exists():
-        print(f"skip (done): {log[-1]}", file=sys.stderr)
-        return
-    print(f"run: {log[-1]}", file=sys.stderr)
-    start = time.perf_counter()
-    code = rfbench(argv)
-    if code != 0:
-        raise SystemExit(f"failed ({code}): {log[-1]}")
-    log[-1] += f"  # {time.perf_counter() - start:.0f} s"
+        print(f"skip (done): {command}", file=sys.stderr)
+    else:
+        print(f"run: {command}", file=sys.stderr)
+        start = time.perf_counter()
+        code = rfbench([*argv, *extra])
+        if code != 0:
+            raise SystemExit(f"failed ({code}): {command}")
+        recorded[command] = round(time.perf_counter() - start)
+        times.parent.mkdir(parents=True, exist_ok=True)
+        times.write_text(json.dumps(recorded, indent=1) + "\n")
+    log.append(command + (f"  # {recorded[command]} s" if command in recorded else ""))
 
 
 def main(argv=None) -> int:
@@ -62,29 +68,30 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tol", default="1e-5")
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--seeds", default="0,1")
+    p.add_argument("--note", default=None, help="a line for the README, e.g. on the machine")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     out = Path(args.out or f"results/reflow-{args.dataset}")
     work = Path(args.work or f"runs/reflow-{args.dataset}")
     log: list[str] = []
+    times = work / "step-times.json"
 
     rf1, rf2, d1 = (work / name / "checkpoint.pt" for name in ("1rf", "2rf", "2rf-d1"))
     epochs = ["--epochs", str(args.train_epochs)] if args.train_epochs else []
-    _step(["train", "--dataset", args.dataset, *epochs, "--out", str(rf1.parent)], rf1, log)
+    _step(["train", "--dataset", args.dataset, *epochs, "--out", str(rf1.parent)], rf1, log, times)
     setting = ["--steps", args.pair_steps] if args.pair_steps else ["--tols", args.pair_tol]
     pairs = ["--pairs", str(args.pairs), "--solver", args.pair_solver, *setting]
     reflow_epochs = ["--epochs", str(args.reflow_epochs)] if args.reflow_epochs else []
     _step(["reflow", "--checkpoint", str(rf1), *pairs, *reflow_epochs, "--out", str(rf2.parent)],
-          rf2, log)  # fmt: skip
+          rf2, log, times)  # fmt: skip
     _step(["reflow", "--checkpoint", str(rf2), *pairs, *reflow_epochs, "--distill", "1",
-           "--out", str(d1.parent)], d1, log)  # fmt: skip
+           "--out", str(d1.parent)], d1, log, times)  # fmt: skip
     run_dir = out / "run"
     n = ["--num-samples", str(args.num_samples)] if args.num_samples else []
     _step(["run", "--dataset", args.dataset, "--checkpoint", f"{rf1},{rf2},{d1}",
            "--solvers", f"euler,{args.eval_solver}", "--steps", STEPS, "--tols", args.eval_tol,
-           "--seeds", args.seeds, *n, "--out", str(run_dir)]
-          + (["--resume"] if run_dir.exists() else []),
-          out / "README.md", log)  # fmt: skip
+           "--seeds", args.seeds, *n, "--out", str(run_dir)],
+          out / "README.md", log, times, ["--resume"] if run_dir.exists() else [])  # fmt: skip
     log.append(f"rfbench figures {run_dir}")
     rfbench(["figures", str(run_dir)])
     frame = pd.read_csv(run_dir / "results.csv")

@@ -22,10 +22,12 @@ def _load(name: str):
 def test_gpu_check_smoke_on_cpu(tmp_path):
     assert _load("gpu_check").main(["--smoke", "--device", "cpu", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "gpu_check.md").read_text()
-    for heading in ("## 1. Quick run on toy2d", "## 2. Time per NFE", "## 3. scipy RK45"):
+    for heading in ("## 1. Quick run on toy2d", "## 2. Time per NFE", "## 3. scipy RK45",
+                    "## 4. Reflow: 256 dopri5"):  # fmt: skip
         assert heading in report
     assert "| rk45 |" in report and "| dopri5 |" in report
     assert "Wall-time ratio rk45 / dopri5" in report
+    assert "-2rf-" in report  # the 2-RF's rows
 
 
 def test_solver_overhead_small(tmp_path):

@@ -26,6 +26,7 @@ from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
+from tqdm.auto import tqdm
 
 from rfbench.config import cache_dir
 from rfbench.data import DataSplit, to_uint8
@@ -116,10 +117,12 @@ class FidelityMetrics:
         )
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features of uint8 images, one extractor call per ``extractor.batch_size`` images."""
+    def features(self, images: torch.Tensor, desc: str | None = None) -> dict[str, torch.Tensor]:
+        """Features of uint8 images, one extractor call per ``extractor.batch_size`` images;
+        with ``desc``, a progress bar (on a terminal)."""
         out: dict[str, list[torch.Tensor]] = {}
-        for chunk in _channels_for(self.extractor, images).split(self.extractor.batch_size):
+        chunks = _channels_for(self.extractor, images).split(self.extractor.batch_size)
+        for chunk in tqdm(chunks, desc=desc, leave=False, disable=None if desc else True):
             feats = self.net.convert_features_tuple_to_dict(self.net(chunk.to(self.device)))
             for k, v in feats.items():
                 out.setdefault(k, []).append(v.cpu())
@@ -139,7 +142,8 @@ class FidelityMetrics:
         out = {layer: _load_features(p, len(self.reference.x)) for layer, p in paths.items()}
         missing = [layer for layer, f in out.items() if f is None]
         if missing:
-            fresh = self.features(to_uint8(self.reference.x))
+            ref = self.reference
+            fresh = self.features(to_uint8(ref.x), desc=f"features of {ref.name} {ref.split}")
             root.mkdir(parents=True, exist_ok=True)
             for layer in missing:
                 out[layer] = fresh[layer]
