@@ -45,9 +45,10 @@ def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) ->
         code = rfbench([*argv, *extra])
         if code != 0:
             raise SystemExit(f"failed ({code}): {command}")
-        recorded[command] = round(time.perf_counter() - start)
-        times.parent.mkdir(parents=True, exist_ok=True)
-        times.write_text(json.dumps(recorded, indent=1) + "\n")
+        if not extra:  # a resumed command's time is not the step's
+            recorded[command] = round(time.perf_counter() - start)
+            times.parent.mkdir(parents=True, exist_ok=True)
+            times.write_text(json.dumps(recorded, indent=1) + "\n")
     log.append(command + (f"  # {recorded[command]} s" if command in recorded else ""))
 
 
@@ -157,7 +158,8 @@ def _summary(frame: pd.DataFrame, metric: str, out: Path, log: list[str], args) 
         f"ratio {ratio:.2f}; the distilled 2-RF's one step: ratio {ratio_d:.2f}. (Liu et al. "
         "2023, Table 1a, CIFAR-10 with Inception FID: 12.21 / 2.58 = 4.7 without distillation, "
         "4.85 / 2.58 = 1.9 with it.)",
-        f"- Straightness along 8 Euler steps: 1-RF {s1:.4g}, 2-RF {s2:.4g} (ratio {s2 / s1:.2f}).",
+        f"- Straightness along 8 Euler steps: 1-RF {s1:.4g}, 2-RF {s2:.4g} (ratio {s2 / s1:.3g}).",
+        *([f"- Note: {args.note}"] if args.note else []),
         "",
         "Figures in `run/figures/` (`rfbench figures`); tables `pivot-*.md`, `budget-*.md`.",
     ]

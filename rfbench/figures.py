@@ -198,12 +198,21 @@ def _short_model_names(ids: pd.Series) -> pd.Series:
 
 def _lines(points: pd.DataFrame, styles: dict) -> Iterator[tuple[str, dict, pd.DataFrame]]:
     """(label, plot style, points by NFE) per line: colour and marker by solver, line style
-    by variant."""
-    for solver, g in points.groupby("solver", sort=True):
+    by variant; where the points hold several models, colour by model instead (the
+    comparison such a figure is for), marker and line style by solver."""
+    models = sorted(points["model_id"].astype(str).unique()) if "model_id" in points else []
+    for s, (solver, g) in enumerate(points.groupby("solver", sort=True)):
         color, marker = styles[solver]
         for i, (label, line) in enumerate(g.groupby("label", sort=True)):
-            style = dict(color=color, marker=marker, linestyle=LINESTYLES[i % len(LINESTYLES)])
-            yield label, style, line.sort_values("nfe")
+            linestyle = LINESTYLES[i % len(LINESTYLES)]
+            if len(models) > 1:
+                color = PALETTE[models.index(str(line["model_id"].iloc[0])) % len(PALETTE)]
+                linestyle = LINESTYLES[s % len(LINESTYLES)]
+            yield (
+                label,
+                dict(color=color, marker=marker, linestyle=linestyle),
+                line.sort_values("nfe"),
+            )
 
 
 def _unique(frame: pd.DataFrame, column: str) -> list[str]:
@@ -248,6 +257,8 @@ def _legend(fig, handles=None, labels=None) -> None:
     if handles is None:
         handles, labels = fig.axes[0].get_legend_handles_labels()
     ncols = 3 if fig.get_figwidth() < 5 else 6
+    if labels and max(len(t) for t in labels) > 14:  # long labels (several models) need room
+        ncols -= 1 if ncols == 3 else 2
     fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(labels)))
 
 
