@@ -403,22 +403,22 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
             test_split.x[: min(n, INVERSION_SAMPLES)] if "inversion" in cfg.metrics else None
         )
 
-        # Section: the cells of every model, each written as it finishes.
+        # Section: the cells, each written as it finishes; several models alternate cell by
+        # cell, so that slow drifts of a shared machine reach them alike.
         done = {cell_key(r) for r in rows}
-        for trained in models:
-            todo = [c for c in grid_cells(cfg, p.steps)
-                    if cell_key({"model_id": trained.model_id, **c}) not in done]  # fmt: skip
-            if todo:
-                warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
-            for cell in todo:
-                row = run_cell(
-                    cell, trained, quality, cfg, n, batch_size, device, progress,
-                    inversion_data, run_dir,
-                )  # fmt: skip
-                rows.append(row)
-                run_dir.write_rows(rows)
-                prefix = f"{trained.model_id}: " if len(models) > 1 else ""
-                log.info(prefix + _describe(row))
+        todo = [(c, m) for c in grid_cells(cfg, p.steps) for m in models
+                if cell_key({"model_id": m.model_id, **c}) not in done]  # fmt: skip
+        for trained in {id(m): m for _, m in todo}.values():
+            warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
+        for cell, trained in todo:
+            row = run_cell(
+                cell, trained, quality, cfg, n, batch_size, device, progress, inversion_data,
+                run_dir,
+            )  # fmt: skip
+            rows.append(row)
+            run_dir.write_rows(rows)
+            prefix = f"{trained.model_id}: " if len(models) > 1 else ""
+            log.info(prefix + _describe(row))
 
         # Section: table and figure.
         frame = run_dir.write_rows(rows)

@@ -26,7 +26,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
         if "default" in text or action.required or hidden:
             return text
         shown = _fmt(default) if isinstance(default, tuple) else default
-        return f"{text} (default: {shown})"
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -379,6 +379,34 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--out", default=None, metavar="DIR", help="default: RUN_DIR/figures")
     fg.set_defaults(handler=_cmd_figures)
 
+    # rfbench compare
+    from rfbench.compare import DEFAULT_THRESHOLDS, GATED
+
+    cp = sub.add_parser(
+        "compare", formatter_class=fmt,
+        help="gate a run against a baseline: exit 1 on a regression, 0 when all holds, 2 on "
+        "bad input",
+    )  # fmt: skip
+    cp.add_argument("baseline", metavar="BASELINE",
+                    help="a run directory or results.csv; alone, a run of two models "
+                    "(run --checkpoint base,candidate) compared within itself")  # fmt: skip
+    cp.add_argument("current", metavar="CURRENT", nargs="?", default=None,
+                    help="a run directory or results.csv")  # fmt: skip
+    for name, column in GATED.items():
+        default = DEFAULT_THRESHOLDS[name]
+        cp.add_argument(
+            f"--max-{name}-increase", default=str(default) if default else "off",
+            metavar="X", help=f"largest allowed increase of {column}: absolute (2.5), "
+            "relative to the baseline (5%%), or off",
+        )  # fmt: skip
+    cp.add_argument("--any-model", action="store_true",
+                    help="match cells whatever their model_id (one model on each side: the "
+                    "baseline model against a retrained one)")  # fmt: skip
+    cp.add_argument("--json", default=None, metavar="FILE", help="also write the verdict as JSON")
+    cp.add_argument("--markdown", default=None, metavar="FILE",
+                    help="also write the summary to FILE (a pull-request comment)")  # fmt: skip
+    cp.set_defaults(handler=_cmd_compare)
+
     # rfbench solvers
     s = sub.add_parser("solvers", help="list every registered solver")
     s.set_defaults(handler=_cmd_solvers)
@@ -555,6 +583,35 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rfbench import compare as K
+    from rfbench.errors import UserError
+    from rfbench.report import read_runs
+    from rfbench.results import atomic_write_text
+
+    thresholds = {name: K.Threshold.parse(getattr(args, f"max_{name}_increase"))
+                  for name in K.GATED}  # fmt: skip
+    if args.current is None:
+        base, cur = K.within_run(read_runs([args.baseline]))
+        verdict = K.compare(base, cur, thresholds, any_model=True)
+        title = f"rfbench compare (within {args.baseline})"
+    else:
+        base, cur = read_runs([args.baseline]), read_runs([args.current])
+        verdict = K.compare(base, cur, thresholds, any_model=args.any_model)
+        title = f"rfbench compare {args.baseline} -> {args.current}"
+    summary = K.to_markdown(verdict, title)
+    for path, text in ((args.json, K.to_json(verdict)), (args.markdown, summary)):
+        if path:
+            try:
+                atomic_write_text(Path(path), text)
+            except OSError as e:
+                raise UserError(f"cannot write {path}: {e.strerror}") from None
+    print(summary, end="")
+    return 0 if verdict["ok"] else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -1,0 +1,161 @@
+"""rfbench compare: regressions caught, improvements and noise passed, thresholds exact at
+their boundaries, missing and new cells reported, bad input exit 2, and the same-job mode
+catching an injected slowdown."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from rfbench.cli import main
+from rfbench.compare import Threshold, compare
+from rfbench.errors import UserError
+from rfbench.results import records_to_frame
+
+
+def _frame(fid=(100.0,), nfe=8.0, time_s=1.0, seeds=None, model="m", extra=()) -> pd.DataFrame:
+    """euler 8 steps, one row per seed with the given FIDs; plus ``extra`` rows."""
+    seeds = seeds if seeds is not None else range(len(fid))
+    rows = [
+        dict(dataset="d", model_id=model, solver="euler", family="fixed", steps=8,
+             grid="uniform", stepping="batched", seed=s, nfe=nfe, fid=f, wall_time_s=time_s,
+             status="ok")
+        for s, f in zip(seeds, fid)
+    ]  # fmt: skip
+    return records_to_frame(rows + list(extra))
+
+
+def _regressed(verdict) -> set[str]:
+    return {r["metric"] for r in verdict["regressions"]}
+
+
+def test_regression_caught_and_improvement_passes():
+    base = _frame(fid=(100.0,))
+    assert _regressed(compare(base, _frame(fid=(106.0,)))) == {"fid"}
+    better = compare(base, _frame(fid=(80.0,)))
+    assert better["ok"] and [r["metric"] for r in better["improvements"]] == ["fid"]
+    assert _regressed(compare(base, _frame(nfe=9.0))) == {"nfe"}
+    assert _regressed(compare(base, _frame(time_s=1.3))) == {"time"}
+    assert compare(base, base)["ok"]
+
+
+def test_thresholds_hold_at_their_boundaries():
+    base = _frame(fid=(100.0,), time_s=2.0)
+    assert compare(base, _frame(fid=(105.0,), time_s=2.5))["ok"]  # exactly +5%, +25%
+    assert _regressed(compare(base, _frame(fid=(105.001,), time_s=2.5))) == {"fid"}
+    absolute = {"fid": Threshold.parse("2.5")}
+    assert compare(base, _frame(fid=(102.5,), time_s=2.0), absolute)["ok"]
+    assert not compare(base, _frame(fid=(102.6,), time_s=2.0), absolute)["ok"]
+    assert compare(base, _frame(nfe=9.0), {"nfe": Threshold.parse("off")})["ok"]
+    assert Threshold.parse("5%") == Threshold(0.05, True) and Threshold.parse("off") is None
+    for bad in ("-1", "five", "5%%", ""):
+        with pytest.raises(UserError, match="threshold"):
+            Threshold.parse(bad)
+
+
+def test_seed_noise_is_not_a_regression_but_a_consistent_shift_is():
+    base = _frame(fid=(100.0, 110.0, 90.0, 105.0))
+    noisy = _frame(fid=(112.0, 101.0, 99.0, 108.0))  # +2.5 on average, spread +-10
+    verdict = compare(base, noisy, {"fid": Threshold.parse("1")})
+    assert verdict["ok"] and verdict["checks"][0]["noise_se"] > 1
+    shifted = _frame(fid=(106.0, 116.0, 96.0, 111.0))  # +6 on every seed
+    assert _regressed(compare(base, shifted, {"fid": Threshold.parse("1")})) == {"fid"}
+
+
+def test_missing_new_and_failed_cells_are_reported():
+    base = _frame(fid=(100.0, 101.0))
+    cur = _frame(fid=(100.0,), seeds=[0], extra=[
+        dict(dataset="d", model_id="m", solver="rk45", family="scipy", rtol=1e-3, atol=1e-3,
+             stepping="batched", seed=0, nfe=30, fid=90.0, status="ok"),
+    ])  # fmt: skip
+    verdict = compare(base, cur)
+    assert verdict["ok"]
+    assert [c["seed"] for c in verdict["missing"]] == ["1"]
+    assert [c["solver"] for c in verdict["new"]] == ["rk45"]
+    failed = _frame(fid=(float("nan"),))
+    failed["status"], failed["error"] = "failed", "FloatingPointError: NaN"
+    verdict = compare(_frame(), failed)
+    assert _regressed(verdict) == {"status"} and "NaN" in verdict["regressions"][0]["error"]
+
+
+def test_models_differ_only_with_any_model():
+    base, cur = _frame(model="a"), _frame(model="b", fid=(150.0,))
+    verdict = compare(base, cur)
+    assert verdict["ok"] and len(verdict["missing"]) == 1 and len(verdict["new"]) == 1
+    assert _regressed(compare(base, cur, any_model=True)) == {"fid"}
+
+
+def test_cli_exit_codes_and_outputs(tmp_path, capsys):
+    base, cur = tmp_path / "base.csv", tmp_path / "cur.csv"
+    _frame(fid=(100.0,)).to_csv(base, index=False)
+    _frame(fid=(120.0,)).to_csv(cur, index=False)
+    out_json, out_md = tmp_path / "v.json", tmp_path / "v.md"
+    code = main(["compare", str(base), str(cur), "--json", str(out_json),
+                 "--markdown", str(out_md)])  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert code == 1 and "REGRESSION" in stdout and "| fid " in stdout
+    verdict = json.loads(out_json.read_text())
+    assert verdict["ok"] is False and verdict["regressions"][0]["change"] == pytest.approx(20)
+    assert out_md.read_text() == stdout
+    assert main(["compare", str(base), str(cur), "--max-fid-increase", "25%"]) == 0
+    assert "no regression" in capsys.readouterr().out
+    assert main(["compare", str(base), str(tmp_path / "nothing")]) == 2
+    assert "no results.csv" in capsys.readouterr().err
+    assert main(["compare", str(base), str(cur), "--max-fid-increase", "lots"]) == 2
+    assert "threshold 'lots'" in capsys.readouterr().err
+    assert main(["compare", str(base)]) == 2  # one model: nothing to compare within
+    assert "exactly two models" in capsys.readouterr().err
+
+
+def test_same_job_mode_catches_an_injected_slowdown(tmp_path):
+    """Two models evaluated cell by cell in one run: an unchanged copy passes, a copy
+    that sleeps 20 ms in every network call fails on time, with NFE and quality equal."""
+    from dataclasses import replace
+
+    import torch
+    from torch import nn
+
+    from rfbench import bench
+    from rfbench.compare import within_run
+    from rfbench.config import RunConfig
+    from rfbench.data import load_split
+    from rfbench.train import train
+
+    data = load_split("toy2d")
+    trained = train(bench.model_spec("toy2d", "quick", data, 0, 1), data, progress=False)
+
+    class Sleepy(nn.Module):
+        def __init__(self, delay: float):
+            super().__init__()
+            self.net, self.delay = trained.model, delay
+            self.tag = nn.Parameter(torch.tensor(delay), requires_grad=False)  # its own id
+
+        def forward(self, x, t):
+            time.sleep(self.delay)
+            return self.net(x, t)
+
+    cpu = torch.device("cpu")
+    quality = bench.build_quality("toy2d", data, data, (), cpu, 1000)
+    cfg = RunConfig(dataset="toy2d", solvers=("euler",), repeats=3)
+
+    def one_run(candidate_delay: float) -> pd.DataFrame:
+        models = [replace(trained, model=Sleepy(0.0)),
+                  replace(trained, model=Sleepy(candidate_delay + 1e-9))]  # fmt: skip
+        rows = []
+        for steps in (8, 16):
+            cell = dict(solver="euler", family="fixed", seed=0, steps=steps, grid="uniform",
+                        rtol=None, atol=None, stepping="batched")  # fmt: skip
+            for m in models:  # alternating, as run does
+                rows.append(bench.run_cell(cell, m, quality, cfg, 1000, 1000, cpu, False))
+        return records_to_frame(rows)
+
+    # A 20 ms sleep per call at least doubles a cell's time; a shared CI machine can swing
+    # an unchanged cell by tens of percent, so this gate allows +50%.
+    for delay, ok in ((0.0, True), (0.02, False)):
+        base, cur = within_run(one_run(delay))
+        verdict = compare(base, cur, {"time": Threshold.parse("50%")}, any_model=True)
+        assert verdict["ok"] is ok, verdict["regressions"]
+        assert _regressed(verdict) == (set() if ok else {"time"})
