@@ -402,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--any-model", action="store_true",
                     help="match cells whatever their model_id (one model on each side: the "
                     "baseline model against a retrained one)")  # fmt: skip
+    cp.add_argument("--fail-on-missing", action="store_true",
+                    help="a baseline cell absent from the current run is a regression")  # fmt: skip
     cp.add_argument("--json", default=None, metavar="FILE", help="also write the verdict as JSON")
     cp.add_argument("--markdown", default=None, metavar="FILE",
                     help="also write the summary to FILE (a pull-request comment)")  # fmt: skip
@@ -603,6 +605,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         base, cur = read_runs([args.baseline]), read_runs([args.current])
         verdict = K.compare(base, cur, thresholds, any_model=args.any_model)
         title = f"rfbench compare {args.baseline} -> {args.current}"
+    if args.fail_on_missing and verdict["missing"]:
+        verdict["ok"] = False
+        verdict["regressions"] += [{**c, "metric": "missing"} for c in verdict["missing"]]
     summary = K.to_markdown(verdict, title)
     for path, text in ((args.json, K.to_json(verdict)), (args.markdown, summary)):
         if path:

@@ -159,3 +159,20 @@ def test_same_job_mode_catches_an_injected_slowdown(tmp_path):
         verdict = compare(base, cur, {"time": Threshold.parse("50%")}, any_model=True)
         assert verdict["ok"] is ok, verdict["regressions"]
         assert _regressed(verdict) == (set() if ok else {"time"})
+
+
+def test_the_ci_gate_baseline_is_there_and_a_missing_cell_fails(tmp_path, capsys):
+    from pathlib import Path
+
+    baseline = Path(__file__).parents[1] / "benchmarks" / "baselines" / "toy2d"
+    frame = pd.read_csv(baseline / "results.csv")
+    assert len(frame) == 10 and (frame["status"] == "ok").all()  # what ci_gate.sh checks
+    cut = tmp_path / "cut.csv"
+    frame.iloc[1:].to_csv(cut, index=False)
+    assert main(["compare", str(baseline), str(cut)]) == 0  # reported, not failed
+    assert main(["compare", str(baseline), str(cut), "--fail-on-missing"]) == 1
+    assert "| missing " in capsys.readouterr().out
+    worse = frame.assign(swd=frame["swd"] * 1.03)
+    worse.to_csv(tmp_path / "worse.csv", index=False)
+    assert main(["compare", str(baseline), str(tmp_path / "worse.csv"),
+                 "--max-swd-increase", "2%", "--max-time-increase", "off"]) == 1  # fmt: skip
