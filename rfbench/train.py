@@ -215,21 +215,11 @@ def train(
             else:
                 t = sample_t(len(idx), generator=g, dist=cfg.timesteps)
             noise, t = noise.to(device), t.to(device)
-            if lpips is None:
-                loss = rf_loss(model, noise, x1, t)
-            else:  # the Euler step to t = 1 from the straight path must land on x1
-                from rfbench.metrics.lpips import lpips_loss
-
-                x_t = interpolate(noise, x1, t)
-                loss = lpips_loss(lpips, endpoint(x_t, t, model(x_t, t)), x1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema_update(ema, model, ema_decay_at(step, cfg.ema_decay))
+            loss = train_step(model, ema, opt, noise, x1, t, cfg, step, lpips)
             step += 1
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            value = loss.item()
+            total += value
+            bar.set_postfix(loss=f"{value:.4f}")
         bar.close()
         epoch += 1
         losses.append(total / batches_per_epoch)
@@ -250,6 +240,34 @@ def train(
             )
     ema.eval()
     return TrainedModel(ema, spec, epoch, losses, str(out_path) if out_path else None)
+
+
+def train_step(
+    model: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    t: torch.Tensor,
+    cfg: TrainConfig,
+    step: int,
+    lpips: nn.Module | None = None,
+) -> torch.Tensor:
+    """One optimisation step: the rectified-flow loss (or, distilling with LPIPS, the LPIPS
+    of the Euler step to t = 1), AdamW, gradient clipping, the EMA. Returns the loss."""
+    if lpips is None:
+        loss = rf_loss(model, x0, x1, t)
+    else:  # the Euler step to t = 1 from the straight path must land on x1
+        from rfbench.metrics.lpips import lpips_loss
+
+        x_t = interpolate(x0, x1, t)
+        loss = lpips_loss(lpips, endpoint(x_t, t, model(x_t, t)), x1)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    ema_update(ema, model, ema_decay_at(step, cfg.ema_decay))
+    return loss.detach()
 
 
 def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:

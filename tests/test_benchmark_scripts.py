@@ -98,3 +98,12 @@ def test_reflow_study_small(tmp_path):
     assert (out / "pivot-swd.md").exists() and (out / "pivot-straightness.md").exists()
     # Rerunning skips every step that is done.
     assert _load("reflow_study").main(argv) == 0
+
+
+def test_train_step_small(tmp_path):
+    out = tmp_path / "train-step.md"
+    assert _load("train_step").main(["--steps", "2", "--warmup", "1", "--batch", "8",
+                                     "--out", str(out)]) == 0  # fmt: skip
+    text = out.read_text()
+    assert "| rfbench train_step |" in text and "| bare loop |" in text
+    assert re.search(r"Throughput ratio rfbench / bare: \d+\.\d{3}", text)
