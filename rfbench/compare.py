@@ -188,11 +188,17 @@ def _table(rows: list[dict]) -> str:
 
 
 def to_json(verdict: dict) -> str:
+    """The verdict as strict JSON: NaN and infinities become null."""
+
     def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, np.generic):
+            v = v.item()
         if isinstance(v, float) and not math.isfinite(v):
             return None
-        if isinstance(v, np.generic):
-            return v.item()
         return v
 
-    return json.dumps(verdict, indent=2, default=clean) + "\n"
+    return json.dumps(clean(verdict), indent=2, allow_nan=False) + "\n"

@@ -176,3 +176,10 @@ def test_the_ci_gate_baseline_is_there_and_a_missing_cell_fails(tmp_path, capsys
     worse.to_csv(tmp_path / "worse.csv", index=False)
     assert main(["compare", str(baseline), str(tmp_path / "worse.csv"),
                  "--max-swd-increase", "2%", "--max-time-increase", "off"]) == 1  # fmt: skip
+
+
+def test_json_is_strict():
+    from rfbench.compare import to_json
+
+    text = to_json({"x": float("nan"), "y": [float("inf"), 1.0]})
+    assert json.loads(text) == {"x": None, "y": [None, 1.0]} and "NaN" not in text
