@@ -182,7 +182,7 @@ def test_cli_reflow_bad_input(tmp_path, capsys):
     ck = str(one / "checkpoint.pt")
     capsys.readouterr()
     for argv, needle in (
-        (["--pairs", "0"], "must be > 0"),
+        (["--pairs", "0"], "must be a finite number > 0"),
         (["--pairs", "10", "--solver", "euler"], "give --steps"),
         (["--pairs", "10", "--tols", "-1"], "must be a finite number > 0"),
         (["--pairs", "10", "--solver", "nope"], "invalid choice"),
