@@ -36,6 +36,15 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        # argparse (3.11) turns `--opt=--` into [] without calling the option's type; no
+        # option of rfbench can be an empty list otherwise.
+        for name, value in vars(parsed).items():
+            if isinstance(value, list) and not value:
+                self.error(f"argument --{name.replace('_', '-')}: expected a value")
+        return parsed
+
 
 def _list_of(
     kind: Callable, what: str, choices: Sequence[str] | None = None, positive: bool = False
@@ -56,8 +65,8 @@ def _list_of(
                 raise argparse.ArgumentTypeError(
                     f"unknown {what} {s!r}; choose from: {', '.join(choices)}"
                 )
-            if positive and not v > 0:
-                raise argparse.ArgumentTypeError(f"{what} must be > 0, got {s}")
+            if positive and not (v > 0 and math.isfinite(v)):
+                raise argparse.ArgumentTypeError(f"{what} must be a finite number > 0, got {s}")
             out.append(v)
         if len(set(out)) != len(out):
             raise argparse.ArgumentTypeError(f"{what} list {text!r} repeats an entry")

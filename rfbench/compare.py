@@ -53,6 +53,8 @@ class Threshold:
                 f"threshold {text!r} is not a number >= 0, a percentage like 5%, or off"
             )
         value = float(m.group(1))
+        if not math.isfinite(value):
+            raise UserError(f"threshold {text!r} is not finite; use off for no gate")
         return cls(value / 100, True) if m.group(2) else cls(value)
 
     def limit(self, baseline: float) -> float:

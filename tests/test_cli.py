@@ -32,6 +32,8 @@ def _run(argv, capsys):
         (["run", "--dataset", "toy2d", "--tols=-1e-3"], "> 0"),
         (["run", "--dataset", "toy2d", "--tols", "-0.5"], "> 0"),
         (["run", "--dataset", "toy2d", "--tols", "abc"], "not a valid tolerance"),
+        (["run", "--dataset", "toy2d", "--tols", "inf"], "finite"),  # found by fuzzing
+        (["run", "--dataset", "toy2d", "--num-samples=--"], "expected a value"),  # likewise
         (["run", "--dataset", "toy2d", "--seeds", "1,1"], "repeats"),
         (["run", "--dataset", "toy2d", "--num-samples", "0"], "> 0"),
         (["run", "--dataset", "toy2d", "--preset", "huge"], "choose from 'quick'"),

@@ -51,7 +51,7 @@ def test_thresholds_hold_at_their_boundaries():
     assert not compare(base, _frame(fid=(102.6,), time_s=2.0), absolute)["ok"]
     assert compare(base, _frame(nfe=9.0), {"nfe": Threshold.parse("off")})["ok"]
     assert Threshold.parse("5%") == Threshold(0.05, True) and Threshold.parse("off") is None
-    for bad in ("-1", "five", "5%%", ""):
+    for bad in ("-1", "five", "5%%", "", "1e999"):
         with pytest.raises(UserError, match="threshold"):
             Threshold.parse(bad)
 
