@@ -236,6 +236,7 @@ def train(
                     "epoch": epoch,
                     "step": step,
                     "losses": losses,
+                    "ema_sha256": weights_hash(ema),
                 },
             )
     ema.eval()
@@ -306,5 +307,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         raise UserError(
             f"checkpoint {path} does not match its own config: {str(e)[:200]}"
         ) from None
+    recorded = ckpt.get("ema_sha256")
+    if recorded is not None and weights_hash(model) != recorded:
+        raise UserError(
+            f"checkpoint {path}: its EMA weights do not match the sha256 recorded with them "
+            "(the file is corrupt or was edited)"
+        )
     model.to(device).eval().requires_grad_(False)
     return TrainedModel(model, spec, ckpt["epoch"], list(ckpt["losses"]), str(path))

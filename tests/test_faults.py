@@ -150,3 +150,26 @@ def test_out_of_memory_halves_the_batch_and_says_so():
     assert row["status"] == "ok" and row["batch_size"] == 50 and row["oom_retries"] == 2
     direct = bench.run_cell(cell, trained, quality, cfg, 200, 50, cpu, progress=False)
     assert row["swd"] == direct["swd"] and row["nfe_per_batch"] == "4;4;4;4"
+
+
+def test_sigkill_during_training_loses_at_most_the_epoch_in_flight(tmp_path):
+    from rfbench.train import load_model, read_checkpoint
+
+    argv = ["train", "--dataset", "toy2d", "--epochs", "12"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rfbench", *argv, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists():  # the first epoch is written: kill during a later one
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = read_checkpoint(ckpt)["epoch"]  # never a half-written file
+    assert 1 <= done < 12
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    whole, resumed = load_model(tmp_path / "whole" / "checkpoint.pt"), load_model(ckpt)
+    assert resumed.model_id == whole.model_id and resumed.losses == whole.losses

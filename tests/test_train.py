@@ -121,3 +121,17 @@ def test_malicious_pickle_is_refused(tmp_path, writer):
 def test_ema_warmup():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
     assert ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_edited_weights_fail_the_recorded_checksum(tmp_path):
+    data = load_split("toy2d")
+    train(_spec(data, epochs=1), data, out_path=tmp_path / "c.pt", progress=False)
+    ckpt = read_checkpoint(tmp_path / "c.pt")
+    name = next(iter(ckpt["ema"]))
+    ckpt["ema"][name] = ckpt["ema"][name] + 1e-3
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(UserError, match="do not match the sha256"):
+        load_model(tmp_path / "edited.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:500])
+    with pytest.raises(UserError, match="cannot load checkpoint"):
+        load_model(tmp_path / "cut.pt")
