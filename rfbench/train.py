@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,7 +284,9 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict with ``weights_only=True``; refuse anything else."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of old files
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # noqa: BLE001 - torch raises several types for unsafe or corrupt files
