@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -22,8 +24,17 @@ def mnist_like(mnist_root):
     return train, test, info, Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path)
 
 
-def test_classifier_learns_and_is_cached(mnist_like):
+def test_classifier_learns_and_is_cached(mnist_like, tmp_path):
+    from rfbench.errors import UserError
+    from rfbench.metrics.classifier import load_classifier_payload
+
     train, test, info, _ = mnist_like
+    payload = torch.load(info.path, weights_only=True)
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = payload["state_dict"][name] + 1
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(UserError, match="does not match the sha256"):
+        load_classifier_payload(tmp_path / "edited.pt")
     assert info.test_accuracy > 0.95  # the synthetic classes are easy
     assert info.name.startswith("classifier-") and len(info.name) == len("classifier-") + 8
     again = get_classifier(train, test, progress=False)
@@ -144,6 +155,11 @@ def test_reference_features_are_cached_and_checked(mnist_like, monkeypatch):
     try:
         path.write_bytes(saved[: len(saved) // 2])  # truncated
         with pytest.raises(UserError, match="delete it"):
+            samples_to_metrics(test.x, train, extractor, ("fid",))
+        good = torch.load(io.BytesIO(saved), weights_only=True)
+        assert good["sha256"]  # recorded with the features
+        torch.save({**good, "features": good["features"] + 1e-3}, path)  # edited
+        with pytest.raises(UserError, match="do not match the sha256"):
             samples_to_metrics(test.x, train, extractor, ("fid",))
         torch.save({"format": "rfbench-features-v1", "features": torch.zeros(5, 128)}, path)
         with pytest.raises(UserError, match=r"shape \[5, 128\]"):

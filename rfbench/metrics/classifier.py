@@ -18,7 +18,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from tqdm.auto import tqdm
 
 from rfbench.config import cache_dir
-from rfbench.data import DataSplit, from_uint8
+from rfbench.data import DataSplit, content_hash, from_uint8
 from rfbench.errors import UserError
 
 CLASSIFIER_FORMAT = "rfbench-classifier-v2"  # bump when the network or its training changes
@@ -142,6 +142,7 @@ def get_classifier(
                 "num_classes": net.out.out_features,
                 "data_hash": train.content_hash,
                 "test_accuracy": acc,
+                "state_sha256": _state_sha256(net.state_dict()),
             },
             tmp,
         )
@@ -160,7 +161,17 @@ def load_classifier_payload(path: str | os.PathLike) -> dict:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
         raise UserError(f"{path} is not an rfbench classifier; delete it and rfbench retrains it")
+    recorded = payload.get("state_sha256")
+    if recorded is not None and _state_sha256(payload["state_dict"]) != recorded:
+        raise UserError(
+            f"cached classifier {path} does not match the sha256 recorded in it; delete it "
+            "and rfbench retrains it"
+        )
     return payload
+
+
+def _state_sha256(state: dict) -> str:
+    return content_hash(*(v.detach().cpu().numpy() for _, v in sorted(state.items())))
 
 
 class ClassifierFeatureExtractor(FeatureExtractorBase):

@@ -29,7 +29,7 @@ from torch_fidelity.utils import create_feature_extractor
 from tqdm.auto import tqdm
 
 from rfbench.config import cache_dir
-from rfbench.data import DataSplit, to_uint8
+from rfbench.data import DataSplit, content_hash, to_uint8
 from rfbench.errors import UserError
 from rfbench.metrics.classifier import ClassifierFeatureExtractor
 
@@ -148,7 +148,9 @@ class FidelityMetrics:
             for layer in missing:
                 out[layer] = fresh[layer]
                 tmp = paths[layer].with_name(paths[layer].name + ".tmp")
-                torch.save({"format": FEATURES_FORMAT, "features": fresh[layer]}, tmp)
+                features = fresh[layer]
+                torch.save({"format": FEATURES_FORMAT, "features": features,
+                            "sha256": content_hash(features.numpy())}, tmp)  # fmt: skip
                 os.replace(tmp, paths[layer])
         return out
 
@@ -258,6 +260,12 @@ def _load_features(path, rows: int) -> torch.Tensor | None:
     features = payload.get("features")
     if not isinstance(features, torch.Tensor):
         raise UserError(f"{path} is not an rfbench feature cache; delete it")
+    recorded = payload.get("sha256")
+    if recorded is not None and content_hash(features.numpy()) != recorded:
+        raise UserError(
+            f"cached reference features {path} do not match the sha256 recorded in them; "
+            "delete it and rfbench recomputes it"
+        )
     if features.dim() != 2 or len(features) != rows:
         raise UserError(
             f"cached reference features {path} have shape {list(features.shape)}, not "
