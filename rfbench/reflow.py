@@ -27,6 +27,7 @@ from rfbench.config import TrainConfig
 from rfbench.data import DataSplit, content_hash
 from rfbench.errors import UserError
 from rfbench.flow import T_DATA, T_NOISE
+from rfbench.safeload import load_dict
 from rfbench.sample import integrate, noise
 from rfbench.solvers import get_solver
 from rfbench.train import Lineage, ModelSpec, TrainedModel, train
@@ -158,13 +159,7 @@ class PairStore:
 
 
 def _read_shard(path: Path) -> dict:
-    try:
-        shard = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - missing, corrupt or unsafe
-        raise UserError(f"cannot load pair shard {path} ({type(e).__name__})") from None
-    if not isinstance(shard, dict) or shard.get("format") != PAIRS_FORMAT:
-        raise UserError(f"{path} is not an rfbench pair shard")
-    return shard
+    return load_dict(path, "pair shard", PAIRS_FORMAT)
 
 
 def generate_pairs(

@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from rfbench.data import DataSplit
 from rfbench.errors import UserError
 from rfbench.flow import endpoint, interpolate, rf_loss, sample_grid_t, sample_t
 from rfbench.models import build_model
+from rfbench.safeload import load_dict
 
 CHECKPOINT_FORMAT = "rfbench-checkpoint-v1"
 LOSSES = ("l2", "lpips")
@@ -283,20 +283,7 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict with ``weights_only=True``; refuse anything else."""
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of old files
-            warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # noqa: BLE001 - torch raises several types for unsafe or corrupt files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot load checkpoint {path} safely (weights_only=True): {first[:200]}"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not an rfbench checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
+    return load_dict(path, "checkpoint", CHECKPOINT_FORMAT)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:

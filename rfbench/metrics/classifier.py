@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from rfbench.config import cache_dir
 from rfbench.data import DataSplit, content_hash, from_uint8
 from rfbench.errors import UserError
+from rfbench.safeload import load_dict
 
 CLASSIFIER_FORMAT = "rfbench-classifier-v2"  # bump when the network or its training changes
 FEATURE_DIM = 128
@@ -152,15 +153,8 @@ def get_classifier(
 
 
 def load_classifier_payload(path: str | os.PathLike) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt or unsafe file
-        raise UserError(
-            f"cannot load cached classifier {path} ({type(e).__name__}); delete it "
-            "and rfbench retrains it"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
-        raise UserError(f"{path} is not an rfbench classifier; delete it and rfbench retrains it")
+    payload = load_dict(path, "cached classifier", CLASSIFIER_FORMAT,
+                        "; delete it and rfbench retrains it")  # fmt: skip
     recorded = payload.get("state_sha256")
     if recorded is not None and _state_sha256(payload["state_dict"]) != recorded:
         raise UserError(

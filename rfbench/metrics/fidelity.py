@@ -32,6 +32,7 @@ from rfbench.config import cache_dir
 from rfbench.data import DataSplit, content_hash, to_uint8
 from rfbench.errors import UserError
 from rfbench.metrics.classifier import ClassifierFeatureExtractor
+from rfbench.safeload import load_dict
 
 CLASSIFIER_EXTRACTOR = "rfbench-classifier"
 if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
@@ -248,15 +249,8 @@ def _load_features(path, rows: int) -> torch.Tensor | None:
     """Cached reference features, or None when absent; a bad file is a clear error."""
     if not path.exists():
         return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt or unsafe file
-        raise UserError(
-            f"cannot load cached reference features {path} ({type(e).__name__}); delete it "
-            "and rfbench recomputes it"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FEATURES_FORMAT:
-        raise UserError(f"{path} is not an rfbench feature cache; delete it")
+    payload = load_dict(path, "cached reference features", FEATURES_FORMAT,
+                        "; delete it and rfbench recomputes it")  # fmt: skip
     features = payload.get("features")
     if not isinstance(features, torch.Tensor):
         raise UserError(f"{path} is not an rfbench feature cache; delete it")
