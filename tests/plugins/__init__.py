@@ -1,0 +1,1 @@
+"""Importable plugins for tests of ``rfbench.models.external`` (``tests.plugins.velocity:make``)."""
