@@ -9,22 +9,33 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from rfbench import data as datamod
-from rfbench.config import RunConfig, cache_dir
-from rfbench.config import preset as get_preset
+from rfbench.config import RunConfig, cache_dir, check_preset
 from rfbench.data import to_uint8
+from rfbench.distributed import World, batch_ranges, shard
 from rfbench.errors import UserError
 from rfbench.figures import make_all
 from rfbench.report import frame_to_markdown
 from rfbench.results import STATUS_FAILED, STATUS_OK, RunDir, cell_key
-from rfbench.sample import generate, noise, reconstruct, trajectory, warm_up
+from rfbench.runtime import (
+    Acceleration,
+    accelerate,
+    auto_batch_size,
+    compile_or_fall_back,
+    device_label,
+    resolve_device,
+)
+from rfbench.sample import SampleRun, generate, merge_runs, noise, reconstruct, trajectory, warm_up
 from rfbench.solvers import get_solver
 from rfbench.train import ModelSpec, TrainedModel, load_model, train
+
+__all__ = ["device_label", "resolve_device", "run"]  # the device helpers live in runtime.py
 
 log = logging.getLogger("rfbench")
 
@@ -32,25 +43,6 @@ TOY_REFERENCE_SEED = 12345  # seed of the fresh true-distribution sample that to
 INVERSION_SAMPLES = 256  # test-split samples sent through the data -> noise -> data round trip
 SAVED_SAMPLES = 64  # first samples of each cell kept for the sample-grid figures
 TRAJECTORIES = 128  # toy2d paths traced per fixed-step cell for the trajectory figures
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device to run on: CUDA when present for "auto", else the named one, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return "cpu"
 
 
 # Section: the model.
@@ -61,12 +53,19 @@ def model_spec(
 ) -> ModelSpec:
     """What `run` trains for a dataset and preset: the preset's recipe (its toy2d recipe for
     vectors), with this seed and, if given, this many epochs."""
-    p = get_preset(preset_name)
+    p = check_preset(preset_name, dataset)
     recipe = p.toy_train if data.x.dim() == 2 else p.train
     recipe = replace(recipe, seed=seed, epochs=recipe.epochs if epochs is None else epochs)
     return ModelSpec(
         dataset, data.sample_shape, p.unet, p.mlp, recipe, data.content_hash, preset_name
     )
+
+
+def preset_image_size(p, dataset: str, image_size: int | None) -> int | None:
+    """--image-size, else the preset's for an image folder (blog-afhq: 128)."""
+    if image_size is None and dataset == "image-folder":
+        return p.image_size
+    return image_size
 
 
 def model_cache_path(spec: ModelSpec) -> Path:
@@ -94,6 +93,8 @@ def obtain_model(
     data: datamod.DataSplit,
     device: torch.device,
     progress: bool | None = None,
+    world: World | None = None,
+    workers: int = 0,
 ) -> TrainedModel:
     """The cached model for this spec, or train it (resuming a partly trained one)."""
     path = model_cache_path(spec)
@@ -110,7 +111,8 @@ def obtain_model(
         path,
     )
     start = time.perf_counter()
-    trained = train(spec, data, device=device, out_path=path, resume=True, progress=progress)
+    trained = train(spec, data, device=device, out_path=path, resume=True, progress=progress,
+                    world=world, workers=workers)  # fmt: skip
     log.info(
         "trained %s in %.1f s; final loss %.4f",
         trained.model_id,
@@ -118,6 +120,40 @@ def obtain_model(
         trained.losses[-1],
     )
     return trained
+
+
+@dataclass
+class Candidate:
+    """One model on the run's model axis, as it is sampled."""
+
+    model_id: str
+    model: nn.Module  # the network run with the run's acceleration options
+    raw: nn.Module  # the same network, plain (for the trajectory figures)
+    sample_shape: tuple[int, ...]
+    columns: dict = field(default_factory=dict)  # how it ran: precision, channels_last, ...
+
+    @classmethod
+    def of(cls, trained: TrainedModel, columns: dict | None = None) -> Candidate:
+        m = trained.model
+        return cls(trained.model_id, m, m, trained.spec.sample_shape, dict(columns or {}))
+
+
+def prepare(
+    candidate: Candidate,
+    options: Acceleration,
+    device: torch.device,
+    batch_sizes: set[int],
+) -> Candidate:
+    """The candidate with the run's acceleration options applied and warmed up at every
+    batch size it will see (a compiled model compiles here, outside the timed solves)."""
+    model, options = accelerate(candidate.raw, options, device, candidate.sample_shape)
+
+    def warm(m: nn.Module) -> None:
+        for b in sorted(batch_sizes):
+            warm_up(m, candidate.sample_shape, b, device)
+
+    model, options = compile_or_fall_back(model, options, warm)
+    return replace(candidate, model=model, columns={**candidate.columns, **options.columns()})
 
 
 # Section: the quality metric.
@@ -229,7 +265,7 @@ def grid_cells(cfg: RunConfig, default_steps: tuple[int, ...]) -> list[dict]:
 
 def run_cell(
     cell: dict,
-    trained: TrainedModel,
+    candidate: Candidate,
     quality: Quality,
     cfg: RunConfig,
     n: int,
@@ -238,29 +274,127 @@ def run_cell(
     progress: bool | None,
     inversion_data: torch.Tensor | None = None,
     run_dir: RunDir | None = None,
-) -> dict:
+    world: World | None = None,
+) -> dict | None:
     """Sample one cell and measure it; a failure becomes a row with status=failed.
 
     Samples stream into the quality metric batch by batch; the first SAVED_SAMPLES are
     written to the run directory for the sample-grid figures (with toy2d trajectories).
+
+    With several processes, each solves every ``world.size``-th batch of the batches one
+    process would solve (so batched adaptive solvers see the same batches), and rank 0
+    puts the shares together, computes the metric once and returns the row; the other
+    ranks return None.
     """
+    world = world or World()
     row = {
         "dataset": cfg.dataset,
-        "model_id": trained.model_id,
+        "model_id": candidate.model_id,
         **cell,
         "batch_size": batch_size,
         "n_samples": n,
         "device": device_label(device),
+        "world_size": world.size,
+        **candidate.columns,
         **quality.columns,
     }
+    share = _solve_share(cell, candidate, quality, cfg, n, batch_size, device, progress, world)
+    # The stream holds the metric's network: only its rows travel between processes.
+    shares = world.gather(replace(share, stream=None)) if world.distributed else [share]
+    if not world.main:
+        return None
     try:
-        options = dict(
-            batch_size=batch_size, steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"],
-            grid=cell["grid"] or "uniform", stepping=cell["stepping"], device=device,
-            max_nfe=cfg.max_nfe, progress=progress,
-        )  # fmt: skip
-        while True:  # on a GPU out of memory: halve the batch and try again
-            stream, nonfinite = quality.metric.stream(n), []
+        errors = [f"rank {r}: {s.error}" if world.distributed else s.error
+                  for r, s in enumerate(shares) if s.error]  # fmt: skip
+        row["batch_size"] = min(s.batch_size for s in shares)
+        if any(s.oom_retries for s in shares):
+            row["oom_retries"] = max(s.oom_retries for s in shares)
+        if errors:
+            raise _CellFailed(errors[0])
+        run = merge_runs([s.run for s in shares]) if world.distributed else shares[0].run
+        row.update(
+            nfe=run.nfe_per_sample,
+            nfe_std=run.nfe_std,
+            nfe_per_batch=";".join(map(str, run.nfe_per_solve)),
+            nfe_total=int(sum(run.nfe_per_solve)),
+            wall_time_s=run.wall_time_s,
+            model_time_s=run.model_time_s,
+            overhead_time_s=run.overhead_time_s,
+            images_per_s=n / run.elapsed_s,
+            straightness=float(run.straightness.mean()),
+            curvature=float(run.curvature.nanmean()),
+        )
+        if all(v is not None for v in run.solver_nfe_per_solve):
+            row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_solve))
+        nonfinite = sum(s.nonfinite for s in shares)
+        if nonfinite:
+            raise FloatingPointError(f"{nonfinite} of {n} samples hold NaN or Inf")
+        stream = _gathered_stream(quality, n, shares) if world.distributed else shares[0].stream
+        row.update(stream.result())
+        if run_dir is not None:
+            _save_arrays(run_dir, row, run.x, candidate, cell)
+        if inversion_data is not None:
+            options = dict(
+                batch_size=batch_size, steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"],
+                grid=cell["grid"] or "uniform", stepping=cell["stepping"], device=device,
+                max_nfe=cfg.max_nfe, progress=progress,
+            )  # fmt: skip
+            rec = reconstruct(candidate.model, cell["solver"], inversion_data, **options)
+            row["inversion_rmse"] = rec.rmse
+            row["inversion_nfe"] = rec.encode.nfe_per_sample + rec.decode.nfe_per_sample
+        row["status"] = STATUS_OK
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+        log.debug("cell failed:\n%s", traceback.format_exc())
+        message = str(e) if isinstance(e, _CellFailed) else f"{type(e).__name__}: {e}"
+        row.update(status=STATUS_FAILED, error=message[:500])
+    return row
+
+
+class _CellFailed(Exception):
+    """A failure already described (on one of the processes)."""
+
+
+@dataclass
+class _Share:
+    """What one process solved of a cell."""
+
+    run: SampleRun | None
+    stream: object  # the metric's stream of this process's samples
+    rows: dict  # its rows (features, or points), to send to rank 0
+    nonfinite: int
+    batch_size: int
+    oom_retries: int
+    error: str | None
+
+
+def _solve_share(
+    cell: dict,
+    candidate: Candidate,
+    quality: Quality,
+    cfg: RunConfig,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool | None,
+    world: World,
+) -> _Share:
+    """Solve this process's share of a cell's samples, streaming them into the metric.
+
+    On a GPU out of memory the batch is halved and the share tried again; the share's
+    sample ranges stay those of the configured batch size, cut finer."""
+    ranges = shard(batch_ranges(n, batch_size), world)
+    options = dict(
+        steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"], grid=cell["grid"] or "uniform",
+        stepping=cell["stepping"], device=device, max_nfe=cfg.max_nfe, progress=progress,
+    )  # fmt: skip
+    b, retries = batch_size, 0
+    stream, nonfinite = None, []
+    try:
+        while True:
+            stream = quality.metric.stream(sum(hi - lo for lo, hi in ranges) or 1)
+            nonfinite = []
 
             def sink(x: torch.Tensor, stream=stream, nonfinite=nonfinite) -> None:
                 finite = torch.isfinite(x.flatten(1)).all(1)  # each batch into the metric
@@ -271,61 +405,50 @@ def run_cell(
 
             try:
                 run = generate(
-                    trained.model, cell["solver"], n, trained.spec.sample_shape,
+                    candidate.model, cell["solver"], n, candidate.sample_shape,
                     seed=cell["seed"], repeats=cfg.repeats, record=True, sink=sink,
-                    keep=SAVED_SAMPLES, **options,
+                    keep=SAVED_SAMPLES, batch_size=b, ranges=ranges, **options,
                 )  # fmt: skip
                 break
             except torch.cuda.OutOfMemoryError:
-                if options["batch_size"] == 1:
+                if b == 1:
                     raise
-                options["batch_size"] = max(1, options["batch_size"] // 2)
-                row["batch_size"] = options["batch_size"]
-                row["oom_retries"] = row.get("oom_retries", 0) + 1
-                log.warning("out of memory: %s retried at batch size %d", cell["solver"],
-                            options["batch_size"])  # fmt: skip
+                b, retries = max(1, b // 2), retries + 1
+                log.warning("out of memory: %s retried at batch size %d", cell["solver"], b)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-        row.update(
-            nfe=run.nfe_per_sample,
-            nfe_std=run.nfe_std,
-            nfe_per_batch=";".join(map(str, run.nfe_per_solve)),
-            nfe_total=int(sum(run.nfe_per_solve)),
-            wall_time_s=run.wall_time_s,
-            model_time_s=run.model_time_s,
-            overhead_time_s=run.overhead_time_s,
-            images_per_s=n / run.wall_time_s,
-            straightness=float(run.straightness.mean()),
-            curvature=float(run.curvature.nanmean()),
-        )
-        if all(v is not None for v in run.solver_nfe_per_solve):
-            row["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_solve))
-        if nonfinite:
-            raise FloatingPointError(f"{sum(nonfinite)} of {n} samples hold NaN or Inf")
-        row.update(stream.result())
-        if run_dir is not None:
-            _save_arrays(run_dir, row, run.x, trained, cell)
-        if inversion_data is not None:
-            rec = reconstruct(trained.model, cell["solver"], inversion_data, **options)
-            row["inversion_rmse"] = rec.rmse
-            row["inversion_nfe"] = rec.encode.nfe_per_sample + rec.decode.nfe_per_sample
-        row["status"] = STATUS_OK
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+    except Exception as e:  # noqa: BLE001 - reported in the cell's row
         log.debug("cell failed:\n%s", traceback.format_exc())
-        row.update(status=STATUS_FAILED, error=f"{type(e).__name__}: {e}"[:500])
-    return row
+        return _Share(None, None, {}, 0, b, retries, f"{type(e).__name__}: {e}")
+    rows = stream.rows() if world.distributed and not nonfinite else {}
+    return _Share(run, stream, rows, sum(nonfinite), b, retries, None)
 
 
-def _save_arrays(run_dir: RunDir, row: dict, x: torch.Tensor, trained, cell: dict) -> None:
+def _gathered_stream(quality: Quality, n: int, shares: list[_Share]):
+    """The metric's stream of all n samples, from the rows each process computed, put back
+    in sample order (KID's subsets and precision/recall depend on the order)."""
+    pieces = []
+    for share in shares:
+        offset = 0
+        for lo, hi in share.run.solve_ranges:
+            pieces.append((lo, hi, share, offset))
+            offset += hi - lo
+    stream = quality.metric.stream(n)
+    for lo, hi, share, offset in sorted(pieces, key=lambda p: p[0]):
+        stream.add_rows({k: v[offset : offset + hi - lo] for k, v in share.rows.items()}, hi - lo)
+    return stream
+
+
+def _save_arrays(run_dir: RunDir, row: dict, x: torch.Tensor, candidate: Candidate, cell) -> None:
     if x.dim() == 4:
         run_dir.save_arrays("samples", row, x=to_uint8(x).numpy())
         return
     run_dir.save_arrays("samples", row, x=x.numpy())
     if cell["steps"] is not None:  # toy2d, fixed-step: trace its paths
-        x0 = noise(cell["seed"], range(TRAJECTORIES), trained.spec.sample_shape)
-        ts, xs = trajectory(trained.model, cell["solver"], x0, steps=int(cell["steps"]),
+        x0 = noise(cell["seed"], range(TRAJECTORIES), candidate.sample_shape)
+        ts, xs = trajectory(candidate.raw, cell["solver"], x0, steps=int(cell["steps"]),
                             grid=cell["grid"] or "uniform")  # fmt: skip
         run_dir.save_arrays("trajectories", row, t=ts.numpy(), x=xs.float().numpy())
 
@@ -355,8 +478,61 @@ def _describe(row: dict) -> str:
     )
 
 
-def run(cfg: RunConfig, progress: bool | None = None) -> Path:
+def load_candidates(cfg: RunConfig, spec: ModelSpec, device: torch.device) -> list[Candidate]:
+    """The models that ``--checkpoint`` names: rfbench checkpoints (checked against the
+    dataset), and external models (torchcfm:PATH, plugin:MODULE:CALLABLE) adapted to
+    rfbench's time convention."""
+    from rfbench.models.external import TimeConvention, is_external, load_external
+
+    out = []
+    for ref in cfg.checkpoint or ():
+        if is_external(ref):
+            convention = TimeConvention.parse(cfg.noise_at, cfg.time_scale)
+            ext = load_external(ref, spec.sample_shape, convention, _model_config(cfg), device)
+            out.append(Candidate(ext.model_id, ext.model, ext.model, ext.sample_shape,
+                                 {"time_convention": ext.convention}))  # fmt: skip
+        else:
+            out.append(Candidate.of(load_checkpoint_for(spec, ref, device)))
+    ids = [c.model_id for c in out]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"--checkpoint names the same model twice: {', '.join(ids)}")
+    return out
+
+
+def _model_config(cfg: RunConfig) -> dict | None:
+    import json
+
+    if cfg.model_config is None:
+        return None
+    try:
+        config = json.loads(Path(cfg.model_config).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read --model-config {cfg.model_config}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--model-config {cfg.model_config} is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--model-config {cfg.model_config} must hold a JSON object")
+    return config
+
+
+def sampling_batch_sizes(
+    cfg: RunConfig, n: int, batch_size: int, world: World, inversion: int
+) -> set[int]:
+    """Every batch size this process will run the network at (a compiled network is
+    compiled for each before any timed solve)."""
+    sizes = {hi - lo for lo, hi in shard(batch_ranges(n, batch_size), world)}
+    if "per-sample" in cfg.stepping:
+        sizes.add(1)
+    if inversion:
+        sizes |= {hi - lo for lo, hi in batch_ranges(inversion, batch_size)}
+    return sizes or {1}
+
+
+def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None) -> Path:
     """Run the grid of ``cfg`` and write its run directory; returns the directory.
+
+    With several processes (``world``, from torchrun), every process trains (DDP) and
+    samples its share of every cell; rank 0 writes the run directory.
 
     >>> from rfbench.config import RunConfig
     >>> out = run(RunConfig(dataset="toy2d", solvers=("euler",), steps=(1, 4), epochs=2,
@@ -364,70 +540,100 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
     ...           progress=False)  # doctest: +SKIP
     """
     # Section: validate everything, and load the data, before writing anything.
-    p = get_preset(cfg.preset)
+    world = world or World()
     datamod.get_dataset(cfg.dataset)
+    p = check_preset(cfg.preset, cfg.dataset)
+    image_size = preset_image_size(p, cfg.dataset, cfg.image_size)
     for name in cfg.solvers:
         get_solver(name)
-    device = resolve_device(cfg.device)
+    device = resolve_device(world.device(cfg.device))
+    options = Acceleration(cfg.precision, cfg.channels_last, cfg.compile)
     n = cfg.num_samples or p.num_samples
-    batch_size = min(cfg.batch_size or p.batch_size, n)
     out = Path(cfg.out or f"runs/{cfg.dataset}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(world.broadcast(str(out)))  # one directory, even if the clocks differ
     start = time.perf_counter()
-    train_split = datamod.load_split(cfg.dataset, "train", cfg.data_root, image_size=cfg.image_size)
-    test_split = datamod.load_split(cfg.dataset, "test", cfg.data_root, image_size=cfg.image_size)
+    train_split = datamod.load_split(cfg.dataset, "train", cfg.data_root, image_size=image_size)
+    test_split = datamod.load_split(cfg.dataset, "test", cfg.data_root, image_size=image_size)
     spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
-    models = [load_checkpoint_for(spec, c, device) for c in cfg.checkpoint or ()]
-    ids = [m.model_id for m in models]
-    if len(set(ids)) < len(ids):
-        raise UserError(f"--checkpoint names the same model twice: {', '.join(ids)}")
+    candidates = load_candidates(cfg, spec, device)
     extractor = resolve_extractor(cfg, train_split)
     run_dir = RunDir(out)
-    rows = run_dir.create(cfg.to_dict(), cfg.resume)
-    handler = _setup_logging(run_dir)
+    rows = world.on_main(lambda: run_dir.create(cfg.to_dict(), cfg.resume))
+    handler = _setup_logging(run_dir) if world.main else None
     try:
-        # Section: model and metric.
-        if not models:
-            models = [obtain_model(spec, train_split, device, progress)]
-        quality = build_quality(
-            cfg.dataset,
-            train_split,
-            test_split,
-            cfg.metrics,
-            device,
-            n,
-            progress,
-            cfg.reference,
-            extractor,
-        )
+        # Section: models and metric.
+        if not candidates:
+            trained = obtain_model(spec, train_split, device, progress, world, cfg.workers)
+            candidates = [Candidate.of(trained)]
+        with world.main_first():  # rank 0 trains and caches the classifier; the rest read it
+            quality = build_quality(
+                cfg.dataset, train_split, test_split, cfg.metrics, device, n, progress,
+                cfg.reference, extractor,
+            )  # fmt: skip
         inversion_data = (
             test_split.x[: min(n, INVERSION_SAMPLES)] if "inversion" in cfg.metrics else None
         )
+        batch_size = _batch_size(cfg, p.batch_size, n, candidates, options, device, world)
+        inverted = 0 if inversion_data is None else len(inversion_data)
+        sizes = sampling_batch_sizes(cfg, n, batch_size, world, inverted)
+        candidates = [prepare(c, options, device, sizes) for c in candidates]
 
         # Section: the cells, each written as it finishes; several models alternate cell by
         # cell, so that slow drifts of a shared machine reach them alike.
         done = {cell_key(r) for r in rows}
-        todo = [(c, m) for c in grid_cells(cfg, p.steps) for m in models
+        todo = [(c, m) for c in grid_cells(cfg, p.steps) for m in candidates
                 if cell_key({"model_id": m.model_id, **c}) not in done]  # fmt: skip
-        for trained in {id(m): m for _, m in todo}.values():
-            warm_up(trained.model, trained.spec.sample_shape, batch_size, device)
-        for cell, trained in todo:
+        for cell, candidate in todo:
             row = run_cell(
-                cell, trained, quality, cfg, n, batch_size, device, progress, inversion_data,
-                run_dir,
+                cell, candidate, quality, cfg, n, batch_size, device, progress, inversion_data,
+                run_dir if world.main else None, world,
             )  # fmt: skip
+            if not world.main:
+                continue
             rows.append(row)
             run_dir.write_rows(rows)
-            prefix = f"{trained.model_id}: " if len(models) > 1 else ""
+            prefix = f"{candidate.model_id}: " if len(candidates) > 1 else ""
             log.info(prefix + _describe(row))
 
         # Section: table and figure.
-        frame = run_dir.write_rows(rows)
-        (run_dir.path / "table.md").write_text(frame_to_markdown(frame))
-        if (frame["status"] == STATUS_OK).any():  # PNG for a first look; `rfbench figures`
-            make_all(run_dir.path, formats=("png",))  # writes PDF and SVG for a paper
-        log.info("run finished in %.1f s: %s", time.perf_counter() - start, run_dir.path)
+        if world.main:
+            frame = run_dir.write_rows(rows)
+            (run_dir.path / "table.md").write_text(frame_to_markdown(frame))
+            if (frame["status"] == STATUS_OK).any():  # PNG for a first look; `rfbench
+                make_all(run_dir.path, formats=("png",))  # figures` writes PDF and SVG
+            log.info("run finished in %.1f s: %s", time.perf_counter() - start, run_dir.path)
+        world.barrier()
     finally:
-        log.removeHandler(handler)
-        handler.close()
-        run_dir.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            run_dir.close()
     return run_dir.path
+
+
+def _batch_size(
+    cfg: RunConfig,
+    preset_batch: int,
+    n: int,
+    candidates: list[Candidate],
+    options: Acceleration,
+    device: torch.device,
+    world: World,
+) -> int:
+    """The sampling batch size: as given, the preset's, or ("auto") the largest that fits
+    the GPU for every model (rank 0's measurement, so that every rank cuts alike)."""
+    if cfg.batch_size != "auto":
+        return min(cfg.batch_size or preset_batch, n)
+
+    def measure() -> int:
+        models = [accelerate(c.raw, replace(options, compile=False), device, c.sample_shape)[0]
+                  for c in candidates]  # fmt: skip
+        fitted = auto_batch_size(models, candidates[0].sample_shape, device, n)
+        if fitted is None:
+            log.info("--batch-size auto: on the %s the preset's batch size, %d, stands",
+                     device.type, min(preset_batch, n))  # fmt: skip
+            return min(preset_batch, n)
+        log.info("--batch-size auto: %d fits the free GPU memory", fitted)
+        return fitted
+
+    return world.on_main(measure)

@@ -186,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=_batch_size,
         default=None,
         metavar="B",
-        help="sampling batch size (default: the preset's)",
+        help="sampling batch size, or auto: the largest that fits the free GPU memory (on "
+        "a CPU, the preset's) (default: the preset's)",
     )
     r.add_argument(
         "--seeds",
@@ -231,6 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=C.DEFAULT_MAX_NFE,
         help="per-batch guard: a solve needing more network calls fails its cell",
     )
+    _speed_args(r)
+    ext = r.add_argument_group(
+        "external models (--checkpoint torchcfm:PATH or plugin:MODULE:CALLABLE)"
+    )
+    ext.add_argument(
+        "--noise-at", type=int, choices=(0, 1), default=0,
+        help="the time at which the external model's noise lies: 0 as in rfbench and "
+        "torchcfm, 1 where t=1 is noise (the model's t becomes 1 - t and its velocity flips)",
+    )  # fmt: skip
+    ext.add_argument(
+        "--time-scale", type=_positive_float, default=1.0, metavar="S",
+        help="the external model takes t * S (999 for models trained on DDPM-style steps)",
+    )  # fmt: skip
+    ext.add_argument(
+        "--model-config", default=None, metavar="JSON",
+        help="a JSON file of keyword arguments: torchcfm's UNetModelWrapper (default: its "
+        "CIFAR-10 settings) or the plugin callable",
+    )  # fmt: skip
     _common_data_args(r)
     r.add_argument("--train-seed", type=int, default=0, help="seed of the trained model")
     r.add_argument(
@@ -258,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--seed", type=int, default=0, help="training seed")
     _timesteps_arg(t)
+    _workers_arg(t)
     _common_data_args(t)
     t.add_argument("--out", required=True, metavar="DIR", help="writes DIR/checkpoint.pt")
     t.add_argument(
@@ -419,7 +439,52 @@ def build_parser() -> argparse.ArgumentParser:
     # rfbench solvers
     s = sub.add_parser("solvers", help="list every registered solver")
     s.set_defaults(handler=_cmd_solvers)
+
+    # rfbench presets
+    ps = sub.add_parser("presets", help="list the presets: datasets, model, recipe, H100 time")
+    ps.set_defaults(handler=_cmd_presets)
     return parser
+
+
+def _batch_size(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers", type=_non_negative_int, default=0, metavar="N",
+        help="DataLoader worker processes feeding the training batches (pinned memory on "
+        "CUDA)",
+    )  # fmt: skip
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _speed_args(p: argparse.ArgumentParser) -> None:
+    from rfbench.runtime import PRECISIONS
+
+    g = p.add_argument_group(
+        "speed (each recorded in the rows: compute_dtype, channels_last, compiled)"
+    )
+    g.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="the network's forward pass: fp32, or bf16 autocast (CUDA; on a CPU the run "
+        "stays fp32 and says so)",
+    )  # fmt: skip
+    g.add_argument("--channels-last", action="store_true",
+                   help="run image networks in channels_last (NHWC) memory format")  # fmt: skip
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the network, once per batch size, before any timing; "
+                   "if compiling fails the run goes on eager and says so")  # fmt: skip
+    _workers_arg(p)
 
 
 def _timesteps_arg(p: argparse.ArgumentParser) -> None:
@@ -482,9 +547,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         max_nfe=args.max_nfe,
         image_size=args.image_size,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        workers=args.workers,
+        noise_at=args.noise_at,
+        time_scale=args.time_scale,
+        model_config=args.model_config,
     )
-    out = bench.run(cfg)
-    print(out)
+    out = bench.run(cfg, world=args.world)
+    if args.world.main:
+        print(out)
     return 0
 
 
@@ -494,17 +567,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from rfbench import bench
     from rfbench.data import load_split
-    from rfbench.errors import UserError
+    from rfbench.runtime import resolve_device
     from rfbench.train import train
 
     path = Path(args.out) / "checkpoint.pt"
-    if path.exists() and not args.resume:
-        raise UserError(f"{path} exists; pass --resume to continue it, or choose another --out")
-    device = bench.resolve_device(args.device)
-    data = load_split(args.dataset, "train", args.data_root, image_size=args.image_size)
+    world = args.world
+    world.on_main(lambda: _check_train_out(path, args.resume))
+    device = resolve_device(world.device(args.device))
+    preset = C.check_preset(args.preset, args.dataset)
+    image_size = bench.preset_image_size(preset, args.dataset, args.image_size)
+    data = load_split(args.dataset, "train", args.data_root, image_size=image_size)
     spec = bench.model_spec(args.dataset, args.preset, data, args.seed, args.epochs)
     spec = replace(spec, train=replace(spec.train, timesteps=args.timesteps))
-    trained = train(spec, data, device=device, out_path=path, resume=args.resume)
+    trained = train(spec, data, device=device, out_path=path, resume=args.resume, world=world,
+                    workers=args.workers)  # fmt: skip
+    if not world.main:
+        return 0
     logging.getLogger("rfbench").info(
         "model %s, %d epoch(s), losses %s",
         trained.model_id,
@@ -515,12 +593,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_train_out(path, resume: bool) -> None:
+    from rfbench.errors import UserError
+
+    if path.exists() and not resume:
+        raise UserError(f"{path} exists; pass --resume to continue it, or choose another --out")
+
+
 def _cmd_reflow(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from rfbench import bench, reflow
+    from rfbench import reflow
     from rfbench.errors import UserError
+    from rfbench.runtime import resolve_device
     from rfbench.train import load_model
 
     if args.loss != "l2" and not args.distill:
@@ -533,7 +619,7 @@ def _cmd_reflow(args: argparse.Namespace) -> int:
     path = out / "checkpoint.pt"
     if (path.exists() or (out / "pairs").exists()) and not args.resume:
         raise UserError(f"{out} holds reflow work; pass --resume to continue it, or another --out")
-    device = bench.resolve_device(args.device)
+    device = resolve_device(args.device)
     parent = load_model(args.checkpoint, device)
     spec = reflow.pair_spec(
         parent, args.pairs, args.solver, steps=args.steps, rtol=args.tols, seed=args.seed,
@@ -679,26 +765,70 @@ def _cmd_solvers(_args: argparse.Namespace) -> int:
     return 0
 
 
+DISTRIBUTED_COMMANDS = ("run", "train")  # the commands torchrun may start several of
+
+
+def _cmd_presets(_args: argparse.Namespace) -> int:
+    from rfbench.models import build_model, count_parameters
+
+    for p in C.PRESETS.values():
+        size = p.image_size or 28
+        channels = 3 if p.datasets and set(p.datasets) & {"cifar10", "image-folder"} else 1
+        params = count_parameters(build_model((channels, size, size), p.unet, p.mlp))
+        r = p.train
+        print(f"{p.name}: {p.description}")
+        print(f"  datasets: {', '.join(p.datasets) if p.datasets else 'any'} (toy2d: its toy "
+              f"recipe, {p.toy_train.epochs} epochs)")  # fmt: skip
+        u = p.unet
+        print(f"  UNet: {params / 1e6:.2f}M parameters at {channels}x{size}x{size}; "
+              f"{u.base_channels} channels x {_fmt(u.channel_mults)}, {u.num_res_blocks} "
+              f"blocks/level, attention at {_fmt(u.attention_resolutions)} px")  # fmt: skip
+        warmup = f" ({r.warmup_steps} warm-up steps)" if r.warmup_steps else ""
+        flips = ", flips" if r.random_flip else ""
+        print(f"  training: {r.epochs} epochs, batch {r.batch_size}, lr {r.lr:g}{warmup}, "
+              f"clip {r.grad_clip:g}, EMA {r.ema_decay:g}{flips}")  # fmt: skip
+        print(f"  evaluation: {p.num_samples} samples per cell, batch {p.batch_size}")
+        print(f"  one H100: {p.h100_time}")
+        print(f"  source: {p.source}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    from rfbench.distributed import World
     from rfbench.errors import UserError
 
     args = build_parser().parse_args(argv)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several and args.command not in DISTRIBUTED_COMMANDS:
+        only = " and ".join(DISTRIBUTED_COMMANDS)
+        print(f"{PROG}: error: under torchrun only {only} run in several processes; start "
+              f"`rfbench {args.command}` alone", file=sys.stderr)  # fmt: skip
+        return 2
+    args.world = World.from_env() if several else World()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("rfbench: %(message)s"))
-    handler.setLevel(logging.INFO)
+    if args.world.main:
+        handler.setFormatter(logging.Formatter("rfbench: %(message)s"))
+        handler.setLevel(logging.INFO)
+    else:  # the other ranks only speak up about trouble
+        handler.setFormatter(logging.Formatter(f"rfbench[rank {args.world.rank}]: %(message)s"))
+        handler.setLevel(logging.WARNING)
     logger = logging.getLogger("rfbench")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:
         return args.handler(args)
     except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if args.world.main or not several:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     finally:
         logger.removeHandler(handler)
+        args.world.close()
 
 
 if __name__ == "__main__":

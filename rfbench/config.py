@@ -58,6 +58,11 @@ class TrainConfig:
     seed: int = 0
     timesteps: str = "uniform"  # the distribution of training t: uniform or u-shaped
     loss: str = "l2"  # distillation only: l2, or lpips where its weights are present
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many steps
+    random_flip: bool = False  # flip each training image left-right with probability 1/2
+
+
+NOT_MEASURED = "not yet measured"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,11 @@ class Preset:
     num_samples: int  # generated samples per cell (FID sample count)
     batch_size: int  # sampling batch size
     steps: tuple[int, ...] = DEFAULT_STEPS
+    datasets: tuple[str, ...] | None = None  # the image datasets it is for (None: any); toy2d
+    # always takes the toy recipe
+    image_size: int | None = None  # image-folder: resize and centre-crop to this by default
+    h100_time: str = NOT_MEASURED  # expected training time on one H100, with its source
+    source: str = ""  # where the recipe comes from
 
 
 PRESETS: dict[str, Preset] = {
@@ -85,34 +95,79 @@ PRESETS: dict[str, Preset] = {
         toy_train=TrainConfig(epochs=40, batch_size=256, lr=1e-3),
         num_samples=1000,
         batch_size=250,
+        source="rfbench's own, for CI and first runs",
     ),
     "blog": Preset(
         name="blog",
-        description="The blog recipe: AdamW lr 1e-4, clipping 1.0, 10 epochs, 32-channel UNet.",
+        description="The blog recipe for MNIST and Fashion-MNIST: AdamW lr 1e-4, clipping "
+        "1.0, 10 epochs, 32-channel UNet, 10k samples.",
         unet=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, norm_groups=8),
         mlp=MLPConfig(hidden=256),
         train=TrainConfig(epochs=10, lr=1e-4),
         toy_train=TrainConfig(epochs=200, batch_size=256, lr=1e-3),
         num_samples=10_000,
         batch_size=500,
+        datasets=("mnist", "fashion-mnist"),
+        source="the blog post's MNIST / Fashion-MNIST recipe (DESIGN.md)",
+    ),
+    "blog-afhq": Preset(
+        name="blog-afhq",
+        description="The blog's AFHQ-cat run: image-folder at 128x128, 100 epochs, AdamW lr "
+        "1e-4, clipping 1.0, a 64-channel UNet with 5 levels (128 to 8 px).",
+        unet=UNetConfig(
+            base_channels=64,
+            channel_mults=(1, 1, 2, 2, 4),
+            num_res_blocks=2,
+            norm_groups=32,
+            attention_resolutions=(16,),
+        ),
+        mlp=MLPConfig(hidden=256),
+        train=TrainConfig(epochs=100, batch_size=64, lr=1e-4, random_flip=True),
+        toy_train=TrainConfig(epochs=200, batch_size=256, lr=1e-3),
+        num_samples=5_000,
+        batch_size=250,
+        datasets=("image-folder",),
+        image_size=128,
+        source="the blog post's AFHQ-cat runs (DESIGN.md); AFHQ: Choi et al. 2020",
     ),
     "paper": Preset(
         name="paper",
-        description="For a GPU: 64-channel UNet, 50 epochs, 50k samples.",
+        description="CIFAR-10 as in Liu et al. 2023: DDPM++-sized UNet (128 channels, "
+        "mults 1,2,2,2, 4 blocks, attention at 16 px, dropout 0.15), batch 128, lr 2e-4 with "
+        "5000 warm-up steps, EMA 0.999999, flips, 1.3M steps; 50k samples.",
         unet=UNetConfig(
-            base_channels=64,
+            base_channels=128,
             channel_mults=(1, 2, 2, 2),
-            num_res_blocks=2,
+            num_res_blocks=4,
             norm_groups=32,
-            attention_resolutions=(16, 8, 7),
+            attention_resolutions=(16,),
+            dropout=0.15,
         ),
         mlp=MLPConfig(hidden=512, depth=4),
-        train=TrainConfig(epochs=50, lr=2e-4),
+        # 1,300,001 steps at batch 128; an epoch of 50,000 images is 391 steps: 3325 epochs.
+        train=TrainConfig(
+            epochs=3325,
+            batch_size=128,
+            lr=2e-4,
+            ema_decay=0.999999,
+            warmup_steps=5000,
+            random_flip=True,
+        ),  # fmt: skip
         toy_train=TrainConfig(epochs=400, batch_size=512, lr=1e-3),
         num_samples=50_000,
         batch_size=1000,
+        datasets=("cifar10", "image-folder"),
+        image_size=32,
+        source="gnobitab/RectifiedFlow configs/rectified_flow/cifar10_rf_gaussian_ddpmpp.py "
+        "and configs/default_cifar10_configs.py (Liu et al. 2023)",
     ),
 }
+PRESETS["blog-afhq-300"] = dataclasses.replace(
+    PRESETS["blog-afhq"],
+    name="blog-afhq-300",
+    description="The blog's longer AFHQ-cat run: as blog-afhq, for 300 epochs.",
+    train=dataclasses.replace(PRESETS["blog-afhq"].train, epochs=300),
+)
 DEFAULT_PRESET = "quick"
 
 
@@ -138,7 +193,7 @@ class RunConfig:
     repeats: int = DEFAULT_REPEATS  # timed repeats of every solve; the median counts
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     num_samples: int | None = None  # None = the preset's
-    batch_size: int | None = None  # None = the preset's
+    batch_size: int | str | None = None  # None = the preset's; "auto" = what fits the GPU
     metrics: tuple[str, ...] = DEFAULT_METRICS
     reference: str = DEFAULT_REFERENCE  # the split FID compares with: train or test
     feature_extractor: str = "auto"  # auto, classifier or inception
@@ -152,6 +207,13 @@ class RunConfig:
     epochs: int | None = None  # override the preset's training epochs
     max_nfe: int = DEFAULT_MAX_NFE
     image_size: int | None = None  # image-folder only: resize and centre-crop to this size
+    precision: str = "fp32"  # the network's forward: fp32, or bf16 autocast (CUDA)
+    channels_last: bool = False  # image networks in NHWC memory format
+    compile: bool = False  # torch.compile the network
+    workers: int = 0  # DataLoader worker processes when training
+    noise_at: int = 0  # external models: the t at which their noise lies (rfbench: 0)
+    time_scale: float = 1.0  # external models: they take t * time_scale (999: DDPM-style)
+    model_config: str | None = None  # external models: JSON file of constructor arguments
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -159,6 +221,21 @@ class RunConfig:
 
 def preset(name: str) -> Preset:
     return PRESETS[name]
+
+
+def check_preset(name: str, dataset: str) -> Preset:
+    """The preset, if it is made for ``dataset``; otherwise one clear error naming those
+    that are (toy2d takes every preset's toy recipe)."""
+    from rfbench.errors import UserError
+
+    p = PRESETS[name]
+    if dataset == "toy2d" or p.datasets is None or dataset in p.datasets:
+        return p
+    fits = [q.name for q in PRESETS.values() if q.datasets is None or dataset in q.datasets]
+    raise UserError(
+        f"preset {name} is for {', '.join(p.datasets)}, not {dataset}; for {dataset} use "
+        f"{' or '.join(fits)}"
+    )
 
 
 FIGURE_FORMATS = ("pdf", "png", "svg")  # what `rfbench figures` writes by default

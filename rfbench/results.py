@@ -67,6 +67,11 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "inversion_rmse",
     "inversion_nfe",
     "oom_retries",
+    "world_size",
+    "compute_dtype",
+    "channels_last",
+    "compiled",
+    "time_convention",
 )
 # The columns that identify a cell; a resumed run skips rows whose key is done.
 CELL_KEY: tuple[str, ...] = (

@@ -180,18 +180,29 @@ class SampleRun:
     In batched mode a solve advances a whole batch; in per-sample mode, one sample.
     """
 
-    x: torch.Tensor  # final states on the CPU, float32: all N, or the first `keep`
+    x: torch.Tensor  # final states on the CPU, float32, of samples 0..keep-1
     nfe_per_solve: list[int] = field(default_factory=list)  # counted network calls
     solver_nfe_per_solve: list[int | None] = field(default_factory=list)
-    solve_sizes: list[int] = field(default_factory=list)  # samples advanced by each solve
+    solve_ranges: list[tuple[int, int]] = field(default_factory=list)  # samples lo..hi-1
     wall_time_s: float = 0.0  # summed over solves (median over repeats of each)
     model_time_s: float = 0.0  # the network forwards alone
     straightness: torch.Tensor | None = None  # per sample, when the solve was recorded
     curvature: torch.Tensor | None = None  # per sample, when the solve was recorded
+    busiest_wall_time_s: float | None = None  # merged runs: the largest one's wall time
+
+    @property
+    def solve_sizes(self) -> list[int]:
+        return [hi - lo for lo, hi in self.solve_ranges]
 
     @property
     def n(self) -> int:
         return int(sum(self.solve_sizes))
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall time of the group that solved the samples: the sum over solves for one
+        process, the busiest process's sum for several running side by side."""
+        return self.wall_time_s if self.busiest_wall_time_s is None else self.busiest_wall_time_s
 
     def _nfe_of_samples(self) -> np.ndarray:
         return np.repeat(np.asarray(self.nfe_per_solve, dtype=float), self.solve_sizes)
@@ -232,6 +243,7 @@ def integrate(
     progress: bool | None = None,
     sink: Callable[[torch.Tensor], None] | None = None,
     keep: int | None = None,
+    ranges: Sequence[tuple[int, int]] | None = None,
 ) -> SampleRun:
     """Integrate dx/dt = model(x, t) from t0 to t1 for samples 0..num_samples-1, in batches.
 
@@ -246,6 +258,11 @@ def integrate(
     outside the timed solves), and only the first ``keep`` samples (all by default) stay in
     ``SampleRun.x``: with a sink that consumes them, memory does not grow with
     ``num_samples``.
+
+    ``ranges`` restricts the work to these sample ranges (lo, hi), in this order, each cut
+    into solves of at most ``batch_size``: the share of one process among several
+    (``merge_runs`` puts the shares together). By default, all samples in consecutive
+    batches.
     """
     if stepping not in STEPPING_MODES:
         raise ValueError(f"stepping must be one of {STEPPING_MODES}, got {stepping!r}")
@@ -255,21 +272,30 @@ def integrate(
     counter = CountingVelocity(model, max_nfe=max_nfe, record=record)
     run: SampleRun | None = None
     per_sample = stepping == "per-sample" and spec.adaptive
-    starts = range(0, num_samples, batch_size)
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    if ranges is None:
+        ranges = [(0, num_samples)]
+    batches = [
+        (lo, min(lo + batch_size, hi)) for a, hi in ranges for lo in range(a, hi, batch_size)
+    ]
+    if any(not 0 <= lo < hi <= num_samples for lo, hi in batches):
+        raise ValueError(f"sample ranges {list(ranges)} reach outside 0..{num_samples - 1}")
     bar = tqdm(
-        starts, desc=f"{solver} t={t0:g}->{t1:g}", leave=False,
+        batches, desc=f"{solver} t={t0:g}->{t1:g}", leave=False,
         disable=None if progress is None else not progress,
     )  # fmt: skip
     kept = num_samples if keep is None else min(keep, num_samples)
-    for start in bar:
-        stop = min(start + batch_size, num_samples)
-        x_start = initial(start, stop).to(device)
+    pin = device.type == "cuda"
+    for start, stop in bar:
+        x_start = initial(start, stop)
+        x_start = (x_start.pin_memory() if pin else x_start).to(device, non_blocking=pin)
         x_end = torch.empty(stop - start, *x_start.shape[1:])
         if run is None:
-            run = SampleRun(x=torch.empty(kept, *x_start.shape[1:]))
+            run = SampleRun(x=torch.full((kept, *x_start.shape[1:]), torch.nan))
             if record:
-                run.straightness = torch.empty(num_samples, dtype=torch.float64)
-                run.curvature = torch.empty(num_samples, dtype=torch.float64)
+                run.straightness = torch.full((num_samples,), torch.nan, dtype=torch.float64)
+                run.curvature = torch.full((num_samples,), torch.nan, dtype=torch.float64)
         pieces = [(i, i + 1) for i in range(start, stop)] if per_sample else [(start, stop)]
         for lo, hi in pieces:
             walls, models = [], []
@@ -288,7 +314,7 @@ def integrate(
             run.model_time_s += float(np.median(models))
             run.nfe_per_solve.append(counter.nfe)
             run.solver_nfe_per_solve.append(result.solver_nfe)
-            run.solve_sizes.append(hi - lo)
+            run.solve_ranges.append((lo, hi))
             x_end[lo - start : hi - start] = result.x.detach().float().cpu()
             if record:
                 x0 = x_start[lo - start : hi - start]
@@ -298,9 +324,42 @@ def integrate(
             run.x[start : min(stop, kept)] = x_end[: kept - start]
         if sink is not None:
             sink(x_end)
-    if run is None:
-        raise ValueError("num_samples must be >= 1")
+    if run is None:  # a share with no samples in it
+        run = SampleRun(x=torch.empty(0))
     return run
+
+
+def merge_runs(runs: Sequence[SampleRun]) -> SampleRun:
+    """One SampleRun from the shares of several processes (``integrate(ranges=...)``):
+    solves in sample order, per-sample arrays filled from the share that solved each
+    sample. ``wall_time_s`` stays the sum over all solves; ``busiest_wall_time_s`` is the
+    largest share's, the elapsed time of processes running side by side."""
+    solves = sorted(
+        (s for run in runs
+         for s in zip(run.solve_ranges, run.nfe_per_solve, run.solver_nfe_per_solve)),
+        key=lambda s: s[0],
+    )  # fmt: skip
+    first = runs[0]
+    merged = SampleRun(
+        x=first.x.clone(),
+        nfe_per_solve=[s[1] for s in solves],
+        solver_nfe_per_solve=[s[2] for s in solves],
+        solve_ranges=[s[0] for s in solves],
+        wall_time_s=sum(run.wall_time_s for run in runs),
+        model_time_s=sum(run.model_time_s for run in runs),
+        straightness=None if first.straightness is None else first.straightness.clone(),
+        curvature=None if first.curvature is None else first.curvature.clone(),
+        busiest_wall_time_s=max(run.wall_time_s for run in runs),
+    )
+    kept = len(merged.x)
+    for run in runs[1:]:
+        for lo, hi in run.solve_ranges:
+            if lo < kept:
+                merged.x[lo : min(hi, kept)] = run.x[lo : min(hi, kept)]
+            if merged.straightness is not None:
+                merged.straightness[lo:hi] = run.straightness[lo:hi]
+                merged.curvature[lo:hi] = run.curvature[lo:hi]
+    return merged
 
 
 def generate(

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from rfbench.config import MLPConfig, TrainConfig, UNetConfig
 from rfbench.data import DataSplit
+from rfbench.distributed import World
 from rfbench.errors import UserError
 from rfbench.flow import endpoint, interpolate, rf_loss, sample_grid_t, sample_t
 from rfbench.models import build_model
@@ -69,6 +72,16 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
+        try:
+            return cls._from_dict(d)
+        except (TypeError, KeyError) as e:
+            raise UserError(
+                f"the model's config does not fit this rfbench ({e}); was it written by "
+                "another version?"
+            ) from None
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> ModelSpec:
         tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
         unet = UNetConfig(**{k: tup(v) for k, v in d["unet"].items()})
         return cls(
@@ -136,6 +149,8 @@ def train(
     progress: bool | None = None,
     x0: torch.Tensor | None = None,
     init: nn.Module | None = None,
+    world: World | None = None,
+    workers: int = 0,
 ) -> TrainedModel:
     """Train a velocity model with the rectified-flow loss; checkpoint after every epoch.
 
@@ -158,7 +173,7 @@ def train(
     >>> trained.epochs_done
     1
     """
-    cfg = spec.train
+    cfg, world = spec.train, world or World()
     if data.content_hash != spec.data_hash:
         raise UserError("the training data does not match the data hash in the model spec")
     if x0 is not None and x0.shape != data.x.shape:
@@ -193,39 +208,64 @@ def train(
     x_all = data.x if cfg.max_train_images is None else data.x[: cfg.max_train_images]
     n = len(x_all)
     batches_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    net = model
+    if world.distributed:
+        device = torch.device(device)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    tensors = (x_all,) if x0 is None else (x_all, x0[: len(x_all)])
+    pin = torch.device(device).type == "cuda"
     model.train()
     while epoch < cfg.epochs:
         # Section: one epoch, its randomness a function of (seed, epoch) only.
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=g)
+        batches = [
+            perm[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(batches_per_epoch)
+        ]
+        shares = [_share(len(idx), world) for idx in batches]
+        loader = DataLoader(
+            _Rows(*tensors), batch_sampler=[idx[pos].tolist() for idx, pos in zip(batches, shares)],
+            num_workers=workers, pin_memory=pin, collate_fn=_as_is,
+        )  # fmt: skip
         total, bar = (
             0.0,
             tqdm(
-                range(batches_per_epoch),
+                zip(batches, shares, loader),
+                total=batches_per_epoch,
                 desc=f"train {spec.dataset} epoch {epoch + 1}/{cfg.epochs}",
-                disable=None if progress is None else not progress,
+                disable=True if not world.main else None if progress is None else not progress,
                 leave=False,
             ),
         )
-        for b in bar:
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x1 = x_all[idx].to(device, non_blocking=True)
-            noise = torch.randn(x1.shape, generator=g) if x0 is None else x0[idx]
+        for idx, pos, rows in bar:
+            full = len(idx)  # noise and t of the whole global batch, drawn alike on every rank
+            x1 = rows[0].to(device, non_blocking=pin)
+            noise = torch.randn(full, *x_all.shape[1:], generator=g)[pos] if x0 is None else rows[1]
             if distill:
-                t = sample_grid_t(len(idx), distill, generator=g)
+                t = sample_grid_t(full, distill, generator=g)[pos]
             else:
-                t = sample_t(len(idx), generator=g, dist=cfg.timesteps)
-            noise, t = noise.to(device), t.to(device)
-            loss = train_step(model, ema, opt, noise, x1, t, cfg, step, lpips)
+                t = sample_t(full, generator=g, dist=cfg.timesteps)[pos]
+            if cfg.random_flip and x1.dim() == 4:
+                flip = (torch.rand(full, generator=g) < 0.5)[pos].to(device)
+                x1 = torch.where(flip[:, None, None, None], x1.flip(-1), x1)
+            noise, t = noise.to(device, non_blocking=pin), t.to(device)
+            if cfg.warmup_steps:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+            # DDP averages gradients over ranks: weight each rank's mean by its share.
+            weight = len(pos) * world.size / full if world.rank < full else 0.0
+            loss = train_step(net, ema, opt, noise, x1, t, cfg, step, lpips, weight)
             step += 1
-            value = loss.item()
+            value = world.sum(float(loss) * weight / world.size)
             total += value
             bar.set_postfix(loss=f"{value:.4f}")
         bar.close()
         epoch += 1
         losses.append(total / batches_per_epoch)
-        # Section: checkpoint the finished epoch, atomically.
-        if out_path is not None:
+        # Section: checkpoint the finished epoch, atomically (rank 0; the others wait).
+        if out_path is not None and world.main:
             write_checkpoint(
                 out_path,
                 {
@@ -240,6 +280,7 @@ def train(
                     "ema_sha256": weights_hash(ema),
                 },
             )
+        world.barrier()
     ema.eval()
     return TrainedModel(ema, spec, epoch, losses, str(out_path) if out_path else None)
 
@@ -254,9 +295,11 @@ def train_step(
     cfg: TrainConfig,
     step: int,
     lpips: nn.Module | None = None,
+    weight: float = 1.0,
 ) -> torch.Tensor:
     """One optimisation step: the rectified-flow loss (or, distilling with LPIPS, the LPIPS
-    of the Euler step to t = 1), AdamW, gradient clipping, the EMA. Returns the loss."""
+    of the Euler step to t = 1), AdamW, gradient clipping, the EMA. Returns the loss; the
+    gradient is that of ``weight`` times the loss (a rank's share of a DDP batch)."""
     if lpips is None:
         loss = rf_loss(model, x0, x1, t)
     else:  # the Euler step to t = 1 from the straight path must land on x1
@@ -265,11 +308,40 @@ def train_step(
         x_t = interpolate(x0, x1, t)
         loss = lpips_loss(lpips, endpoint(x_t, t, model(x_t, t)), x1)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     ema_update(ema, model, ema_decay_at(step, cfg.ema_decay))
     return loss.detach()
+
+
+class _Rows(Dataset):
+    """Rows of in-memory tensors, fetched a batch at a time: (x1,) or (x1, x0)."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def _as_is(batch):
+    return batch
+
+
+def _share(full: int, world: World) -> torch.Tensor:
+    """The positions of this rank's samples in a global batch of ``full``: every
+    ``world.size``-th. A rank left without one (a last batch smaller than the world) takes
+    position 0 with weight 0, so that DDP's gradient exchange still has every rank."""
+    pos = torch.arange(world.rank, full, world.size)
+    return pos if len(pos) else torch.zeros(1, dtype=torch.long)
 
 
 def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
@@ -289,7 +361,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the EMA network of a checkpoint."""
     ckpt = read_checkpoint(path)
-    spec = ModelSpec.from_dict(ckpt["spec"])
+    try:
+        spec = ModelSpec.from_dict(ckpt["spec"])
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from None
     model = build_model(spec.sample_shape, spec.unet, spec.mlp)
     try:
         model.load_state_dict(ckpt["ema"])

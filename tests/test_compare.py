@@ -142,8 +142,10 @@ def test_same_job_mode_catches_an_injected_slowdown(tmp_path):
     cfg = RunConfig(dataset="toy2d", solvers=("euler",), repeats=3)
 
     def one_run(candidate_delay: float) -> pd.DataFrame:
-        models = [replace(trained, model=Sleepy(0.0)),
-                  replace(trained, model=Sleepy(candidate_delay + 1e-9))]  # fmt: skip
+        models = [
+            bench.Candidate.of(replace(trained, model=Sleepy(delay)))
+            for delay in (0.0, candidate_delay + 1e-9)
+        ]
         rows = []
         for steps in (8, 16):
             cell = dict(solver="euler", family="fixed", seed=0, steps=steps, grid="uniform",

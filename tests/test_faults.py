@@ -145,10 +145,11 @@ def test_out_of_memory_halves_the_batch_and_says_so():
     cfg = RunConfig(dataset="toy2d", solvers=("euler",))
     cell = dict(solver="euler", family="fixed", seed=0, steps=4, grid="uniform", rtol=None,
                 atol=None, stepping="batched")  # fmt: skip
-    row = bench.run_cell(cell, replace(trained, model=FitsFifty()), quality, cfg, 200, 200, cpu,
-                         progress=False)  # fmt: skip
+    fits_fifty = bench.Candidate.of(replace(trained, model=FitsFifty()))
+    row = bench.run_cell(cell, fits_fifty, quality, cfg, 200, 200, cpu, progress=False)
     assert row["status"] == "ok" and row["batch_size"] == 50 and row["oom_retries"] == 2
-    direct = bench.run_cell(cell, trained, quality, cfg, 200, 50, cpu, progress=False)
+    direct = bench.run_cell(cell, bench.Candidate.of(trained), quality, cfg, 200, 50, cpu,
+                            progress=False)  # fmt: skip
     assert row["swd"] == direct["swd"] and row["nfe_per_batch"] == "4;4;4;4"
 
 

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from rfbench.config import MLPConfig, TrainConfig, UNetConfig
+from rfbench.config import PRESETS, MLPConfig, TrainConfig, UNetConfig
 from rfbench.data import load_split
 from rfbench.errors import UserError
 from rfbench.flow import interpolate, rf_loss, target_velocity
@@ -135,3 +135,19 @@ def test_edited_weights_fail_the_recorded_checksum(tmp_path):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:500])
     with pytest.raises(UserError, match="cannot load checkpoint"):
         load_model(tmp_path / "cut.pt")
+
+
+def test_checkpoint_from_another_version_is_one_clear_error(tmp_path):
+    from rfbench.train import write_checkpoint
+
+    data = load_split("toy2d")
+    p = PRESETS["quick"]
+    spec = ModelSpec("toy2d", (2,), p.unet, p.mlp, TrainConfig(epochs=1, batch_size=4096),
+                     data.content_hash, "quick")  # fmt: skip
+    path = tmp_path / "c.pt"
+    train(spec, data, out_path=path, progress=False)
+    ckpt = read_checkpoint(path)
+    ckpt["spec"]["train"]["a_field_from_the_future"] = 1
+    write_checkpoint(path, ckpt)
+    with pytest.raises(UserError, match=r"checkpoint .*c\.pt: .*another version"):
+        load_model(path)

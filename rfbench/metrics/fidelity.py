@@ -175,16 +175,24 @@ class FeatureStream:
     _features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, x: torch.Tensor) -> None:
-        if self._filled + len(x) > self.n:
-            raise ValueError(f"more than the {self.n} samples announced")
         if not self.metrics.metrics:
-            self._filled += len(x)
+            self.add_rows({}, len(x))
             return
-        for layer, f in self.metrics.features(to_uint8(x)).items():
+        self.add_rows(self.metrics.features(to_uint8(x)), len(x))
+
+    def add_rows(self, rows: dict[str, torch.Tensor], count: int) -> None:
+        """Append the features of ``count`` samples computed elsewhere (another process)."""
+        if self._filled + count > self.n:
+            raise ValueError(f"more than the {self.n} samples announced")
+        for layer, f in rows.items():
             if layer not in self._features:
                 self._features[layer] = torch.empty(self.n, *f.shape[1:], dtype=f.dtype)
-            self._features[layer][self._filled : self._filled + len(x)] = f
-        self._filled += len(x)
+            self._features[layer][self._filled : self._filled + count] = f
+        self._filled += count
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        """The features added so far, in the order they came."""
+        return {layer: f[: self._filled] for layer, f in self._features.items()}
 
     def result(self) -> dict:
         """Schema-named metric values of the n samples.

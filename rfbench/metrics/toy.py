@@ -46,6 +46,14 @@ class _PointStream:
     def add(self, x: torch.Tensor) -> None:
         self.parts.append(x)
 
+    def add_rows(self, rows: dict[str, torch.Tensor], count: int) -> None:
+        """Append ``count`` samples kept by another process (``rows()`` there)."""
+        if count:
+            self.parts.append(rows["x"])
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        return {"x": torch.cat(self.parts)} if self.parts else {}
+
     def result(self) -> dict:
         x = torch.cat(self.parts)
         if len(x) != self.n:
