@@ -484,8 +484,18 @@ def load_candidates(cfg: RunConfig, spec: ModelSpec, device: torch.device) -> li
     rfbench's time convention."""
     from rfbench.models.external import TimeConvention, is_external, load_external
 
+    refs = cfg.checkpoint or ()
+    if not any(is_external(r) for r in refs):
+        given = [name for name, value, default in (
+            ("--noise-at", cfg.noise_at, 0), ("--time-scale", cfg.time_scale, 1.0),
+            ("--model-config", cfg.model_config, None)) if value != default]  # fmt: skip
+        if given:
+            raise UserError(
+                f"{', '.join(given)} apply to external models only (--checkpoint torchcfm:PATH "
+                "or plugin:MODULE:CALLABLE); rfbench's own checkpoints carry their convention"
+            )
     out = []
-    for ref in cfg.checkpoint or ():
+    for ref in refs:
         if is_external(ref):
             convention = TimeConvention.parse(cfg.noise_at, cfg.time_scale)
             ext = load_external(ref, spec.sample_shape, convention, _model_config(cfg), device)

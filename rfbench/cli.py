@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_list_of(str, "checkpoint"),
         default=None,
         metavar="P1,P2",
-        help="evaluate these checkpoints (a model axis: the model_id column names each) "
-        "instead of training or reusing the cached model",
+        help="evaluate these models (a model axis: the model_id column names each) instead "
+        "of training or reusing the cached model: rfbench checkpoints, torchcfm:PATH, or "
+        "plugin:MODULE:CALLABLE",
     )
     r.add_argument(
         "--num-samples",

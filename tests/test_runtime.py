@@ -221,3 +221,11 @@ def test_bad_model_config_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "must hold a JSON object" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_convention_options_without_an_external_model_are_refused(tmp_path, capsys):
+    argv = ["run", "--dataset", "toy2d", "--noise-at", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--noise-at apply to external models only" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
