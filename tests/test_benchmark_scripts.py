@@ -4,6 +4,7 @@ before their real runs (and before a GPU is lent)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -19,15 +20,74 @@ def _load(name: str):
     return module
 
 
+GPU_CHECK_SECTIONS = ("## 1. Environment", "## 2. Training throughput", "## 3. FID run",
+                      "## 4. Sampling cost", "## 5. CUDA path options", "## 6. torchrun",
+                      "## 7. Reflow")  # fmt: skip
+
+
+def _section(report: str, heading: str) -> str:
+    """The body of the section whose heading starts with ``heading``."""
+    return report.split(heading, 1)[1].split("\n", 1)[1].split("\n## ", 1)[0]
+
+
 def test_gpu_check_smoke_on_cpu(tmp_path):
-    assert _load("gpu_check").main(["--smoke", "--device", "cpu", "--out", str(tmp_path)]) == 0
-    report = (tmp_path / "gpu_check.md").read_text()
-    for heading in ("## 1. Quick run on toy2d", "## 2. Time per NFE", "## 3. scipy RK45",
-                    "## 4. Reflow: 256 dopri5"):  # fmt: skip
+    """Every step runs at smoke sizes (the torchrun step included) and reports."""
+    gpu_check = _load("gpu_check")
+    assert gpu_check.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    [path] = tmp_path.glob("*.md")
+    report = path.read_text()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}\.md", path.name)
+    assert "failed:" not in report and "skipped:" not in report
+    for heading in GPU_CHECK_SECTIONS:
         assert heading in report
-    assert "| rk45 |" in report and "| dopri5 |" in report
-    assert "Wall-time ratio rk45 / dopri5" in report
-    assert "-2rf-" in report  # the 2-RF's rows
+    training = _section(report, "## 2. Training throughput")
+    for name in gpu_check.TRAINING_SETS:
+        assert len(re.findall(rf"^\| {re.escape(name)} \| ", training, re.M)) == 1, name
+    assert set(gpu_check.TRAINING_SETS) == set(gpu_check.PRESETS)  # a row for every preset
+    assert "extrapolation from the measured steps" in training
+    assert "| rk45 |" in report and "| dopri5 |" in report and "| rk4 |" in report
+    assert "wall-time ratio rk45 / dopri5" in report
+    options = _section(report, "## 5. CUDA path options")
+    assert re.search(r"^\| bf16 \| fp32 \| False \| False \|", options, re.M)  # effective
+    assert "Verdict: the 1- and 2-process results agree" in report
+    assert "-2rf-" in _section(report, "## 7. Reflow")
+    assert re.search(r"^Budget: \d+ s used of 480 s; per step: 1\. environment", report, re.M)
+    assert (tmp_path / path.stem / "fid-run" / "results.csv").exists()
+
+
+def test_gpu_check_skips_what_does_not_fit(tmp_path):
+    """A 1 s budget: the environment is written, every later step says it was skipped."""
+    assert _load("gpu_check").main(["--smoke", "--device", "cpu", "--out", str(tmp_path),
+                                    "--budget-s", "1"]) == 0  # fmt: skip
+    [path] = tmp_path.glob("*.md")
+    report = path.read_text()
+    assert "| torch |" in _section(report, "## 1. Environment")
+    for heading in GPU_CHECK_SECTIONS[1:]:
+        assert _section(report, heading).strip().startswith("skipped: "), heading
+    assert "7. reflow skipped" in report
+
+
+def test_gpu_check_reports_a_failed_step_and_goes_on(tmp_path, monkeypatch):
+    gpu_check = _load("gpu_check")
+
+    def broken(ck):
+        raise RuntimeError("boom\nsecond line")
+
+    steps = (gpu_check.STEPS[0], ("broken", "Broken", broken), gpu_check.STEPS[0])
+    monkeypatch.setattr(gpu_check, "STEPS", steps)
+    assert gpu_check.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)]) == 1
+    report = next(tmp_path.glob("*.md")).read_text()
+    assert "## 2. Broken\n\nfailed: RuntimeError: boom\n" in report
+    assert "second line" not in report and "## 3. Environment" in report
+
+
+def test_gpu_check_refuses_to_run_without_cuda(tmp_path, monkeypatch, capsys):
+    gpu_check = _load("gpu_check")
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path / "gpu")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA" in err and "--smoke" in err
+    assert not (tmp_path / "gpu").exists()
 
 
 def test_solver_overhead_small(tmp_path):
@@ -107,3 +167,19 @@ def test_train_step_small(tmp_path):
     text = out.read_text()
     assert "| rfbench train_step |" in text and "| bare loop |" in text
     assert re.search(r"Throughput ratio rfbench / bare: \d+\.\d{3}", text)
+
+
+@pytest.mark.slow
+def test_gpu_session_script_runs_the_check_on_a_cpu(tmp_path):
+    """The script a GPU session runs, in smoke mode: report and tarball land in $OUT."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh"), "--smoke",
+                           "--device", "cpu"], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    reports = list(tmp_path.glob("*.md"))
+    assert len(reports) == 1 and "## 6. torchrun" in reports[0].read_text()
+    assert (tmp_path / "gpu-runs.tgz").stat().st_size > 0
