@@ -334,12 +334,9 @@ def run_cell(
         if run_dir is not None:
             _save_arrays(run_dir, row, run.x, candidate, cell)
         if inversion_data is not None:
-            options = dict(
-                batch_size=batch_size, steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"],
-                grid=cell["grid"] or "uniform", stepping=cell["stepping"], device=device,
-                max_nfe=cfg.max_nfe, progress=progress,
-            )  # fmt: skip
-            rec = reconstruct(candidate.model, cell["solver"], inversion_data, **options)
+            options = _solve_options(cell, cfg, device, progress)
+            rec = reconstruct(candidate.model, cell["solver"], inversion_data,
+                              batch_size=batch_size, **options)  # fmt: skip
             row["inversion_rmse"] = rec.rmse
             row["inversion_nfe"] = rec.encode.nfe_per_sample + rec.decode.nfe_per_sample
         row["status"] = STATUS_OK
@@ -385,10 +382,7 @@ def _solve_share(
     On a GPU out of memory the batch is halved and the share tried again; the share's
     sample ranges stay those of the configured batch size, cut finer."""
     ranges = shard(batch_ranges(n, batch_size), world)
-    options = dict(
-        steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"], grid=cell["grid"] or "uniform",
-        stepping=cell["stepping"], device=device, max_nfe=cfg.max_nfe, progress=progress,
-    )  # fmt: skip
+    options = _solve_options(cell, cfg, device, progress)
     b, retries = batch_size, 0
     stream, nonfinite = None, []
     try:
@@ -424,6 +418,14 @@ def _solve_share(
         return _Share(None, None, {}, 0, b, retries, f"{type(e).__name__}: {e}")
     rows = stream.rows() if world.distributed and not nonfinite else {}
     return _Share(run, stream, rows, sum(nonfinite), b, retries, None)
+
+
+def _solve_options(cell: dict, cfg: RunConfig, device: torch.device, progress) -> dict:
+    """The keyword arguments of ``integrate`` for a cell, batch size aside."""
+    return dict(
+        steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"], grid=cell["grid"] or "uniform",
+        stepping=cell["stepping"], device=device, max_nfe=cfg.max_nfe, progress=progress,
+    )  # fmt: skip
 
 
 def _gathered_stream(quality: Quality, n: int, shares: list[_Share]):
