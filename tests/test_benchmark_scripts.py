@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rfbench.cli import main
+
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
@@ -183,3 +185,29 @@ def test_gpu_session_script_runs_the_check_on_a_cpu(tmp_path):
     reports = list(tmp_path.glob("*.md"))
     assert len(reports) == 1 and "## 6. torchrun" in reports[0].read_text()
     assert (tmp_path / "gpu-runs.tgz").stat().st_size > 0
+
+
+def test_train_epoch_matches_the_bare_loop(mnist_root, tmp_path):
+    """train() and the benchmark's bare epoch draw the same batches: the same weights."""
+    out = tmp_path / "epoch.md"
+    argv = ["--dataset", "mnist", "--data-root", str(mnist_root), "--images", "300",
+            "--rounds", "1", "--out", str(out)]  # fmt: skip
+    assert _load("train_epoch").main(argv) == 0
+    assert "Same final EMA weights: yes" in out.read_text()
+
+
+@pytest.mark.slow
+def test_torchrun_equivalence_script(mnist_root, tmp_path):
+    """The evidence script on a small MNIST-like set: one thread alone and two processes
+    under torchrun give the same samples and FID."""
+    assert main(["train", "--dataset", "mnist", "--data-root", str(mnist_root), "--epochs", "1",
+                 "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    out = tmp_path / "torchrun.md"
+    argv = ["--dataset", "mnist", "--data-root", str(mnist_root), "--checkpoint",
+            str(tmp_path / "m" / "checkpoint.pt"), "--solvers", "euler,dopri5", "--steps", "2",
+            "--num-samples", "128", "--batch-size", "32", "--work", str(tmp_path / "w"),
+            "--out", str(out)]  # fmt: skip
+    assert _load("torchrun_equivalence").main(argv) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| euler")
+            or line.startswith("| dopri5")]  # fmt: skip
+    assert len(rows) == 2 and all(row.split(" | ")[8] == "yes" for row in rows)
