@@ -11,3 +11,9 @@ class DatasetUnavailable(UserError):
 
 class DataFormatError(UserError):
     """A data file exists but is corrupt, truncated or inconsistent."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (cut to ``limit``), for one-line reports."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__

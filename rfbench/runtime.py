@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from rfbench.errors import UserError
+from rfbench.errors import UserError, first_line
 
 log = logging.getLogger("rfbench")
 
@@ -138,9 +138,8 @@ def compile_or_fall_back(
     except Exception as e:  # noqa: BLE001 - torch.compile raises many kinds on a bad toolchain
         if not (isinstance(model, Accelerated) and options.compile):
             raise
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        log.warning("torch.compile failed (%s: %s); running eager, rows say compiled=False",
-                    type(e).__name__, first)  # fmt: skip
+        log.warning("torch.compile failed (%s); running eager, rows say compiled=False",
+                    first_line(e))  # fmt: skip
         options = replace(options, compile=False)
         eager = Accelerated(model.inner, options, torch.device(model.device_type))
         warm(eager)

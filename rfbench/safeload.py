@@ -2,7 +2,8 @@
 
 Every such file is a dict of tensors and plain values with a ``format`` key, read with
 ``torch.load(weights_only=True)``; anything else is one UserError that names the file, what
-it should have been, and what to do.
+it should have been, and what to do. Other projects' files (torchcfm checkpoints) go
+through the same ``load_weights_only``.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import torch
 from rfbench.errors import UserError
 
 
-def load_dict(path: str | os.PathLike, what: str, fmt: str, remedy: str = "") -> dict:
-    """The dict in ``path`` whose "format" is ``fmt``; ``what`` names the file in messages
-    ("checkpoint", "cached classifier", ...) and ``remedy`` ends them ("; delete it")."""
+def load_weights_only(path: str | os.PathLike, what: str, remedy: str = "") -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing, unsafe or corrupt file
+    is one UserError naming it as ``what`` and ending with ``remedy``."""
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of old files
             warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except Exception as e:  # noqa: BLE001 - torch raises several types for unsafe or corrupt files
@@ -29,6 +30,12 @@ def load_dict(path: str | os.PathLike, what: str, fmt: str, remedy: str = "") ->
         raise UserError(
             f"cannot load {what} {path} safely (weights_only=True): {first[:200]}{remedy}"
         ) from None
+
+
+def load_dict(path: str | os.PathLike, what: str, fmt: str, remedy: str = "") -> dict:
+    """The dict in ``path`` whose "format" is ``fmt``; ``what`` names the file in messages
+    ("checkpoint", "cached classifier", ...) and ``remedy`` ends them ("; delete it")."""
+    payload = load_weights_only(path, what, remedy)
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise UserError(f"{path} is not an rfbench {what} (format {fmt}){remedy}")
     return payload

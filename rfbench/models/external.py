@@ -36,14 +36,14 @@ import math
 import os
 import re
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from rfbench.errors import UserError
+from rfbench.errors import UserError, first_line
+from rfbench.safeload import load_weights_only
 
 EXTERNAL_PREFIXES = ("torchcfm:", "plugin:")
 
@@ -160,30 +160,18 @@ def load_torchcfm(path: str, config: dict | None = None, weights: str = "ema") -
     if weights not in TORCHCFM_WEIGHTS:
         choices = list(TORCHCFM_WEIGHTS)
         raise UserError(f"torchcfm weights must be one of {choices}, got {weights!r}")
-    state = _torchcfm_state_dict(_load_weights_only(path), path, TORCHCFM_WEIGHTS[weights])
+    state = _torchcfm_state_dict(
+        load_weights_only(path, "torchcfm checkpoint"), path, TORCHCFM_WEIGHTS[weights]
+    )
     cfg = {**TORCHCFM_CIFAR10, **(config or {})}
     cfg["dim"] = tuple(cfg["dim"])
     try:
         net = UNetModelWrapper(**cfg)
     except Exception as e:  # noqa: BLE001 - any constructor failure is a bad config
-        raise UserError(f"cannot build torchcfm's UNet from config {cfg}: {_first_line(e)}") from e
+        raise UserError(f"cannot build torchcfm's UNet from config {cfg}: {first_line(e)}") from e
     _check_state_dict(state, net.state_dict(), path, cfg)
     net.load_state_dict(state)
     return TorchCFMVelocity(net).eval().requires_grad_(False)
-
-
-def _load_weights_only(path: str) -> object:
-    """torch.load without unpickling code; a one-line UserError naming the file otherwise."""
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of old files
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"torchcfm checkpoint {path} does not exist") from None
-    except Exception as e:  # noqa: BLE001 - torch raises several types for unsafe or corrupt files
-        raise UserError(
-            f"cannot load torchcfm checkpoint {path} safely (weights_only=True): {_first_line(e)}"
-        ) from None
 
 
 def _torchcfm_state_dict(payload: object, path: str, key: str) -> dict[str, torch.Tensor]:
@@ -250,7 +238,7 @@ def load_plugin(spec: str, kwargs: dict | None = None) -> nn.Module:
     try:
         obj = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - a plugin module may fail to import in any way
-        raise UserError(f"cannot import plugin module {module_name!r}: {_first_line(e)}") from e
+        raise UserError(f"cannot import plugin module {module_name!r}: {first_line(e)}") from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(f"plugin module {module_name!r} has no attribute {attr!r}")
@@ -266,7 +254,7 @@ def load_plugin(spec: str, kwargs: dict | None = None) -> nn.Module:
     try:
         made = obj(**kwargs)
     except Exception as e:  # noqa: BLE001 - the plugin's own failure, reported in one line
-        raise UserError(f"plugin {spec} failed: {_first_line(e)}") from e
+        raise UserError(f"plugin {spec} failed: {first_line(e)}") from e
     if isinstance(made, nn.Module):
         return made
     if callable(made):
@@ -358,7 +346,7 @@ def _probe(model: nn.Module, sample_shape: tuple[int, ...], ref: str, device) ->
     except Exception as e:  # noqa: BLE001 - any failure here means the model does not fit
         raise UserError(
             f"{ref} fails on a batch of 2 samples of shape {sample_shape} (the dataset's): "
-            f"{_first_line(e)}"
+            f"{first_line(e)}"
         ) from e
     got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != list(x.shape):
@@ -366,8 +354,3 @@ def _probe(model: nn.Module, sample_shape: tuple[int, ...], ref: str, device) ->
             f"{ref} returns velocities of shape {got} for inputs of shape {list(x.shape)}; "
             f"they must match (the dataset's sample shape is {sample_shape})"
         )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
