@@ -133,9 +133,9 @@ class Candidate:
     columns: dict = field(default_factory=dict)  # how it ran: precision, channels_last, ...
 
     @classmethod
-    def of(cls, trained: TrainedModel, columns: dict | None = None) -> Candidate:
+    def of(cls, trained: TrainedModel) -> Candidate:
         m = trained.model
-        return cls(trained.model_id, m, m, trained.spec.sample_shape, dict(columns or {}))
+        return cls(trained.model_id, m, m, trained.spec.sample_shape)
 
 
 def prepare(
@@ -637,14 +637,15 @@ def _batch_size(
     if cfg.batch_size != "auto":
         return min(cfg.batch_size or preset_batch, n)
 
+    if device.type != "cuda":  # memory is not what limits a batch here
+        log.info("--batch-size auto: on the %s the preset's batch size, %d, stands",
+                 device.type, min(preset_batch, n))  # fmt: skip
+        return min(preset_batch, n)
+
     def measure() -> int:
         models = [accelerate(c.raw, replace(options, compile=False), device, c.sample_shape)[0]
                   for c in candidates]  # fmt: skip
         fitted = auto_batch_size(models, candidates[0].sample_shape, device, n)
-        if fitted is None:
-            log.info("--batch-size auto: on the %s the preset's batch size, %d, stands",
-                     device.type, min(preset_batch, n))  # fmt: skip
-            return min(preset_batch, n)
         log.info("--batch-size auto: %d fits the free GPU memory", fitted)
         return fitted
 

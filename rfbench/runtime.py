@@ -191,11 +191,8 @@ def cuda_forward_bytes(
 
 def auto_batch_size(
     models: list[nn.Module], sample_shape: tuple[int, ...], device: torch.device, limit: int
-) -> int | None:
-    """The sampling batch size that fits every model on this GPU; None off CUDA (where
-    memory is not what limits a batch, and the preset's size stands)."""
-    if device.type != "cuda":
-        return None
+) -> int:
+    """The sampling batch size that fits every model on this GPU (``device``: CUDA)."""
     free, _ = torch.cuda.mem_get_info(device)
     state = math.prod(sample_shape) * 4
     return min(

@@ -173,7 +173,7 @@ def train(
     >>> trained.epochs_done
     1
     """
-    cfg, world = spec.train, world or World()
+    cfg, world, device = spec.train, world or World(), torch.device(device)
     if data.content_hash != spec.data_hash:
         raise UserError("the training data does not match the data hash in the model spec")
     if x0 is not None and x0.shape != data.x.shape:
@@ -210,23 +210,21 @@ def train(
     batches_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     net = model
     if world.distributed:
-        device = torch.device(device)
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     tensors = (x_all,) if x0 is None else (x_all, x0[: len(x_all)])
-    pin = torch.device(device).type == "cuda"
+    pin = device.type == "cuda"
     model.train()
     while epoch < cfg.epochs:
         # Section: one epoch, its randomness a function of (seed, epoch) only.
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=g)
-        batches = [
-            perm[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(batches_per_epoch)
-        ]
+        batches = perm.split(cfg.batch_size)
         shares = [_share(len(idx), world) for idx in batches]
         loader = DataLoader(
-            _Rows(*tensors), batch_sampler=[idx[pos].tolist() for idx, pos in zip(batches, shares)],
+            _Rows(*tensors),
+            batch_sampler=[idx[pos].tolist() for idx, (pos, _) in zip(batches, shares)],
             num_workers=workers, pin_memory=pin, collate_fn=_as_is,
         )  # fmt: skip
         total, bar = (
@@ -239,7 +237,7 @@ def train(
                 leave=False,
             ),
         )
-        for idx, pos, rows in bar:
+        for idx, (pos, weight), rows in bar:
             full = len(idx)  # noise and t of the whole global batch, drawn alike on every rank
             x1 = rows[0].to(device, non_blocking=pin)
             noise = torch.randn(full, *x_all.shape[1:], generator=g)[pos] if x0 is None else rows[1]
@@ -254,16 +252,14 @@ def train(
             if cfg.warmup_steps:
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-            # DDP averages gradients over ranks: weight each rank's mean by its share.
-            weight = len(pos) * world.size / full if world.rank < full else 0.0
             loss = train_step(net, ema, opt, noise, x1, t, cfg, step, lpips, weight)
             step += 1
-            value = world.sum(float(loss) * weight / world.size)
-            total += value
+            value = float(loss)  # this rank's; the epoch's mean below is the global batches'
+            total += value * weight / world.size
             bar.set_postfix(loss=f"{value:.4f}")
         bar.close()
         epoch += 1
-        losses.append(total / batches_per_epoch)
+        losses.append(world.sum(total) / batches_per_epoch)
         # Section: checkpoint the finished epoch, atomically (rank 0; the others wait).
         if out_path is not None and world.main:
             write_checkpoint(
@@ -336,12 +332,16 @@ def _as_is(batch):
     return batch
 
 
-def _share(full: int, world: World) -> torch.Tensor:
-    """The positions of this rank's samples in a global batch of ``full``: every
-    ``world.size``-th. A rank left without one (a last batch smaller than the world) takes
-    position 0 with weight 0, so that DDP's gradient exchange still has every rank."""
+def _share(full: int, world: World) -> tuple[torch.Tensor, float]:
+    """The positions of this rank's samples in a global batch of ``full`` (every
+    ``world.size``-th) and the weight of their mean loss: DDP averages gradients over
+    ranks, so a share of k samples weighs k * size / full and the average is the global
+    batch's mean gradient. A rank left without a sample (a last batch smaller than the
+    world) takes position 0 with weight 0, so that DDP's exchange still has every rank."""
     pos = torch.arange(world.rank, full, world.size)
-    return pos if len(pos) else torch.zeros(1, dtype=torch.long)
+    if not len(pos):
+        return torch.zeros(1, dtype=torch.long), 0.0
+    return pos, len(pos) * world.size / full
 
 
 def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
