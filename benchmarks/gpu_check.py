@@ -65,9 +65,10 @@ import torch
 from rfbench import bench, reflow
 from rfbench import data as datamod
 from rfbench.config import PRESETS, RunConfig
+from rfbench.errors import first_line
 from rfbench.flow import sample_t
 from rfbench.models import build_model, count_parameters
-from rfbench.results import STATUS_OK, environment
+from rfbench.results import STATUS_OK, atomic_write_text, environment
 from rfbench.runtime import Acceleration, accelerate, compile_or_fall_back, device_label
 from rfbench.sample import generate, synchronizer, warm_up
 from rfbench.train import TrainedModel, load_model, train_step
@@ -188,11 +189,6 @@ def md_table(rows: list[dict]) -> list[str]:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return lines + ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def quick_model(ck: Check, image: bool) -> tuple[torch.nn.Module, tuple[int, ...], str]:
@@ -570,16 +566,10 @@ def run_step(ck: Check, number: int, key: str, title: str, fn) -> tuple[list[str
         lines += fn(ck)
     except Exception as e:  # noqa: BLE001 - one failed step must not lose the others
         traceback.print_exc()
-        lines.append(f"failed: {type(e).__name__}: {first_line(e)}")
+        lines.append(f"failed: {first_line(e, 300)}")
         failed = True
     ck.budget.spent[label] = time.perf_counter() - start
     return [*lines, ""], failed
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         lines, failed = run_step(ck, number, key, title, fn)
         report += lines
         failures += failed
-        write_atomically(report_path, "\n".join([*report, budget.summary(), ""]))
+        atomic_write_text(report_path, "\n".join([*report, budget.summary(), ""]))
     print(report_path)
     if failures:
         print(f"gpu_check: {failures} step(s) failed; the report says why", file=sys.stderr)
