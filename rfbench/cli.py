@@ -76,15 +76,18 @@ def _list_of(
     return parse
 
 
-def _positive(kind: type, what: str) -> Callable[[str], float]:
-    """An argparse type for one finite number > 0 of ``kind`` (int or float)."""
+def _positive(kind: type, what: str, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type for one finite number of ``kind`` (int or float): > 0, or >= 0
+    where ``zero`` is allowed."""
 
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not (v > 0 and math.isfinite(v)):
+        if zero and not (v >= 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        if not zero and not (v > 0 and math.isfinite(v)):
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return v
 
@@ -93,6 +96,7 @@ def _positive(kind: type, what: str) -> Callable[[str], float]:
 
 _positive_int = _positive(int, "an integer")
 _positive_float = _positive(float, "a number")
+_non_negative_int = _positive(int, "an integer", zero=True)
 
 
 def _fmt(values) -> str:
@@ -457,16 +461,6 @@ def _workers_arg(p: argparse.ArgumentParser) -> None:
         help="DataLoader worker processes feeding the training batches (pinned memory on "
         "CUDA)",
     )  # fmt: skip
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
 
 
 def _speed_args(p: argparse.ArgumentParser) -> None:
