@@ -65,12 +65,73 @@ def test_fixed_step_nfe_is_exact(name, steps):
     assert counter.nfe == SOLVERS[name].nfe_per_step * steps
 
 
-@pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.family == "scipy"])
+SCIPY = [n for n, s in SOLVERS.items() if s.family == "scipy"]
+SCIPY_METHOD = {"rk45": "RK45", "rk23": "RK23", "dop853": "DOP853", "radau": "Radau",
+                "bdf": "BDF", "lsoda": "LSODA"}  # fmt: skip
+COMPLETE_NFEV = ("rk45", "rk23", "dop853", "lsoda")  # scipy's nfev counts every call
+
+
+def _nonlinear(x, t):
+    t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1)
+    return t * x - x**3 * 0.1 - 5 * x
+
+
+def test_scipy_family_is_covered():
+    assert set(SCIPY) == set(SCIPY_METHOD)
+
+
+@pytest.mark.parametrize("name", COMPLETE_NFEV)
 def test_scipy_nfev_matches_wrapper(name):
-    """scipy's nfev (plus its finite-difference Jacobian calls, for Radau and BDF)."""
-    counter = CountingVelocity(lambda x, t: t.view(-1, 1) * x - x**3 * 0.1 - 5 * x)
+    counter = CountingVelocity(_nonlinear)
     res = solve(name, counter, torch.ones(2, 3, dtype=torch.float64) * 0.5, rtol=1e-5, atol=1e-5)
     assert counter.nfe == res.solver_nfe
+
+
+@pytest.mark.parametrize("name", SCIPY)
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
+def test_scipy_adapter_equals_plain_solve_ivp(name, problem):
+    """The network calls and the answer of ``solve_ivp(...).y[:, -1]``, the blog's way, with
+    no ``t_eval``: asking for output at t1 costs DOP853 three dense-output calls more."""
+    x0 = _x0()
+    counter = CountingVelocity(problem.velocity)
+    res = solve(name, counter, x0, rtol=1e-5, atol=1e-5)
+    calls = []
+
+    def fun(t, y):
+        calls.append(t)
+        return problem.velocity(torch.from_numpy(y).reshape(1, 3), t).numpy().ravel()
+
+    direct = solve_ivp(fun, (0, 1), x0.numpy().ravel(), method=SCIPY_METHOD[name],
+                       rtol=1e-5, atol=1e-5)  # fmt: skip
+    assert counter.nfe == len(calls)
+    np.testing.assert_array_equal(res.x.numpy().ravel(), direct.y[:, -1])
+    if name in COMPLETE_NFEV:
+        assert res.solver_nfe == direct.nfev
+
+
+def test_dop853_output_at_t1_would_cost_three_calls():
+    """What the old adapter did: t_eval=[t1] builds DOP853's dense output (3 more calls)."""
+    y0 = np.ones(3)
+    plain = solve_ivp(lambda t, y: -y, (0, 1), y0, method="DOP853", rtol=1e-5, atol=1e-5)
+    evald = solve_ivp(lambda t, y: -y, (0, 1), y0, method="DOP853", rtol=1e-5, atol=1e-5,
+                      t_eval=[1.0])  # fmt: skip
+    assert evald.nfev == plain.nfev + 3
+    counter = CountingVelocity(lambda x, t: -x)
+    solve("dop853", counter, torch.ones(1, 3, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    assert counter.nfe == plain.nfev
+
+
+@pytest.mark.parametrize("name", ["radau", "bdf"])
+def test_implicit_scipy_methods_report_no_solver_count(name):
+    """Radau's and BDF's finite-difference Jacobians re-evaluate columns whose difference was
+    too small, which scipy does not count: on a constant field the wrapper sees more calls
+    than nfev + n per Jacobian. No count is better than a wrong one."""
+    counter = CountingVelocity(lambda x, t: torch.ones_like(x))
+    x0 = torch.zeros(1, 3, dtype=torch.float64)
+    res = solve(name, counter, x0, rtol=1e-5, atol=1e-5)
+    assert res.solver_nfe is None
+    nfev, njev = (int(v.split("=")[1]) for v in res.message.split()[:2])
+    assert counter.nfe > nfev + 3 * njev
 
 
 @pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.family == "torchdiffeq"])
