@@ -4,7 +4,9 @@ Measurement rules (see DESIGN.md):
 - NFE is counted by ``CountingVelocity`` around the network, never inferred from a formula.
 - Sample i always starts from the same noise, a function of (seed, i) only.
 - Wall time is ``perf_counter`` around each whole solve, synchronised on CUDA; the network
-  forwards are timed separately, so overhead = wall - model time.
+  forwards are timed separately, so overhead = wall - model time. rfbench's own
+  bookkeeping during a solve (the path statistics) is timed apart and taken out of the
+  wall time, so the overhead is the solver's alone.
 """
 
 from __future__ import annotations
@@ -42,19 +44,21 @@ class CountingVelocity:
     numbers a call, all that straightness and curvature need (never the states themselves).
     They go into one buffer that doubles when full: many small tensors kept alive between
     the network's large buffers would fragment the heap (measured in
-    results/solve-memory.md).
+    results/solve-memory.md). The recording is timed on its own (``record_time_s``): it
+    starts after the forward's closing synchronisation and ends with one more on CUDA, so
+    neither the model time nor the solver's overhead holds it.
     """
 
     def __init__(self, model: nn.Module, max_nfe: int | None = None, record: bool = False):
         self.model, self.max_nfe, self.record = model, max_nfe, record
-        self.nfe, self.model_time_s = 0, 0.0
+        self.nfe, self.model_time_s, self.record_time_s = 0, 0.0, 0.0
         self._times: list[float] = []
         self._stats: torch.Tensor | None = None  # [capacity, 2, B] float64
         self._device: torch.device | None = None
         self._sync: Callable[[], None] = lambda: None
 
     def reset(self) -> None:
-        self.nfe, self.model_time_s, self._times = 0, 0.0, []
+        self.nfe, self.model_time_s, self.record_time_s, self._times = 0, 0.0, 0.0, []
 
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t [calls], mean squared velocity [calls, B], velocity norm [calls, B]) on the CPU."""
@@ -88,9 +92,12 @@ class CountingVelocity:
         start = time.perf_counter()
         out = self.model(x, tb)
         self._sync()
-        self.model_time_s += time.perf_counter() - start
+        stop = time.perf_counter()
+        self.model_time_s += stop - start
         if self.record:
             self._record(float(t), out)
+            self._sync()
+            self.record_time_s += time.perf_counter() - stop
         return out
 
 
@@ -117,13 +124,15 @@ def path_statistics(
     use the solver's own quadrature ``weights`` (one per call) where it has them, which
     makes both exact for the discrete fixed-step path; otherwise the trapezoid rule over
     the calls sorted by t, clipped to ``t_span`` (an estimate for adaptive solvers, whose
-    rejected-step and overshooting calls lie near the path).
+    rejected-step and overshooting calls lie near the path). Both are integrals over
+    absolute time: a backward solve (t from 1 to 0) has negative steps, and its weights
+    count by their size.
     """
     ts, sq, norm = recorded  # [calls], [calls, B], [calls, B]
 
     def integral(q: torch.Tensor) -> torch.Tensor:
         if weights is not None:
-            return (torch.tensor(weights, dtype=q.dtype)[:, None] * q).sum(0)
+            return (torch.tensor(weights, dtype=q.dtype).abs()[:, None] * q).sum(0)
         return _trapezoid_on(ts, q, min(t_span), max(t_span))
 
     d = (x1 - x0).detach().flatten(1).double().cpu()
@@ -184,8 +193,9 @@ class SampleRun:
     nfe_per_solve: list[int] = field(default_factory=list)  # counted network calls
     solver_nfe_per_solve: list[int | None] = field(default_factory=list)
     solve_ranges: list[tuple[int, int]] = field(default_factory=list)  # samples lo..hi-1
-    wall_time_s: float = 0.0  # summed over solves (median over repeats of each)
+    wall_time_s: float = 0.0  # summed over solves (median over repeats of each), bookkeeping out
     model_time_s: float = 0.0  # the network forwards alone
+    record_time_s: float = 0.0  # rfbench's path-statistics bookkeeping, not in wall_time_s
     straightness: torch.Tensor | None = None  # per sample, when the solve was recorded
     curvature: torch.Tensor | None = None  # per sample, when the solve was recorded
     busiest_wall_time_s: float | None = None  # merged runs: the largest one's wall time
@@ -298,7 +308,7 @@ def integrate(
                 run.curvature = torch.full((num_samples,), torch.nan, dtype=torch.float64)
         pieces = [(i, i + 1) for i in range(start, stop)] if per_sample else [(start, stop)]
         for lo, hi in pieces:
-            walls, models = [], []
+            walls, models, records = [], [], []
             for _ in range(repeats):
                 counter.reset()
                 sync()
@@ -308,10 +318,12 @@ def integrate(
                     rtol=rtol, atol=atol, t0=t0, t1=t1, grid=grid,
                 )  # fmt: skip
                 sync()
-                walls.append(time.perf_counter() - t_start)
+                walls.append(time.perf_counter() - t_start - counter.record_time_s)
                 models.append(counter.model_time_s)
+                records.append(counter.record_time_s)
             run.wall_time_s += float(np.median(walls))
             run.model_time_s += float(np.median(models))
+            run.record_time_s += float(np.median(records))
             run.nfe_per_solve.append(counter.nfe)
             run.solver_nfe_per_solve.append(result.solver_nfe)
             run.solve_ranges.append((lo, hi))
@@ -347,6 +359,7 @@ def merge_runs(runs: Sequence[SampleRun]) -> SampleRun:
         solve_ranges=[s[0] for s in solves],
         wall_time_s=sum(run.wall_time_s for run in runs),
         model_time_s=sum(run.model_time_s for run in runs),
+        record_time_s=sum(run.record_time_s for run in runs),
         straightness=None if first.straightness is None else first.straightness.clone(),
         curvature=None if first.curvature is None else first.curvature.clone(),
         busiest_wall_time_s=max(run.wall_time_s for run in runs),
