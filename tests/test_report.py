@@ -41,8 +41,39 @@ def test_seed_summary():
     assert s.loc["euler", "seeds"] == 3 and s.loc["euler", "fid_mean"] == pytest.approx(32.0)
     assert s.loc["euler", "fid_std"] == pytest.approx(2.0)
     assert s.loc["rk45", "nfe"] == pytest.approx(81.0)
-    lo, hi = s.loc["euler", "fid_ci_low"], s.loc["euler", "fid_ci_high"]
-    assert 30.0 <= lo <= 32.0 <= hi <= 34.0
+    # Student t: 32 -+ t(0.975, 2) * 2 / sqrt(3), t(0.975, 2) = 4.302652729749464.
+    half = 4.302652729749464 * 2 / 3**0.5
+    assert s.loc["euler", "fid_ci_low"] == pytest.approx(32 - half, rel=1e-10)
+    assert s.loc["euler", "fid_ci_high"] == pytest.approx(32 + half, rel=1e-10)
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5])
+def test_seed_interval_covers_the_mean_at_its_level(seeds):
+    """Simulated: 4000 settings, each with `seeds` normal draws around a known mean; the 95%
+    interval must hold the true mean 95% of the time (binomial SE 0.0034 at 4000)."""
+    rng = np.random.default_rng(seeds)
+    true_mean, settings = 10.0, 4000
+    values = rng.normal(true_mean, 3.0, size=(settings, seeds))
+    frame = records_to_frame([
+        dict(dataset="d", model_id="m", solver="euler", steps=k, seed=j, nfe=1, fid=v,
+             n_samples=100, status="ok", wall_time_s=1.0)
+        for k, row in enumerate(values) for j, v in enumerate(row)
+    ])  # fmt: skip
+    s = seed_summary(frame)
+    covered = ((s["fid_ci_low"] <= true_mean) & (true_mean <= s["fid_ci_high"])).mean()
+    assert len(s) == settings and abs(covered - 0.95) < 0.015
+
+
+def test_percentile_bootstrap_would_undercover_at_two_seeds():
+    """Why not the bootstrap: at 2 seeds its percentile interval is the range of the two
+    bootstrap means, which holds the true mean only half the time."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 1.0, size=(4000, 2))
+    means = rng.choice(2, size=(4000, 2000, 2))
+    boot = np.take_along_axis(values[:, None, :], means, axis=2).mean(axis=2)
+    lo, hi = np.quantile(boot, [0.025, 0.975], axis=1)
+    covered = ((lo <= 0) & (hi >= 0)).mean()
+    assert 0.45 < covered < 0.55
 
 
 def test_paired_differences_use_the_same_seed():
