@@ -64,11 +64,12 @@ import torch
 
 from rfbench import bench, reflow
 from rfbench import data as datamod
+from rfbench.atomic import atomic_write_text
 from rfbench.config import PRESETS, RunConfig
 from rfbench.errors import first_line
 from rfbench.flow import sample_t
 from rfbench.models import build_model, count_parameters
-from rfbench.results import STATUS_OK, atomic_write_text, environment
+from rfbench.results import STATUS_OK, environment
 from rfbench.runtime import Acceleration, accelerate, compile_or_fall_back, device_label
 from rfbench.sample import generate, synchronizer, warm_up
 from rfbench.train import TrainedModel, load_model, train_step

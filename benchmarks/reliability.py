@@ -27,7 +27,7 @@ import pandas as pd
 TOY = ["run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "200"]
 SLOW = [*TOY, "--solvers", "euler,rk45", "--steps", "1,2", "--tols", "1e-2,1e-3,1e-4,1e-5",
         "--stepping", "per-sample"]  # fmt: skip
-TIMING = ["wall_time_s", "model_time_s", "overhead_time_s", "images_per_s"]
+TIMING = ["wall_time_s", "model_time_s", "overhead_time_s", "record_time_s", "images_per_s"]
 
 
 def rfbench(*argv, **kw) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rfbench import data as datamod
-from rfbench.config import RunConfig, cache_dir, check_preset
+from rfbench.config import Preset, RunConfig, cache_dir, check_preset
 from rfbench.data import to_uint8
 from rfbench.distributed import World, batch_ranges, shard
 from rfbench.errors import UserError
@@ -99,7 +99,8 @@ def obtain_model(
     """The cached model for this spec, or train it (resuming a partly trained one)."""
     path = model_cache_path(spec)
     if path.exists():
-        trained = load_model(path, device)
+        remedy = f"; it is rfbench's cached model: delete {path} and rfbench trains it again"
+        trained = load_model(path, device, remedy)
         if trained.epochs_done >= spec.train.epochs and trained.spec == spec:
             log.info("reusing cached model %s (%s)", trained.model_id, path)
             return trained
@@ -320,6 +321,7 @@ def run_cell(
             wall_time_s=run.wall_time_s,
             model_time_s=run.model_time_s,
             overhead_time_s=run.overhead_time_s,
+            record_time_s=run.record_time_s,
             images_per_s=n / run.elapsed_s,
             straightness=float(run.straightness.mean()),
             curvature=float(run.curvature.nanmean()),
@@ -527,6 +529,31 @@ def _model_config(cfg: RunConfig) -> dict | None:
     return config
 
 
+def plan(cfg: RunConfig) -> tuple[Preset, list[dict]]:
+    """Check what ``cfg`` asks for that needs no data and no model (dataset, preset,
+    solvers, the NFE guard); return the preset and the grid's cells. A run calls this before
+    it writes anything."""
+    datamod.get_dataset(cfg.dataset)
+    p = check_preset(cfg.preset, cfg.dataset)
+    check_nfe_guard(cfg.solvers, cfg.steps or p.steps, cfg.max_nfe)
+    return p, grid_cells(cfg, p.steps)
+
+
+def check_nfe_guard(solvers: tuple[str, ...], steps: tuple[int, ...], max_nfe: int) -> None:
+    """Refuse, before any work, a fixed-step cell whose known NFE exceeds the guard (it
+    would fail only after the whole solve's cost)."""
+    for name in solvers:
+        spec = get_solver(name)
+        if spec.adaptive:
+            continue
+        nfe = max(steps) * spec.nfe_per_step
+        if nfe > max_nfe:
+            raise UserError(
+                f"{name} at {max(steps)} steps makes {nfe} network calls per solve, more than "
+                f"--max-nfe {max_nfe}; raise --max-nfe or give fewer --steps"
+            )
+
+
 def sampling_batch_sizes(
     cfg: RunConfig, n: int, batch_size: int, world: World, inversion: int
 ) -> set[int]:
@@ -553,11 +580,8 @@ def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None
     """
     # Section: validate everything, and load the data, before writing anything.
     world = world or World()
-    datamod.get_dataset(cfg.dataset)
-    p = check_preset(cfg.preset, cfg.dataset)
+    p, cells = plan(cfg)
     image_size = preset_image_size(p, cfg.dataset, cfg.image_size)
-    for name in cfg.solvers:
-        get_solver(name)
     device = resolve_device(world.device(cfg.device))
     options = Acceleration(cfg.precision, cfg.channels_last, cfg.compile)
     n = cfg.num_samples or p.num_samples
@@ -572,6 +596,7 @@ def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None
     run_dir = RunDir(out)
     rows = world.on_main(lambda: run_dir.create(cfg.to_dict(), cfg.resume))
     handler = _setup_logging(run_dir) if world.main else None
+    finished = False
     try:
         # Section: models and metric.
         if not candidates:
@@ -591,9 +616,14 @@ def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None
         candidates = [prepare(c, options, device, sizes) for c in candidates]
 
         # Section: the cells, each written as it finishes; several models alternate cell by
-        # cell, so that slow drifts of a shared machine reach them alike.
+        # cell, so that slow drifts of a shared machine reach them alike. A resumed run
+        # retries the cells that failed: their rows are replaced, never duplicated.
+        retried = [r for r in rows if r.get("status") != STATUS_OK]
+        if retried:
+            log.info("retrying %d failed cell(s) of the resumed run", len(retried))
+            rows = [r for r in rows if r.get("status") == STATUS_OK]
         done = {cell_key(r) for r in rows}
-        todo = [(c, m) for c in grid_cells(cfg, p.steps) for m in candidates
+        todo = [(c, m) for c in cells for m in candidates
                 if cell_key({"model_id": m.model_id, **c}) not in done]  # fmt: skip
         for cell, candidate in todo:
             row = run_cell(
@@ -615,7 +645,10 @@ def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None
                 make_all(run_dir.path, formats=("png",))  # figures` writes PDF and SVG
             log.info("run finished in %.1f s: %s", time.perf_counter() - start, run_dir.path)
         world.barrier()
+        finished = True
     finally:
+        if not finished and world.main:
+            run_dir.discard()  # a run this command made and that finished no cell: undone
         if handler is not None:
             log.removeHandler(handler)
             handler.close()

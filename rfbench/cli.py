@@ -94,6 +94,18 @@ def _positive(kind: type, what: str, zero: bool = False) -> Callable[[str], floa
     return parse
 
 
+def _seed(text: str) -> int:
+    """An argparse type for a seed: an integer from 0 to 2**63 - 1."""
+    from rfbench.errors import UserError
+
+    try:
+        return C.check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    except UserError:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {text}") from None
+
+
 _positive_int = _positive(int, "an integer")
 _positive_float = _positive(float, "a number")
 _non_negative_int = _positive(int, "an integer", zero=True)
@@ -199,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--seeds",
-        type=_list_of(int, "seed"),
+        type=_list_of(_seed, "seed"),
         default=C.DEFAULT_SEEDS,
         metavar="0,1,2",
         help="noise seeds; sample i of seed s always starts from the same noise",
@@ -256,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CIFAR-10 settings) or the plugin callable",
     )  # fmt: skip
     _common_data_args(r)
-    r.add_argument("--train-seed", type=int, default=0, help="seed of the trained model")
+    r.add_argument("--train-seed", type=_seed, default=0, help="seed of the trained model")
     r.add_argument(
         "--epochs", type=_positive_int, default=None, help="override the preset's training epochs"
     )
@@ -280,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--epochs", type=_positive_int, default=None, help="override the preset's epochs"
     )
-    t.add_argument("--seed", type=int, default=0, help="training seed")
+    t.add_argument("--seed", type=_seed, default=0, help="training seed")
     _timesteps_arg(t)
     _workers_arg(t)
     _common_data_args(t)
@@ -321,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--loss", choices=("l2", "lpips"), default="l2",
                     help="distillation loss; lpips needs its VGG16 weights in torch hub's "
                     "checkpoints/ (not downloadable offline)")  # fmt: skip
-    rf.add_argument("--seed", type=int, default=0, help="noise seed of the pairs")
+    rf.add_argument("--seed", type=_seed, default=0, help="noise seed of the pairs")
     rf.add_argument("--shard-size", type=_positive_int, default=1000,
                     help="pairs per shard file")  # fmt: skip
     rf.add_argument("--batch-size", type=_positive_int, default=250,
@@ -367,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--view",
         choices=("cells", "seeds", "paired", "pivot", "budget"),
         default="cells",
-        help="cells: one row per cell; seeds: mean, std and bootstrap CI over seeds; paired: "
+        help="cells: one row per cell; seeds: mean, std and Student t CI over seeds; paired: "
         "each setting minus --baseline on the same seeds; pivot: solver (model x solver for "
         "several models) by setting, cells 'mean ± std (NFE)'; budget: per model, the best "
         "--metric within each --nfe-budget and --time-budget",
@@ -514,42 +526,18 @@ def _common_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
 
+def run_config(args: argparse.Namespace) -> C.RunConfig:
+    """The RunConfig of parsed ``rfbench run`` arguments: every field from the option of
+    the same name."""
+    import dataclasses
+
+    return C.RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(C.RunConfig)})
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from rfbench import bench
 
-    cfg = C.RunConfig(
-        dataset=args.dataset,
-        solvers=args.solvers,
-        preset=args.preset,
-        steps=args.steps,
-        tols=args.tols,
-        grids=args.grids,
-        stepping=args.stepping,
-        repeats=args.repeats,
-        seeds=args.seeds,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        metrics=args.metrics,
-        reference=args.reference,
-        feature_extractor=args.feature_extractor,
-        inception_weights=args.inception_weights,
-        checkpoint=args.checkpoint,
-        data_root=args.data_root,
-        device=args.device,
-        out=args.out,
-        resume=args.resume,
-        train_seed=args.train_seed,
-        epochs=args.epochs,
-        max_nfe=args.max_nfe,
-        image_size=args.image_size,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        workers=args.workers,
-        noise_at=args.noise_at,
-        time_scale=args.time_scale,
-        model_config=args.model_config,
-    )
+    cfg = run_config(args)
     out = bench.run(cfg, world=args.world)
     if args.world.main:
         print(out)
@@ -679,23 +667,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rfbench import compare as K
+    from rfbench.atomic import atomic_write_text
     from rfbench.errors import UserError
     from rfbench.report import read_runs
-    from rfbench.results import atomic_write_text
 
     thresholds = {name: K.Threshold.parse(getattr(args, f"max_{name}_increase"))
                   for name in K.GATED}  # fmt: skip
     if args.current is None:
         base, cur = K.within_run(read_runs([args.baseline]))
-        verdict = K.compare(base, cur, thresholds, any_model=True)
+        verdict = K.compare(base, cur, thresholds, True, args.fail_on_missing)
         title = f"rfbench compare (within {args.baseline})"
     else:
         base, cur = read_runs([args.baseline]), read_runs([args.current])
-        verdict = K.compare(base, cur, thresholds, any_model=args.any_model)
+        verdict = K.compare(base, cur, thresholds, args.any_model, args.fail_on_missing)
         title = f"rfbench compare {args.baseline} -> {args.current}"
-    if args.fail_on_missing and verdict["missing"]:
-        verdict["ok"] = False
-        verdict["regressions"] += [{**c, "metric": "missing"} for c in verdict["missing"]]
     summary = K.to_markdown(verdict, title)
     for path, text in ((args.json, K.to_json(verdict)), (args.markdown, summary)):
         if path:
@@ -711,8 +696,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rfbench import report as R
+    from rfbench.atomic import atomic_write_text
     from rfbench.errors import UserError
-    from rfbench.results import atomic_write_text
 
     for option, view in (("baseline", "paired"), ("nfe_budget", "budget"),
                          ("time_budget", "budget")):  # fmt: skip
@@ -745,7 +730,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         atomic_write_text(out, text)
     except OSError as e:
-        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
         raise UserError(f"cannot write {out}: {e.strerror}") from None
     return 0
 

@@ -8,7 +8,14 @@ noise on both sides), on the mean of the per-seed differences d = current - base
   baseline's mean (``5%``);
 - with two or more matched seeds, mean(d) must also exceed twice its standard error,
   std(d) / sqrt(k): a change inside the seed-to-seed noise is not called a regression;
-- failed cells are regressions when the baseline's cell succeeded.
+- NFE is exact (the same model and noise give the same count), so it has no noise
+  allowance and is judged seed by seed: any seed whose NFE grows beyond the threshold
+  regresses (``--max-nfe-increase 0`` means no growth at all);
+- a metric that the baseline has and the current cell lacks (missing, or NaN) regresses;
+- failed cells are regressions when the baseline's cell succeeded;
+- FID and KID are compared only between cells of the same feature extractor, reference
+  and sample count: a matched cell where these differ is reported as incomparable, and
+  that fails the gate, since no threshold can judge such a difference.
 
 Time is judged the same way on ``wall_time_s`` (each cell already the median of its
 ``--repeats``). An absolute time from another machine, or another moment on a shared one,
@@ -33,6 +40,11 @@ from rfbench.results import STATUS_OK
 MATCH = ("dataset", "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping", "seed")
 # metric option name -> results column; lower is better for every one of them.
 GATED = {"fid": "fid", "kid": "kid_mean", "swd": "swd", "nfe": "nfe", "time": "wall_time_s"}
+EXACT = frozenset({"nfe"})  # deterministic: judged seed by seed, with no noise allowance
+# What a quality metric's value depends on besides the samples: cells that differ in any of
+# these cannot be compared on that metric.
+PROTOCOL = ("feature_extractor", "reference", "n_samples")
+PROTOCOL_METRICS = frozenset({"fid", "kid", "swd"})
 
 
 @dataclass(frozen=True)
@@ -75,17 +87,28 @@ DEFAULT_THRESHOLDS = {
 NOISE_SE = 2.0  # a regression must exceed this many standard errors of the paired mean
 
 
-def _key(frame: pd.DataFrame, any_model: bool) -> list[str]:
-    return [k for k in MATCH if k in frame.columns and not (any_model and k == "model_id")]
+def _key(any_model: bool) -> list[str]:
+    return [k for k in MATCH if not (any_model and k == "model_id")]
 
 
 def _normalise(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Key columns as comparable text (CSV reads integers with gaps as floats)."""
-    out = frame.copy()
+    """Every column compare reads, present (empty where the file lacks it), with the key
+    columns as comparable text (CSV reads integers with gaps as floats)."""
+    out = frame.reindex(columns=[*dict.fromkeys([*frame.columns, *keys, *GATED.values(),
+                                                 *PROTOCOL, "status", "error"])])  # fmt: skip
     for k in keys:
-        out[k] = out[k].map(lambda v: "" if pd.isna(v) else (f"{v:g}" if isinstance(v, float)
-                                                                else str(v)))  # fmt: skip
+        out[k] = out[k].astype(object).map(_text)
+    for column in GATED.values():
+        out[column] = pd.to_numeric(out[column], errors="coerce")
     return out
+
+
+def _text(v) -> str:
+    if pd.isna(v):
+        return ""
+    if isinstance(v, float | np.floating):
+        return f"{v:g}"
+    return str(v)
 
 
 def compare(
@@ -93,15 +116,18 @@ def compare(
     current: pd.DataFrame,
     thresholds: dict[str, Threshold | None] | None = None,
     any_model: bool = False,
+    fail_on_missing: bool = False,
 ) -> dict:
     """The verdict of ``current`` against ``baseline``: a JSON-ready dict with
-    ``regressions``, ``improvements``, ``checks``, ``missing`` and ``new`` cells, ``ok``."""
+    ``regressions``, ``improvements``, ``checks``, ``incomparable``, ``missing`` and ``new``
+    cells, ``ok``. The frames are typed results (``results.typed``). With
+    ``fail_on_missing``, a baseline cell absent from the current run is a regression."""
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     if any_model:
         for side, frame in (("baseline", baseline), ("current", current)):
             if frame["model_id"].nunique() > 1:
                 raise UserError(f"--any-model needs one model per side; the {side} has several")
-    keys = _key(baseline, any_model)
+    keys = _key(any_model)
     base, cur = _normalise(baseline, keys), _normalise(current, keys)
     merged = base.merge(cur, on=keys, how="outer", suffixes=("_b", "_c"), indicator=True)
     cell = lambda r: {k: r[k] for k in keys}  # noqa: E731
@@ -109,46 +135,86 @@ def compare(
     new = [cell(r) for _, r in merged[merged["_merge"] == "right_only"].iterrows()]
     both = merged[merged["_merge"] == "both"]
 
-    regressions, improvements, checks = [], [], []
+    regressions, improvements, checks, incomparable = [], [], [], []
     failed = both[(both["status_b"] == STATUS_OK) & (both["status_c"] != STATUS_OK)]
     for _, r in failed.iterrows():
-        regressions.append({**cell(r), "metric": "status", "error": str(r.get("error_c", ""))})
+        regressions.append({**cell(r), "metric": "status", "error": _text(r.get("error_c"))})
     ok = both[(both["status_b"] == STATUS_OK) & (both["status_c"] == STATUS_OK)]
     setting = [k for k in keys if k != "seed"]
     for name, column in GATED.items():
         threshold = thresholds.get(name)
-        if threshold is None or f"{column}_b" not in ok or ok[f"{column}_b"].isna().all():
+        b_col, c_col = f"{column}_b", f"{column}_c"
+        if threshold is None or ok[b_col].isna().all():
             continue
-        for key, g in ok.groupby(setting, dropna=False, sort=True):
-            pairs = g[[f"{column}_b", f"{column}_c"]].dropna()
-            if pairs.empty:
-                continue
-            d = (pairs[f"{column}_c"] - pairs[f"{column}_b"]).to_numpy(dtype=float)
-            b = float(pairs[f"{column}_b"].mean())
-            mean_d = float(d.mean())
-            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
-            allowed = max(threshold.limit(b), NOISE_SE * se)
-            row = {
-                **dict(zip(setting, key if isinstance(key, tuple) else (key,))),
-                "metric": name, "baseline": b, "current": float(pairs[f"{column}_c"].mean()),
-                "change": mean_d, "relative_change": mean_d / b if b else None,
-                "seeds": len(d), "noise_se": se, "threshold": str(threshold),
-                "allowed": allowed,
-            }  # fmt: skip
+        judged = ok[ok[b_col].notna()]
+        if name in PROTOCOL_METRICS:
+            differs = _protocol_differs(judged)
+            for _, r in judged[differs].iterrows():
+                incomparable.append({**cell(r), "metric": name, **{
+                    f"{k}_{side}": _text(r[f"{k}_{suffix}"])
+                    for k in PROTOCOL for side, suffix in (("baseline", "b"), ("current", "c"))
+                }})  # fmt: skip
+            judged = judged[~differs]
+        lost = judged[judged[c_col].isna()]
+        for _, r in lost.iterrows():
+            regressions.append(
+                {**cell(r), "metric": name, "baseline": float(r[b_col]), "current": None,
+                 "error": f"{column} is missing or NaN"}
+            )  # fmt: skip
+        judged = judged[judged[c_col].notna()]
+        for key, g in judged.groupby(setting, dropna=False, sort=True):
+            row, regressed, improved = _judge(name, threshold, g[b_col], g[c_col])
+            row = {**dict(zip(setting, key if isinstance(key, tuple) else (key,))), **row}
             checks.append(row)
-            if mean_d > allowed:
+            if regressed:
                 regressions.append(row)
-            elif mean_d < -max(threshold.limit(b), NOISE_SE * se):
+            elif improved:
                 improvements.append(row)
+    if fail_on_missing:
+        regressions += [{**c, "metric": "missing"} for c in missing]
     return {
-        "ok": not regressions,
+        "ok": not regressions and not incomparable,
         "regressions": regressions,
         "improvements": improvements,
         "checks": checks,
+        "incomparable": incomparable,
         "missing": missing,
         "new": new,
         "thresholds": {k: (str(v) if v is not None else None) for k, v in thresholds.items()},
     }
+
+
+def _protocol_differs(pairs: pd.DataFrame) -> pd.Series:
+    """Rows whose extractor, reference or sample count differs between the two sides."""
+    differs = pd.Series(False, index=pairs.index)
+    for k in PROTOCOL:
+        b, c = pairs[f"{k}_b"].map(_text), pairs[f"{k}_c"].map(_text)
+        differs |= b != c
+    return differs
+
+
+def _judge(
+    name: str, threshold: Threshold, baseline: pd.Series, current: pd.Series
+) -> tuple[dict, bool, bool]:
+    """One setting's check: (the reported row, regressed, improved)."""
+    d = (current - baseline).to_numpy(dtype=float)
+    b = float(baseline.mean())
+    limit = threshold.limit(b)
+    mean_d = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    if name in EXACT:  # no noise to allow for: the worst seed decides
+        worst = float(d.max())
+        allowed, regressed, improved = limit, worst > limit, float(d.min()) < -limit and worst <= 0
+    else:
+        allowed = max(limit, NOISE_SE * se)
+        regressed, improved = mean_d > allowed, mean_d < -allowed
+    row = {
+        "metric": name, "baseline": b, "current": float(current.mean()), "change": mean_d,
+        "relative_change": mean_d / b if b else None, "seeds": len(d),
+        "worst_seed_change": float(d.max()), "noise_se": se, "threshold": str(threshold),
+        "allowed": allowed,
+    }  # fmt: skip
+    return row, regressed, improved
 
 
 def within_run(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -166,7 +232,12 @@ def within_run(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def to_markdown(verdict: dict, title: str = "rfbench compare") -> str:
     """A summary fit for a pull-request comment."""
-    lines = [f"### {title}: {'no regression' if verdict['ok'] else 'REGRESSION'}", ""]
+    status = (
+        "no regression"
+        if verdict["ok"]
+        else ("REGRESSION" if verdict["regressions"] else "NOT COMPARABLE")
+    )
+    lines = [f"### {title}: {status}", ""]
     thresholds = ", ".join(f"{k} +{v}" for k, v in verdict["thresholds"].items() if v is not None)
     lines += [f"Allowed increases: {thresholds}; beyond {NOISE_SE:g} standard errors of the "
               "paired seed differences where there are two or more seeds.", ""]  # fmt: skip
@@ -177,6 +248,12 @@ def to_markdown(verdict: dict, title: str = "rfbench compare") -> str:
     lines.append(f"{len(verdict['checks'])} checks passed or improved; "
                  f"{len(verdict['missing'])} cells missing from the current run, "
                  f"{len(verdict['new'])} new.")  # fmt: skip
+    if verdict.get("incomparable"):
+        lines += ["", "**Not comparable**: these cells were measured with another feature "
+                  "extractor, reference or sample count on each side, so their "
+                  "quality metric cannot be gated. Rerun the baseline with the current "
+                  "protocol (see docs on portable baselines).", "",
+                  _table(verdict["incomparable"])]  # fmt: skip
     for label, cells in (("Missing", verdict["missing"]), ("New", verdict["new"])):
         if cells:
             lines += ["", f"**{label} cells**", "", _table(cells)]

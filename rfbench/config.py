@@ -172,11 +172,34 @@ DEFAULT_PRESET = "quick"
 
 
 def cache_dir() -> Path:
-    """rfbench's cache (models, classifiers, reference statistics): $RFBENCH_CACHE or ~/.cache."""
+    """rfbench's cache (models, classifiers, reference statistics): $RFBENCH_CACHE or
+    ~/.cache/rfbench. A path that exists and is not a directory is a UserError."""
+    from rfbench.errors import UserError
+
     env = os.environ.get("RFBENCH_CACHE")
     if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfbench"
+        path, named = Path(env), f"RFBENCH_CACHE={env}"
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfbench"
+        named = f"the cache {path}"
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{named} cannot be a cache directory: {p} is not a directory")
+            break
+    return path
+
+
+SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63: numpy's SeedSequence and torch take them
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """``seed`` if it is an integer in [0, 2**63), else a UserError naming ``what``."""
+    from rfbench.errors import UserError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{what} must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -214,6 +237,11 @@ class RunConfig:
     noise_at: int = 0  # external models: the t at which their noise lies (rfbench: 0)
     time_scale: float = 1.0  # external models: they take t * time_scale (999: DDPM-style)
     model_config: str | None = None  # external models: JSON file of constructor arguments
+
+    def __post_init__(self) -> None:
+        for seed in self.seeds:
+            check_seed(seed, "each of --seeds")
+        check_seed(self.train_seed, "--train-seed")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

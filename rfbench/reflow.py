@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from rfbench.atomic import atomic_torch_save, atomic_write_text
 from rfbench.config import TrainConfig
 from rfbench.data import DataSplit, content_hash
 from rfbench.errors import UserError
@@ -106,9 +107,7 @@ class PairStore:
             raise UserError(f"cannot read {self.manifest_path}: {e}") from None
 
     def _write_manifest(self, manifest: dict) -> None:
-        tmp = self.manifest_path.with_name(self.manifest_path.name + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.manifest_path)
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     def shard_path(self, index: int) -> Path:
         return self.dir / f"shard-{index:05d}.pt"
@@ -192,9 +191,7 @@ def generate_pairs(
             raise UserError(f"the parent's solve gave NaN or Inf in pairs [{lo}, {hi})")
         x0 = noise(spec.seed, range(lo, hi), spec.sample_shape)
         path = store.shard_path(i)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": PAIRS_FORMAT, "lo": lo, "hi": hi, "x0": x0, "x1": run.x}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"format": PAIRS_FORMAT, "lo": lo, "hi": hi, "x0": x0, "x1": run.x}, path)
         store.record(manifest, i, {
             "lo": lo, "hi": hi, "nfe_per_sample": run.nfe_per_sample,
             "nfe_per_batch": run.nfe_per_solve, "wall_time_s": run.wall_time_s,

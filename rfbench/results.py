@@ -13,6 +13,8 @@ import os
 import platform
 import re
 import subprocess
+import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rfbench.atomic import atomic_write, atomic_write_text
 from rfbench.errors import UserError
 
 # The schema: every row has these columns, in this order (DESIGN.md, "Results schema").
@@ -57,6 +60,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "nfe_std",
     "curvature",
     "nfe_total",
+    "record_time_s",
     "solver_nfe",
     "precision",
     "recall",
@@ -73,6 +77,78 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "compiled",
     "time_convention",
 )
+# The type of every column rfbench writes. The schema, not pandas' guess from the values,
+# decides how a column is held and read back: a column of single-batch counts ("86") is
+# text, whatever it looks like, so results.parquet never meets two types in one column.
+_TEXT, _FLOAT, _INT, _BOOL = "string", "float64", "Int64", "boolean"
+COLUMN_TYPES: dict[str, str] = {
+    **dict.fromkeys(
+        ("dataset", "model_id", "solver", "family", "nfe_per_batch", "feature_extractor",
+         "reference", "device", "status", "error", "grid", "stepping", "solver_nfe",
+         "compute_dtype", "time_convention", "run"), _TEXT),
+    **dict.fromkeys(("steps", "batch_size", "n_samples", "seed", "nfe_total", "oom_retries",
+                     "world_size"), _INT),
+    **dict.fromkeys(("channels_last", "compiled"), _BOOL),
+}  # fmt: skip
+_KNOWN = frozenset({*COLUMNS, *EXTRA_COLUMNS, *COLUMN_TYPES})
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def column_type(column: str) -> str:
+    """The schema type of a column: text, Int64, boolean, or float64 for every metric."""
+    return COLUMN_TYPES.get(column, _FLOAT)
+
+
+def _typed_column(values: pd.Series, kind: str) -> pd.Series:
+    """``values`` as ``kind``; a ValueError names the first value that is not one."""
+    present = values.notna()
+    if kind == _TEXT:
+        return values.astype("string")
+    if kind == _BOOL:
+        words = values[present].map(lambda v: _BOOLS.get(str(v).strip().lower()))
+        bad = words.isna()
+        if bad.any():
+            raise ValueError(f"{values[present][bad].iloc[0]!r} is not true or false")
+        return words.reindex(values.index).astype("boolean")
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    bad = present & numbers.isna()
+    if bad.any():
+        raise ValueError(f"{values[bad].iloc[0]!r} is not a number")
+    if kind == _INT:
+        given = numbers[present]
+        bad = (given != given.round()) | (given.abs() >= 2**63)
+        if bad.any():
+            raise ValueError(f"{values[present][bad].iloc[0]!r} is not an integer")
+        return numbers.astype("Int64")
+    return numbers
+
+
+def typed(frame: pd.DataFrame, source: str = "results") -> pd.DataFrame:
+    """Every column of ``frame`` as the schema types it (unknown columns: float when they
+    hold numbers only, else text). A value of the wrong type is a UserError naming the
+    column and ``source``."""
+    out = frame.copy()
+    for column in out.columns:
+        kind = column_type(column) if column in _KNOWN else None
+        if kind is None:  # a column rfbench does not know: numbers, or text
+            numeric = pd.to_numeric(out[column], errors="coerce")
+            kind = _FLOAT if (numeric.notna() == out[column].notna()).all() else _TEXT
+        try:
+            out[column] = _typed_column(out[column], kind)
+        except ValueError as e:
+            raise UserError(f"{source}: column {column}: {e}") from None
+    return out
+
+
+def read_results_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A results.csv as a frame typed by the schema; a file that is not one is a UserError."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+    return typed(frame, str(path))
+
+
 # The columns that identify a cell; a resumed run skips rows whose key is done.
 CELL_KEY: tuple[str, ...] = (
     "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping", "seed",
@@ -86,19 +162,26 @@ STATUS_FAILED = "failed"
 
 
 def records_to_frame(records: list[dict]) -> pd.DataFrame:
-    """Rows (dicts) -> a DataFrame with every schema column; missing values stay empty (NaN)."""
+    """Rows (dicts) -> a DataFrame with every schema column, typed by the schema; missing
+    values stay empty (NA)."""
     frame = pd.DataFrame.from_records(records)
     extra = [c for c in EXTRA_COLUMNS if c in frame.columns]
     others = [c for c in frame.columns if c not in COLUMNS and c not in EXTRA_COLUMNS]
-    return frame.reindex(columns=[*COLUMNS, *extra, *others])
+    return typed(frame.reindex(columns=[*COLUMNS, *extra, *others]))
+
+
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
 
 
 def cell_key(row: dict) -> tuple:
     """The identity of a cell, normalised so that values read back from CSV compare equal."""
 
     def norm(v):
-        if v is None or (isinstance(v, float) and v != v):
+        if _missing(v):
             return None
+        if isinstance(v, np.generic):
+            v = v.item()
         if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
             return int(v)
         return v
@@ -117,12 +200,6 @@ def cell_id(row: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", f"{model}--{solver}-{setting}-seed{seed}")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class RunDir:
     """The files of one run; rows are appended cell by cell."""
 
@@ -135,7 +212,11 @@ class RunDir:
     def create(self, config: dict, resume: bool) -> list[dict]:
         """Make the directory and lock it; return the rows already done (``resume``); never
         overwrite. The lock (``flock`` on ``.lock``) is held until ``close()`` or the
-        process ends, however it ends, so a second run on the same directory stops."""
+        process ends, however it ends, so a second run on the same directory stops.
+
+        Everything that can be checked (an existing run, its config and results) is checked
+        before anything is written."""
+        self._made = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -152,23 +233,62 @@ class RunDir:
 
     def _start(self, config: dict, resume: bool) -> list[dict]:
         config_path = self.path / "config.json"
-        if self.results_csv.exists() or config_path.exists():
+        existing = self.results_csv.exists() or config_path.exists()
+        if existing:
             if not resume:
                 raise UserError(
                     f"{self.path} already holds a run; pass --resume to continue it, or choose "
                     "another --out"
                 )
             if config_path.exists():
-                old = json.loads(config_path.read_text())
+                old = _read_json(config_path, "its config.json")
                 new = json.loads(json.dumps(config))
+                if not isinstance(old, dict):
+                    raise UserError(f"cannot resume {self.path}: its config.json is not a config")
                 mismatch = sorted(k for k in new if k not in _RESUMABLE and old.get(k) != new[k])
                 if mismatch:
                     raise UserError(
                         f"cannot resume {self.path}: its config differs in {', '.join(mismatch)}"
                     )
+        rows = self.read_rows() if resume else []
+        invocations = self._invocations()
+        for folder in (self.path, self.path / "samples", self.path / "trajectories"):
+            for stale in folder.glob(".*.tmp"):  # left by a killed writer; the lock is ours
+                stale.unlink(missing_ok=True)
+        self.fresh = not existing  # this invocation made the run: discard() may undo it
         atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(self.path / "env.json", json.dumps(environment(), indent=2) + "\n")
-        return self.read_rows() if resume else []
+        entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+                 "resume": resume, "rows_done": len(rows), **environment()}  # fmt: skip
+        text = json.dumps({"invocations": [*invocations, entry]}, indent=2)
+        atomic_write_text(self.path / "env.json", text + "\n")
+        return rows
+
+    def _invocations(self) -> list[dict]:
+        """The env.json entries of the earlier invocations of this run (one per invocation;
+        a run written before invocations were kept has its one environment as the first)."""
+        path = self.path / "env.json"
+        if not path.exists():
+            return []
+        env = _read_json(path, "its env.json")
+        if isinstance(env, dict) and isinstance(env.get("invocations"), list):
+            return env["invocations"]
+        return [env]
+
+    def discard(self) -> None:
+        """Undo a run that this invocation created and that finished no cell: remove what
+        it wrote (and the directory, if it made it and nothing else is in it), so that the
+        same command can be run again without --resume. Anything else stays."""
+        if not getattr(self, "fresh", False) or self.results_csv.exists():
+            return
+        self.close()
+        for name in ("config.json", "env.json", "run.log", ".lock"):
+            (self.path / name).unlink(missing_ok=True)
+        for kind in ("samples", "trajectories"):
+            folder = self.path / kind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if self._made and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def _lock(self) -> None:
         import fcntl
@@ -199,11 +319,18 @@ class RunDir:
     def read_rows(self) -> list[dict]:
         if not self.results_csv.exists():
             return []
-        frame = pd.read_csv(self.results_csv, keep_default_na=True)
+        frame = read_results_csv(self.results_csv)
+        missing = [c for c in CELL_KEY if c not in frame.columns]
+        if missing:
+            raise UserError(
+                f"{self.results_csv} is not an rfbench results file (no {', '.join(missing)}); "
+                "move it away, or choose another --out"
+            )
         return [
-            {k: v for k, v in r.items() if not (isinstance(v, float) and v != v)}
-            for r in frame.to_dict("records")
-        ]
+            {k: (v.item() if isinstance(v, np.generic) else v)
+             for k, v in r.items() if not _missing(v)}
+            for r in frame.astype(object).to_dict("records")
+        ]  # fmt: skip
 
     def write_rows(self, rows: list[dict]) -> pd.DataFrame:
         """Rewrite results.csv (and .parquet) with all rows so far, atomically."""
@@ -211,23 +338,26 @@ class RunDir:
         atomic_write_text(self.results_csv, frame.to_csv(index=False))
         try:
             import pyarrow  # noqa: F401
-
-            tmp = self.path / "results.parquet.tmp"
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path / "results.parquet")
         except ImportError:
-            pass
+            return frame
+        atomic_write(self.path / "results.parquet", lambda f: frame.to_parquet(f, index=False))
         return frame
 
     def save_arrays(self, kind: str, row: dict, **arrays) -> Path:
         """Write ``<kind>/<cell_id>.npz`` atomically: a cell's saved samples or trajectories."""
         path = self.path / kind / f"{cell_id(row)}.npz"
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"cannot resume {path.parent}: {what} is not readable JSON ({e}); move it away, "
+            "or choose another --out"
+        ) from None
 
 
 def _git(*args: str) -> str | None:

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from rfbench.atomic import atomic_torch_save
 from rfbench.config import MLPConfig, TrainConfig, UNetConfig
 from rfbench.data import DataSplit
 from rfbench.distributed import World
@@ -348,18 +349,34 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint dict with ``weights_only=True``; refuse anything else."""
-    return load_dict(path, "checkpoint", CHECKPOINT_FORMAT)
+CHECKPOINT_KEYS = ("spec", "ema", "epoch", "losses")  # what every checkpoint holds
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the EMA network of a checkpoint."""
+def read_checkpoint(path: str | os.PathLike, remedy: str = "") -> dict:
+    """Load a checkpoint dict with ``weights_only=True``; refuse anything else, including a
+    dict that lacks one of CHECKPOINT_KEYS. ``remedy`` ends the messages."""
+    ckpt = load_dict(path, "checkpoint", CHECKPOINT_FORMAT, remedy)
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} holds no {', '.join(missing)}{remedy}")
+    return ckpt
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", remedy: str = ""
+) -> TrainedModel:
+    """Rebuild the EMA network of a checkpoint. ``remedy`` ends every error message (the
+    model cache says which file to delete)."""
+    try:
+        return _load_model(path, device)
+    except UserError as e:
+        raise UserError(f"{e}{remedy}") from None
+
+
+def _load_model(path: str | os.PathLike, device: str | torch.device) -> TrainedModel:
     ckpt = read_checkpoint(path)
     try:
         spec = ModelSpec.from_dict(ckpt["spec"])

@@ -104,8 +104,8 @@ def test_toy2d_run_end_to_end(tmp_path, capsys):
     assert (frame["stepping"] == "batched").all() and (
         frame[frame.family == "fixed"].grid == "uniform"
     ).all()
-    env = json.loads((out / "env.json").read_text())
-    assert env["torch"] and "packages" in env
+    (env,) = json.loads((out / "env.json").read_text())["invocations"]  # one per invocation
+    assert env["torch"] and "packages" in env and env["resume"] is False
     # The first samples of every cell, and the paths of the fixed-step cells, for figures.
     for _, row in frame.iterrows():
         saved = np.load(out / "samples" / f"{cell_id(row.to_dict())}.npz")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from rfbench.cli import main
-from rfbench.compare import Threshold, compare
+from rfbench.compare import Threshold, compare, to_markdown
 from rfbench.errors import UserError
 from rfbench.results import records_to_frame
 
@@ -185,3 +185,57 @@ def test_json_is_strict():
 
     text = to_json({"x": float("nan"), "y": [float("inf"), 1.0]})
     assert json.loads(text) == {"x": None, "y": [None, 1.0]} and "NaN" not in text
+
+
+def test_nfe_is_exact_so_a_zero_threshold_means_no_growth():
+    """38, 38 -> 38, 48 over two seeds: the noise allowance of 2 SE (here 10) must not
+    apply to a deterministic count; neither may a mean that hides one seed's growth."""
+    base = _frame(fid=(100.0, 100.0), nfe=38.0)
+    grown = _frame(fid=(100.0, 100.0), nfe=38.0)
+    grown.loc[1, "nfe"] = 48.0
+    verdict = compare(base, grown)
+    assert _regressed(verdict) == {"nfe"}
+    assert verdict["regressions"][0]["worst_seed_change"] == 10.0
+    assert verdict["regressions"][0]["allowed"] == 0.0
+    swapped = _frame(fid=(100.0, 100.0), nfe=38.0)
+    swapped["nfe"] = [48.0, 28.0]  # mean unchanged, one seed grew
+    assert _regressed(compare(base, swapped)) == {"nfe"}
+    assert compare(base, swapped, {"nfe": Threshold.parse("10")})["ok"]
+
+
+@pytest.mark.parametrize("lost", ["nan", "column"])
+def test_a_metric_lost_in_the_current_run_is_a_regression(lost):
+    base = _frame(fid=(100.0, 101.0))
+    cur = _frame(fid=(float("nan"), float("nan")))
+    if lost == "column":
+        cur = cur.drop(columns="fid")
+    verdict = compare(base, cur)
+    assert _regressed(verdict) == {"fid"} and len(verdict["regressions"]) == 2
+    assert verdict["regressions"][0]["current"] is None
+
+
+def test_different_extractors_are_not_comparable():
+    base = _frame(fid=(100.0,)).assign(feature_extractor="classifier-8766791e", reference="r")
+    cur = _frame(fid=(100.0,)).assign(feature_extractor="classifier-7ffdd57a", reference="r")
+    verdict = compare(base, cur)
+    assert not verdict["ok"] and not verdict["regressions"]
+    (row,) = verdict["incomparable"]
+    assert row["feature_extractor_baseline"] == "classifier-8766791e"
+    assert row["feature_extractor_current"] == "classifier-7ffdd57a"
+    assert "NOT COMPARABLE" in to_markdown(verdict)
+    assert not compare(base, base.assign(n_samples=500))["ok"]
+    assert compare(base, base)["ok"]
+
+
+def test_malformed_inputs_end_in_one_line(tmp_path, capsys):
+    base = tmp_path / "base.csv"
+    _frame(fid=(100.0,)).to_csv(base, index=False)
+    no_grid = tmp_path / "no_grid.csv"
+    _frame(fid=(100.0,)).drop(columns="grid").to_csv(no_grid, index=False)
+    assert main(["compare", str(base), str(no_grid)]) == 0  # grid empty on one side: new cell
+    words = tmp_path / "words.csv"
+    _frame(fid=(100.0, 100.0)).assign(nfe=["8", "many"]).to_csv(words, index=False)
+    capsys.readouterr()
+    assert main(["compare", str(base), str(words)]) == 2
+    err = capsys.readouterr().err
+    assert "column nfe" in err and "'many' is not a number" in err and len(err.splitlines()) == 1

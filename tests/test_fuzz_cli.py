@@ -1,5 +1,7 @@
 """Hypothesis fuzzing of the command line's list and number parsing: any text either parses
-to valid values or ends in one line and exit code 2; never a traceback."""
+to valid values or ends in one line and exit code 2; never a traceback. What parses goes on
+to the run's configuration and plan (everything a run checks before it writes), and each
+planned cell's noise and time grid are drawn: a value that passes parsing must work."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rfbench.cli import build_parser
+from rfbench.bench import plan
+from rfbench.cli import build_parser, run_config
 from rfbench.compare import Threshold
 from rfbench.errors import UserError
+from rfbench.sample import noise
+from rfbench.solvers import time_grid
 
 PARSER = build_parser()
 TOKENS = [*"0123456789,.-+eE%abcxyz _\t", "inf", "nan", "1e999", "euler", "rk45", "uniform"]
@@ -22,7 +27,8 @@ FUZZ = settings(max_examples=150, deadline=None,
 OPTIONS = {
     "--steps": lambda v: all(isinstance(s, int) and s > 0 for s in v),
     "--tols": lambda v: all(s > 0 for s in v),
-    "--seeds": lambda v: all(isinstance(s, int) for s in v),
+    "--seeds": lambda v: all(isinstance(s, int) and 0 <= s < 2**63 for s in v),
+    "--train-seed": lambda v: isinstance(v, int) and 0 <= v < 2**63,
     "--solvers": lambda v: len(v) >= 1,
     "--grids": lambda v: len(v) >= 1,
     "--num-samples": lambda v: isinstance(v, int) and v > 0,
@@ -52,6 +58,29 @@ def test_run_options_parse_or_fail_in_one_line(option, text, capsys):
     assert OPTIONS[option](value), (option, text, value)
     if isinstance(value, tuple):
         assert len(set(value)) == len(value)  # repeats are refused
+    _plan_and_draw(args)
+
+
+def _plan_and_draw(args) -> None:
+    """Past parsing: the config and the plan hold, or fail with one UserError line; every
+    planned cell's noise and time grid can be made."""
+    try:
+        cells = plan(run_config(args))[1]
+    except UserError as e:
+        assert "\n" not in str(e)
+        return
+    for cell in cells:
+        assert noise(cell["seed"], [0, 1], (2,)).shape == (2, 2)
+        if cell["steps"] is not None:
+            ts = time_grid(cell["steps"], grid=cell["grid"])
+            assert ts[0] == 0 and ts[-1] == 1
+
+
+@pytest.mark.parametrize("seeds", ["-1", "0,-3", "9223372036854775808", "1180591620717411303424"])
+def test_out_of_range_seeds_fail_in_one_line(seeds, capsys):
+    for option in ("--seeds", "--train-seed") if "," not in seeds else ("--seeds",):
+        args, err = _parse(["run", "--dataset", "toy2d", f"{option}={seeds}"], capsys)
+        assert args is None and "2**63" in err and err.count("\n") == 1
 
 
 @FUZZ

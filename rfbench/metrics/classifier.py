@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from tqdm.auto import tqdm
 
+from rfbench.atomic import atomic_torch_save
 from rfbench.config import cache_dir
 from rfbench.data import DataSplit, content_hash, from_uint8
 from rfbench.errors import UserError
@@ -133,8 +134,7 @@ def get_classifier(
         net, acc = train_classifier(train, test, device=device, progress=progress)
         c, h, _ = train.sample_shape
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
+        atomic_torch_save(
             {
                 "format": CLASSIFIER_FORMAT,
                 "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
@@ -145,9 +145,8 @@ def get_classifier(
                 "test_accuracy": acc,
                 "state_sha256": _state_sha256(net.state_dict()),
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
     payload = load_classifier_payload(path)
     return ClassifierInfo(str(path), _file_sha256(path), float(payload["test_accuracy"]))
 

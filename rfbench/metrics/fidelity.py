@@ -11,7 +11,6 @@ tensors, loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +27,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor
 from tqdm.auto import tqdm
 
+from rfbench.atomic import atomic_torch_save
 from rfbench.config import cache_dir
 from rfbench.data import DataSplit, content_hash, to_uint8
 from rfbench.errors import UserError
@@ -148,11 +148,13 @@ class FidelityMetrics:
             root.mkdir(parents=True, exist_ok=True)
             for layer in missing:
                 out[layer] = fresh[layer]
-                tmp = paths[layer].with_name(paths[layer].name + ".tmp")
                 features = fresh[layer]
-                torch.save({"format": FEATURES_FORMAT, "features": features,
-                            "sha256": content_hash(features.numpy())}, tmp)  # fmt: skip
-                os.replace(tmp, paths[layer])
+                payload = {
+                    "format": FEATURES_FORMAT,
+                    "features": features,
+                    "sha256": content_hash(features.numpy()),
+                }
+                atomic_torch_save(payload, paths[layer])
         return out
 
     def reference_fid_statistics(self) -> dict:

@@ -1,0 +1,40 @@
+"""Atomic file writes: a file is either its old self or wholly the new one, never half.
+
+Each write goes to a temporary file with a unique name beside the target, then replaces
+the target with ``os.replace``. The unique name matters for caches that several processes
+may fill at once (two runs training the same classifier): with one fixed temporary name,
+one process could rename the other's half-written file into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a new temporary file beside ``path``, then move it onto
+    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
+    import torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))

@@ -1,0 +1,172 @@
+"""Inputs that once ended in a traceback, did the wrong thing, or left a half-made run
+directory: each now ends in one line on stderr and exit code 2, with nothing written lost
+and no run directory left behind that would force --resume on the next try."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from rfbench.cli import main
+from rfbench.train import CHECKPOINT_FORMAT
+
+TOY = ["run", "--dataset", "toy2d", "--epochs", "1", "--num-samples", "60", "--batch-size", "60",
+       "--solvers", "euler", "--steps", "1,2"]  # fmt: skip
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != ".lock":
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def _fails_in_one_line(argv, capsys, needle: str) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    last = err.strip().splitlines()
+    assert len(last) == 1 and "Traceback" not in err and needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bad") / "done"
+    assert main([*TOY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def copy_of(done, tmp_path):
+    def make(name: str = "copy") -> Path:
+        import shutil
+
+        return Path(shutil.copytree(done, tmp_path / name, ignore=shutil.ignore_patterns(".lock")))
+
+    return make
+
+
+def test_checkpoint_with_nothing_but_its_format(tmp_path, capsys):
+    path = tmp_path / "bare.pt"
+    torch.save({"format": CHECKPOINT_FORMAT}, path)
+    out = tmp_path / "run"
+    _fails_in_one_line([*TOY, "--checkpoint", str(path), "--out", str(out)], capsys,
+                       "holds no spec, ema, epoch, losses")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda p: p.write_bytes(os.urandom(300)), "results"),
+    (lambda p: p.write_text(p.read_text().replace(",0,", ",zero,", 1)), "column seed"),
+    (lambda p: p.write_text("just some text\n"), "not an rfbench results file"),
+])  # fmt: skip
+def test_resume_over_a_damaged_results_csv(copy_of, capsys, damage, needle):
+    run = copy_of()
+    damage(run / "results.csv")
+    before = _digest(run)
+    _fails_in_one_line([*TOY, "--out", str(run), "--resume"], capsys, needle)
+    assert _digest(run) == before
+
+
+def test_resume_over_a_damaged_config(copy_of, capsys):
+    run = copy_of()
+    (run / "config.json").write_text("{ not json")
+    before = _digest(run)
+    _fails_in_one_line([*TOY, "--out", str(run), "--resume"], capsys, "config.json")
+    assert _digest(run) == before
+
+
+@pytest.mark.parametrize("option", [["--seeds=-1"], ["--train-seed", str(2**70)]])
+def test_seeds_out_of_range(tmp_path, capsys, option):
+    out = tmp_path / "run"
+    _fails_in_one_line([*TOY, *option, "--out", str(out)], capsys, "2**63")
+    assert not out.exists()
+
+
+def test_cache_that_is_a_regular_file(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.write_text("")
+    monkeypatch.setenv("RFBENCH_CACHE", str(cache))
+    out = tmp_path / "run"
+    _fails_in_one_line([*TOY, "--out", str(out)], capsys, "is not a directory")
+    assert not out.exists()  # the run it had started is undone
+    monkeypatch.setenv("RFBENCH_CACHE", str(cache / "below"))
+    _fails_in_one_line([*TOY, "--out", str(out)], capsys, "is not a directory")
+    assert not out.exists()
+
+
+def test_a_failure_after_the_run_started_leaves_no_half_made_directory(tmp_path, capsys):
+    """Into an existing directory of the user's: only what the run wrote is removed."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    bare = tmp_path / "bare.pt"
+    torch.save({"format": CHECKPOINT_FORMAT}, bare)
+    _fails_in_one_line([*TOY, "--checkpoint", str(bare), "--out", str(out)], capsys, "holds no")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_steps_beyond_the_nfe_guard_fail_before_any_work(tmp_path, capsys):
+    import time
+
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    _fails_in_one_line([*TOY, "--steps", "20000", "--out", str(out)], capsys, "--max-nfe 10000")
+    assert time.perf_counter() - start < 30 and not out.exists()
+    _fails_in_one_line(["run", "--dataset", "toy2d", "--solvers", "rk4", "--steps", "2501",
+                        "--out", str(out)], capsys, "10004 network calls")  # fmt: skip
+
+
+def test_truncated_cached_model_names_the_file_to_delete(done, capsys, tmp_path):
+    from rfbench.config import cache_dir
+
+    (cached,) = (cache_dir() / "models").glob("toy2d-quick-e1-*.pt")
+    whole = cached.read_bytes()
+    try:
+        cached.write_bytes(whole[:500])
+        err = _fails_in_one_line([*TOY, "--out", str(tmp_path / "run")], capsys, "delete")
+        assert str(cached) in err
+    finally:
+        cached.write_bytes(whole)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_single_batch_cells_keeps_parquet_in_step(copy_of, capsys):
+    """Cells of one batch write nfe_per_batch "1": read back, it must stay text, or the
+    resumed run's new row (text) and the old ones (integers) cannot share a Parquet column."""
+    pytest.importorskip("pyarrow")
+    run = copy_of()
+    frame = pd.read_csv(run / "results.csv")
+    frame.iloc[:1].to_csv(run / "results.csv", index=False)  # as if killed after one cell
+    assert main([*TOY, "--out", str(run), "--resume"]) == 0
+    csv = pd.read_csv(run / "results.csv", dtype={"nfe_per_batch": str})
+    parquet = pd.read_parquet(run / "results.parquet")
+    assert len(csv) == len(parquet) == 2
+    assert parquet["nfe_per_batch"].tolist() == csv["nfe_per_batch"].tolist() == ["1", "2"]
+    assert (run / "table.md").exists()
+
+
+def test_resume_keeps_every_invocation_and_retries_failed_cells(copy_of, capsys):
+    import json
+
+    run = copy_of()
+    frame = pd.read_csv(run / "results.csv", dtype={"error": object})
+    frame.loc[1, ["status", "error", "swd"]] = ["failed", "RuntimeError: injected", None]
+    frame.to_csv(run / "results.csv", index=False)
+    assert main([*TOY, "--out", str(run), "--resume"]) == 0
+    after = pd.read_csv(run / "results.csv")
+    assert len(after) == 2 and (after["status"] == "ok").all()
+    assert sorted(after["steps"]) == [1, 2]
+    invocations = json.loads((run / "env.json").read_text())["invocations"]
+    assert [e["resume"] for e in invocations] == [False, True]
+    assert invocations[1]["rows_done"] == 2 and invocations[0]["torch"] == torch.__version__
