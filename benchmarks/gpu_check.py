@@ -584,7 +584,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="where the dataset's files are")
     p.add_argument("--budget-s", type=float, default=480, help="seconds the check may take")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and toy2d, for a CPU test")
+    p.add_argument("--skip", default="", metavar="S1,S2",
+                   help=f"steps not to run, from: {', '.join(k for k, _, _ in STEPS)}")  # fmt: skip
     args = p.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    unknown = skip - {k for k, _, _ in STEPS}
+    if unknown:
+        print(f"gpu_check: unknown --skip step(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available() and not args.smoke and args.device != "cpu":
         print(
             "gpu_check: no CUDA device here; this check is for a lent GPU (use --smoke for a "
@@ -615,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     failures = 0
     for number, (key, title, fn) in enumerate(STEPS, 1):
+        if key in skip:
+            report += [f"## {number}. {title}", "", "skipped: --skip", ""]
+            continue
         lines, failed = run_step(ck, number, key, title, fn)
         report += lines
         failures += failed

@@ -3,10 +3,12 @@
     python benchmarks/reliability.py --out results/reliability.md
 
 Every bad input runs as its own `python -m rfbench` process beside a finished run
-directory; it passes when the process exits 2 with one line on stderr, no traceback, and
-the run directory's files unchanged. Faults: SIGKILL during a grid and during training,
-then a resume; a second run on a busy directory. "Lost" compares the final results (or
-model) with an uninterrupted one.
+directory; it passes when the process exits 2 with exactly one line on stderr, no
+traceback, the finished run directory's files unchanged, and no run directory left at a
+fresh --out (which would force --resume on the next try). A few inputs that once crashed
+are valid and must simply work (their expected exit code is given). Faults: SIGKILL
+during a grid and during training, then a resume; a second run on a busy directory.
+"Lost" compares the final results (or model) with an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import hashlib
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 TOY = ["run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "200"]
@@ -43,13 +47,48 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def bad_inputs(work: Path) -> list[tuple[str, str, list]]:
-    """(kind, case, argv) for every bad input tried."""
+def _idx(path: Path, shape: tuple[int, ...], keep: int | None = None) -> None:
+    """An IDX file of zeros with this shape; ``keep`` bytes of its data only (truncated)."""
+    header = bytes([0, 0, 8, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape)
+    data = bytes(int(np.prod(shape)))
+    path.write_bytes(header + (data if keep is None else data[:keep]))
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def bad_inputs(work: Path) -> list[tuple]:
+    """(kind, case, argv, expected exit, environment) for every bad input tried."""
     run = work / "done"
     ck = work / "model" / "checkpoint.pt"
     idx = work / "idx"
     idx.mkdir()
-    (idx / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05")
+    for split, n in (("train", 5), ("t10k", 3)):  # all four files; train images cut short
+        _idx(idx / f"{split}-images-idx3-ubyte", (n, 28, 28), 100 if split == "train" else None)
+        _idx(idx / f"{split}-labels-idx1-ubyte", (n,))
+    import torch
+
+    from rfbench.train import CHECKPOINT_FORMAT
+
+    torch.save({"format": CHECKPOINT_FORMAT}, work / "bare.pt")
+    garbage = _copy_run(run, work / "garbage-csv")
+    (garbage / "results.csv").write_bytes(os.urandom(400))
+    words = _copy_run(run, work / "word-seed")
+    (words / "results.csv").write_text((run / "results.csv").read_text().replace(",0,", ",x,", 1))
+    bad_config = _copy_run(run, work / "bad-config")
+    (bad_config / "config.json").write_text("{ not json")
+    frame = pd.read_csv(run / "results.csv")
+    frame.drop(columns="grid").to_csv(work / "no-grid.csv", index=False)
+    frame.astype({"nfe": object}).assign(nfe="many").to_csv(work / "many.csv", index=False)
+    cache_file = work / "cache-file"
+    cache_file.write_text("")
+    models = work / "cache" / "models"
+    cached = next(models.glob("toy2d-quick-e2-*.pt"))
+    cut_cache = work / "cut-cache"
+    shutil.copytree(work / "cache", cut_cache)
+    (cut_cache / "models" / cached.name).write_bytes(cached.read_bytes()[:400])
     (work / "evil.pt").write_bytes(pickle.dumps({"format": "x", "p": os.system}))
     (work / "cut.pt").write_bytes(ck.read_bytes()[:300])
     (work / "empty").mkdir()
@@ -73,6 +112,13 @@ def bad_inputs(work: Path) -> list[tuple[str, str, list]]:
         ("malformed list", "--steps 1,,4", [*TOY, "--steps", "1,,4"]),
         ("malformed list", "--seeds 1,1", [*TOY, "--seeds", "1,1"]),
         ("malformed list", "--steps=--", [*TOY, "--steps=--"]),
+        ("number out of range", "--seeds=-1", [*TOY, "--seeds=-1"]),
+        ("number out of range", "--train-seed 2**70", [*TOY, "--train-seed", str(2**70)]),
+        (
+            "number out of range",
+            "--steps 20000 beyond the default --max-nfe",
+            [*TOY, "--steps", "20000"],
+        ),
         (
             "conflicting options",
             "report --baseline without paired",
@@ -93,7 +139,11 @@ def bad_inputs(work: Path) -> list[tuple[str, str, list]]:
             "resume with another config",
             [*TOY, "--solvers", "euler", "--steps", "1,2", "--out", run, "--resume"],
         ),
-        ("bad data", "truncated IDX file", ["run", "--dataset", "mnist", "--data-root", idx]),
+        (
+            "bad data",
+            "truncated IDX file (all four present)",
+            ["run", "--dataset", "mnist", "--data-root", idx],
+        ),
         (
             "bad data",
             "empty image folder",
@@ -102,6 +152,40 @@ def bad_inputs(work: Path) -> list[tuple[str, str, list]]:
         ("bad checkpoint", "missing file", [*TOY, "--checkpoint", work / "none.pt"]),
         ("bad checkpoint", "truncated file", [*TOY, "--checkpoint", work / "cut.pt"]),
         ("bad checkpoint", "malicious pickle", [*TOY, "--checkpoint", work / "evil.pt"]),
+        (
+            "bad checkpoint",
+            "a dict holding only its format",
+            [*TOY, "--checkpoint", work / "bare.pt"],
+        ),
+        (
+            "bad cache",
+            "a truncated cached model",
+            [*TOY, "--solvers", "euler", "--steps", "1"],
+            2,
+            {"RFBENCH_CACHE": str(cut_cache)},
+        ),
+        (
+            "bad cache",
+            "RFBENCH_CACHE names a regular file",
+            TOY,
+            2,
+            {"RFBENCH_CACHE": str(cache_file)},
+        ),
+        (
+            "damaged run directory",
+            "results.csv replaced by random bytes, --resume",
+            [*TOY, "--solvers", "euler", "--steps", "1", "--out", garbage, "--resume"],
+        ),
+        (
+            "damaged run directory",
+            "a non-numeric seed in results.csv, --resume",
+            [*TOY, "--solvers", "euler", "--steps", "1", "--out", words, "--resume"],
+        ),
+        (
+            "damaged run directory",
+            "config.json not JSON, --resume",
+            [*TOY, "--solvers", "euler", "--steps", "1", "--out", bad_config, "--resume"],
+        ),
         (
             "bad checkpoint",
             "made for another dataset (a toy2d model, a Fashion-MNIST run)",
@@ -118,8 +202,19 @@ def bad_inputs(work: Path) -> list[tuple[str, str, list]]:
             ["compare", run, run, "--max-fid-increase", "lots"],
         ),
         ("bad run directory", "report on a folder with no results", ["report", work / "empty"]),
+        (
+            "bad results file",
+            "compare with nfe='many' in a row",
+            ["compare", run, work / "many.csv"],
+        ),
+        (
+            "valid input",
+            "compare against a CSV without a grid column (cells reported new)",
+            ["compare", run, work / "no-grid.csv"],
+            0,
+        ),
     ]
-    return cases
+    return [(*c, 2, None) if len(c) == 3 else (*c, None) if len(c) == 4 else c for c in cases]
 
 
 def main(argv=None) -> int:
@@ -135,14 +230,24 @@ def main(argv=None) -> int:
         assert rfbench(*TOY, "--solvers", "euler", "--steps", "1", "--out",
                        work / "done").returncode == 0  # fmt: skip
         before = digest(work / "done")
-        for kind, case, argv_ in bad_inputs(work):
-            out = rfbench(*argv_)
+        for kind, case, argv_, expected, env in bad_inputs(work):
+            fresh = work / "fresh-out"
+            if "--out" not in map(str, argv_) and argv_[0] == "run":
+                argv_ = [*argv_, "--out", fresh]
+            start = time.perf_counter()
+            out = rfbench(*argv_, env={**os.environ, **(env or {})})
+            seconds = time.perf_counter() - start
             err = out.stderr.strip().splitlines()
             last = err[-1] if err else ""
-            ok = (out.returncode == 2 and "Traceback" not in out.stderr and
-                  last.startswith("rfbench") and len(err) <= 2)  # fmt: skip
+            one_line = len(err) == 1 and last.startswith("rfbench") if expected == 2 else True
+            left = fresh.exists()
+            ok = (out.returncode == expected and "Traceback" not in out.stderr and one_line
+                  and not left)  # fmt: skip
             rows.append({"kind": kind, "case": case, "exit": out.returncode,
+                         "expected": expected, "stderr lines": len(err),
+                         "run dir left": left, "s": round(seconds, 1),
                          "message": last[:110], "passed": ok})  # fmt: skip
+            shutil.rmtree(fresh, ignore_errors=True)
         lost_inputs = "nothing" if digest(work / "done") == before else "the run directory changed"
 
         # Faults.
@@ -219,8 +324,9 @@ def main(argv=None) -> int:
         "",
         "Command: `python benchmarks/reliability.py --out results/reliability.md` (2-core CPU).",
         "",
-        f"## Bad input: {int(table.passed.sum())} of {len(table)} cases end in one line and "
-        "exit code 2",
+        f"## Bad input: {int(table.passed.sum())} of {len(table)} cases pass: the bad ones end "
+        "in exactly one line on stderr and exit code 2, leave no run directory behind, and "
+        "the valid ones work",
         "",
         summary.to_markdown(index=False),
         "",

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from targets import target  # benchmarks/targets.py
+
 VARIANTS = ("baseline", "bare", "stats", "trajectory")
 
 
@@ -101,8 +103,7 @@ def main(argv=None) -> int:
             + (f"{inc / bare_inc:.3f} |" if v != "baseline" and bare_inc > 0 else "|")
         )
     stats_ratio = rows["stats"] / rows["bare"]
-    lines += ["", f"Target: stats peak within 1.5x of bare: {stats_ratio:.3f}x "
-              f"({'met' if stats_ratio <= 1.5 else 'NOT met'}).", ""]  # fmt: skip
+    lines += ["", target("stats peak / bare peak", stats_ratio, "<=", 1.5), ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
     print(args.out)

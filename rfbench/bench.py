@@ -33,7 +33,7 @@ from rfbench.runtime import (
 )
 from rfbench.sample import SampleRun, generate, merge_runs, noise, reconstruct, trajectory, warm_up
 from rfbench.solvers import get_solver
-from rfbench.train import ModelSpec, TrainedModel, load_model, train
+from rfbench.train import Lineage, ModelSpec, TrainedModel, load_model, train
 
 __all__ = ["device_label", "resolve_device", "run"]  # the device helpers live in runtime.py
 
@@ -132,11 +132,13 @@ class Candidate:
     raw: nn.Module  # the same network, plain (for the trajectory figures)
     sample_shape: tuple[int, ...]
     columns: dict = field(default_factory=dict)  # how it ran: precision, channels_last, ...
+    lineage: Lineage | None = None  # a reflowed or distilled model's pairs
 
     @classmethod
     def of(cls, trained: TrainedModel) -> Candidate:
         m = trained.model
-        return cls(trained.model_id, m, m, trained.spec.sample_shape)
+        return cls(trained.model_id, m, m, trained.spec.sample_shape,
+                   lineage=trained.spec.lineage)  # fmt: skip
 
 
 def prepare(
@@ -510,6 +512,15 @@ def load_candidates(cfg: RunConfig, spec: ModelSpec, device: torch.device) -> li
     ids = [c.model_id for c in out]
     if len(set(ids)) < len(ids):
         raise UserError(f"--checkpoint names the same model twice: {', '.join(ids)}")
+    for c in out:
+        overlap = c.lineage.evaluation_overlap(cfg.seeds) if c.lineage else []
+        if overlap:
+            raise UserError(
+                f"{c.model_id} was trained on pairs whose noise is seed {overlap[0]} of the "
+                "evaluation's (made by an rfbench before pair noise had its own stream): on "
+                f"that seed it would be scored on its training noise; use --seeds without "
+                f"{overlap[0]}"
+            )
     return out
 
 

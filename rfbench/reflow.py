@@ -8,8 +8,10 @@ same pairs only at the k Euler times, so that k Euler steps map x0 to its x1.
 Pairs are generated in shards under ``DIR/pairs/``: ``shard-00000.pt`` holds pairs
 [0, shard_size) and so on, each written atomically, with ``manifest.json`` recording the
 parent model, the solver and its setting, the seed and each shard's NFE. Pair i starts from
-``noise(seed, [i])``, so an interrupted generation resumes at the first missing shard and
-produces exactly the pairs an uninterrupted one would: none duplicated, none dropped.
+``noise(seed, [i], stream="pairs")``, so an interrupted generation resumes at the first
+missing shard and produces exactly the pairs an uninterrupted one would: none duplicated,
+none dropped. The "pairs" noise stream is not the one evaluation draws from ("samples"), so
+a reflowed model is never scored on its own training noise, whatever the seeds.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class PairSpec:
     seed: int
     shard_size: int
     sample_shape: tuple[int, ...]
+    stream: str = "pairs"  # the noise stream of x0 (sample.NOISE_STREAMS)
 
     @property
     def setting(self) -> str:
@@ -183,13 +186,14 @@ def generate_pairs(
         lo, hi = i * spec.shard_size, min((i + 1) * spec.shard_size, spec.pairs)
         run = integrate(
             parent.model, spec.solver, hi - lo,
-            lambda a, b, lo=lo: noise(spec.seed, range(lo + a, lo + b), spec.sample_shape),
+            lambda a, b, lo=lo: noise(spec.seed, range(lo + a, lo + b), spec.sample_shape,
+                                      spec.stream),
             t0=T_NOISE, t1=T_DATA, batch_size=batch_size, steps=spec.steps, rtol=spec.rtol,
             atol=spec.atol, grid=spec.grid, device=device, progress=False,
         )  # fmt: skip
         if not torch.isfinite(run.x).all():
             raise UserError(f"the parent's solve gave NaN or Inf in pairs [{lo}, {hi})")
-        x0 = noise(spec.seed, range(lo, hi), spec.sample_shape)
+        x0 = noise(spec.seed, range(lo, hi), spec.sample_shape, spec.stream)
         path = store.shard_path(i)
         atomic_torch_save({"format": PAIRS_FORMAT, "lo": lo, "hi": hi, "x0": x0, "x1": run.x}, path)
         store.record(manifest, i, {
@@ -221,7 +225,9 @@ def reflow_spec(
     """The spec of the model trained on ``parent``'s pairs: the (k+1)-RF, or with
     ``distill_steps`` the k-RF distilled to that many Euler steps."""
     saved = manifest["spec"]
-    pairs = PairSpec(**{**saved, "sample_shape": tuple(saved["sample_shape"])})
+    # Pairs made before the "pairs" stream drew from the evaluation's ("samples").
+    pairs = PairSpec(**{"stream": "samples", **saved,
+                        "sample_shape": tuple(saved["sample_shape"])})  # fmt: skip
     if pairs.parent != parent.model_id:
         raise UserError(
             f"the pairs were made by {pairs.parent}, not by the checkpoint's {parent.model_id}"
@@ -230,7 +236,7 @@ def reflow_spec(
     lineage = Lineage(
         k=k, parent=parent.model_id, parent_path=str(parent.path or ""),
         pair_solver=pairs.solver, pair_setting=pairs.setting, pairs=pairs.pairs,
-        distill_steps=distill_steps,
+        distill_steps=distill_steps, pair_seed=pairs.seed, pair_stream=pairs.stream,
     )  # fmt: skip
     return replace(parent.spec, train=recipe, data_hash=data.content_hash, lineage=lineage)
 

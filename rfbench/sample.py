@@ -164,17 +164,30 @@ def _trapezoid_on(ts: torch.Tensor, q: torch.Tensor, lo: float, hi: float) -> to
     return torch.trapezoid(values, grid, dim=0)
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """A 63-bit generator seed for sample ``index`` of run seed ``seed`` (numpy SeedSequence)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+# Named noise streams. "samples" is what every evaluation draws from; "pairs" is what
+# reflow's training pairs start from. Streams are told apart by numpy's SeedSequence spawn
+# key, so no evaluation sample ever starts from a training pair's noise, whatever the seeds.
+NOISE_STREAMS: dict[str, tuple[int, ...]] = {"samples": (), "pairs": (1,)}
 
 
-def noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """x0 ~ N(0, I) for the given sample indices; row j depends only on (seed, indices[j])."""
+def sample_seed(seed: int, index: int, stream: str = "samples") -> int:
+    """A 63-bit generator seed for sample ``index`` of run seed ``seed`` in ``stream``
+    (numpy SeedSequence)."""
+    sequence = np.random.SeedSequence([seed, index], spawn_key=NOISE_STREAMS[stream])
+    return int(sequence.generate_state(1, np.uint64)[0] >> 1)
+
+
+def noise(
+    seed: int, indices: Sequence[int], shape: tuple[int, ...], stream: str = "samples"
+) -> torch.Tensor:
+    """x0 ~ N(0, I) for the given sample indices; row j depends only on (stream, seed,
+    indices[j]). Evaluation uses the "samples" stream; reflow's pairs the "pairs" stream."""
+    if stream not in NOISE_STREAMS:
+        raise ValueError(f"unknown noise stream {stream!r}; choose from {list(NOISE_STREAMS)}")
     out = torch.empty(len(indices), *shape)
     g = torch.Generator()
     for j, i in enumerate(indices):
-        g.manual_seed(sample_seed(seed, int(i)))
+        g.manual_seed(sample_seed(seed, int(i), stream))
         out[j] = torch.randn(shape, generator=g)
     return out
 

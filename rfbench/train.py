@@ -43,6 +43,16 @@ class Lineage:
     pair_setting: str  # "steps=16", or "rtol=0.001 atol=0.001"
     pairs: int
     distill_steps: int | None = None  # a model distilled to this many Euler steps
+    pair_seed: int | None = None  # the noise seed of its pairs (None: not recorded)
+    pair_stream: str | None = None  # their noise stream; None: made before streams, "samples"
+
+    def evaluation_overlap(self, seeds) -> list[int]:
+        """The evaluation seeds whose noise may have been this model's training noise: none
+        for pairs from the "pairs" stream; for older pairs, drawn from the evaluation's own
+        stream, their seed (0, the default then, where it was not recorded)."""
+        if self.pair_stream == "pairs":
+            return []
+        return [s for s in seeds if s == (0 if self.pair_seed is None else self.pair_seed)]
 
     @property
     def tag(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,33 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:  # the scripts import benchmarks/targets.py
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _targets(text: str, count: int) -> list[dict]:
+    """The report's target lines: there are ``count``, and each verdict (met or MISSED)
+    follows from the number printed beside it."""
+    found = _load("targets").read(text)
+    assert len(found) == count, text
+    for t in found:
+        holds = t["value"] <= t["limit"] if t["op"] == "<=" else t["value"] >= t["limit"]
+        assert t["met"] == holds, t
+    return found
+
+
+def test_target_lines_say_what_the_numbers_say():
+    targets = _load("targets")
+    assert targets.target("x / y", 1.2, "<=", 1.5).endswith(": 1.2 (met)")
+    assert targets.target("x / y", 1.6, "<=", 1.5).endswith(": 1.6 (MISSED)")
+    assert targets.target("speed", 0.94, ">=", 0.95).endswith("(MISSED)")
+    assert targets.target("speed", float("nan"), ">=", 0.95).endswith("(MISSED)")
+    lines = "\n".join(targets.target("a", v, "<=", 1.0) for v in (0.5, 2.0))
+    assert [t["met"] for t in targets.read(lines)] == [True, False]
 
 
 GPU_CHECK_SECTIONS = ("## 1. Environment", "## 2. Training throughput", "## 3. FID run",
@@ -32,14 +56,34 @@ def _section(report: str, heading: str) -> str:
     return report.split(heading, 1)[1].split("\n", 1)[1].split("\n## ", 1)[0]
 
 
-def test_gpu_check_smoke_on_cpu(tmp_path):
-    """Every step runs at smoke sizes (the torchrun step included) and reports."""
+def test_gpu_check_smoke_on_cpu_but_torchrun(tmp_path):
+    """Every step but torchrun (slow test below; test_distributed covers torchrun itself)
+    runs at smoke sizes and reports."""
     gpu_check = _load("gpu_check")
-    assert gpu_check.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--skip", "torchrun"]
+    _check_smoke_report(gpu_check, argv, tmp_path, torchrun=False)
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    """Every step runs at smoke sizes, the torchrun step included, and reports."""
+    gpu_check = _load("gpu_check")
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path)]
+    _check_smoke_report(gpu_check, argv, tmp_path, torchrun=True)
+
+
+def test_gpu_check_refuses_an_unknown_skip(tmp_path, capsys):
+    assert _load("gpu_check").main(["--smoke", "--out", str(tmp_path), "--skip", "nap"]) == 2
+    assert "unknown --skip step(s): nap" in capsys.readouterr().err
+
+
+def _check_smoke_report(gpu_check, argv, tmp_path, torchrun: bool) -> None:
+    assert gpu_check.main(argv) == 0
     [path] = tmp_path.glob("*.md")
     report = path.read_text()
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}\.md", path.name)
-    assert "failed:" not in report and "skipped:" not in report
+    assert "failed:" not in report
+    assert report.count("skipped:") == (0 if torchrun else 1)
     for heading in GPU_CHECK_SECTIONS:
         assert heading in report
     training = _section(report, "## 2. Training throughput")
@@ -51,7 +95,10 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert "wall-time ratio rk45 / dopri5" in report
     options = _section(report, "## 5. CUDA path options")
     assert re.search(r"^\| bf16 \| fp32 \| False \| False \|", options, re.M)  # effective
-    assert "Verdict: the 1- and 2-process results agree" in report
+    if torchrun:
+        assert "Verdict: the 1- and 2-process results agree" in report
+    else:
+        assert _section(report, "## 6. torchrun").strip() == "skipped: --skip"
     assert "-2rf-" in _section(report, "## 7. Reflow")
     assert re.search(r"^Budget: \d+ s used of 480 s; per step: 1\. environment", report, re.M)
     assert (tmp_path / path.stem / "fid-run" / "results.csv").exists()
@@ -100,6 +147,19 @@ def test_solver_overhead_small(tmp_path):
     for solver in ("euler", "rk4", "rk45", "lsoda", "dopri5", "adaptive_heun"):
         assert f"| {solver} " in text
     assert "radau, bdf" in text and "wall-time ratio rk45 / dopri5" in text
+    _targets(text, 2)
+    # Every row: overhead = wall - model, and the ratio to the bare solve as printed.
+    header = next(line for line in text.splitlines() if line.startswith("| solver "))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(names) or not line.startswith("| ") or cells[0] in ("solver", ""):
+            continue
+        row = dict(zip(names, cells))
+        if row.get("wall_s", "nan") in ("nan", "") or set(row["wall_s"]) <= {":", "-"}:
+            continue
+        wall, model, over = (float(row[k]) for k in ("wall_s", "model_s", "overhead_s"))
+        assert abs(wall - model - over) <= 2e-3 * max(wall, 1e-3) + 1e-4, row
 
 
 @pytest.mark.parametrize("solver", ["rk45", "dopri5"])
@@ -118,7 +178,8 @@ def test_solve_memory_small(tmp_path):
     text = out.read_text()
     for variant in ("baseline", "bare", "stats", "trajectory"):
         assert f"| {variant} |" in text
-    assert "Target: stats peak within 1.5x of bare" in text
+    (peak,) = _targets(text, 1)
+    assert peak["what"] == "stats peak / bare peak" and peak["limit"] == 1.5
 
 
 def test_metrics_sanity_small(tmp_path, mnist_root, monkeypatch):
@@ -168,7 +229,10 @@ def test_train_step_small(tmp_path):
                                      "--out", str(out)]) == 0  # fmt: skip
     text = out.read_text()
     assert "| rfbench train_step |" in text and "| bare loop |" in text
-    assert re.search(r"Throughput ratio rfbench / bare: \d+\.\d{3}", text)
+    (ratio,) = _targets(text, 1)
+    medians = dict(re.findall(r"^\| (rfbench train_step|bare loop) \| ([0-9.]+) \|", text, re.M))
+    expected = float(medians["bare loop"]) / float(medians["rfbench train_step"])
+    assert abs(ratio["value"] - expected) <= 0.01 * expected  # from the printed medians
 
 
 @pytest.mark.slow
@@ -193,7 +257,10 @@ def test_train_epoch_matches_the_bare_loop(mnist_root, tmp_path):
     argv = ["--dataset", "mnist", "--data-root", str(mnist_root), "--images", "300",
             "--rounds", "1", "--out", str(out)]  # fmt: skip
     assert _load("train_epoch").main(argv) == 0
-    assert "Same final EMA weights: yes" in out.read_text()
+    text = out.read_text()
+    assert "Same final EMA weights: yes" in text
+    (ratio,) = _targets(text, 1)
+    assert ratio["op"] == ">=" and ratio["limit"] == 0.95
 
 
 @pytest.mark.slow

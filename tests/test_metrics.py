@@ -246,3 +246,50 @@ def test_precision_recall_against_an_equal_size_reference(mnist_like):
     assert set(real) == {"precision", "recall"}
     assert real["precision"] > 0.5 and real["recall"] > 0.5
     assert noise["precision"] < 0.1
+
+
+def test_a_pinned_classifier_is_used_without_training(mnist_like, tmp_path, monkeypatch):
+    """A classifier that ships with rfbench is taken as it is (no training, whatever the
+    cache holds), by its sha256; a pinned file that does not match is one clear error."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    from rfbench.errors import UserError
+    from rfbench.metrics import classifier
+
+    train, test, info, _ = mnist_like
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    name = Path(info.path).name
+    shutil.copyfile(info.path, pinned / name)
+    sha = hashlib.sha256((pinned / name).read_bytes()).hexdigest()
+    monkeypatch.setattr(classifier, "PINNED_DIR", pinned)
+    monkeypatch.setattr(classifier, "PINNED", {name: sha})
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setenv("RFBENCH_CACHE", str(tmp_path / "empty-cache"))
+    got = get_classifier(train, test, progress=False)
+    assert got.name == info.name and got.path == str(pinned / name)
+    data = bytearray((pinned / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (pinned / name).write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match its sha256"):
+        get_classifier(train, test, progress=False)
+
+
+def test_the_fashion_mnist_classifier_ships_with_rfbench():
+    """The committed file is the one PINNED names, and the Debian package's Fashion-MNIST
+    (when installed, as in CI) maps to it: the same extractor on every machine."""
+    import hashlib
+
+    from rfbench.metrics import classifier
+
+    for name, sha in classifier.PINNED.items():
+        assert hashlib.sha256((classifier.PINNED_DIR / name).read_bytes()).hexdigest() == sha
+    try:
+        train = load_split("fashion-mnist", "train")
+    except Exception:  # noqa: BLE001 - not installed here
+        pytest.skip("Fashion-MNIST is not installed")
+    assert classifier.classifier_path(train).name in classifier.PINNED
+    info = get_classifier(train, train, progress=False)
+    assert info.name == "classifier-426cd998" and info.test_accuracy > 0.9

@@ -236,3 +236,39 @@ def test_lpips_is_refused_without_its_weights_and_trains_with_them(tmp_path, mon
     assert len(trained.losses) == 1 and trained.losses[0] > 0
     with pytest.raises(UserError, match="distillation only"):
         train(replace(spec, lineage=None), data, progress=False)
+
+
+def test_pair_noise_is_never_evaluation_noise(flows):
+    """Pairs start from the "pairs" stream: for every seed, none of a model's training
+    noise is the noise that evaluation (the "samples" stream) draws."""
+    from rfbench.sample import noise
+
+    x0, _, manifest = flows["store"].load()
+    assert manifest["spec"]["stream"] == "pairs" and manifest["spec"]["seed"] == 0
+    assert torch.equal(x0, noise(0, range(PAIRS), (2,), "pairs"))
+    training = {tuple(row) for row in x0.tolist()}
+    for seed in range(3):
+        evaluation = {tuple(row) for row in noise(seed, range(PAIRS), (2,)).tolist()}
+        assert not training & evaluation
+    lineage = load_model(flows["root"] / "2rf.pt").spec.lineage
+    assert (lineage.pair_seed, lineage.pair_stream) == (0, "pairs")
+    assert lineage.evaluation_overlap([0, 1, 2]) == []
+
+
+def test_old_reflowed_checkpoints_are_refused_on_their_training_seed(flows, tmp_path, capsys):
+    """A checkpoint whose pairs came from the evaluation's own stream (rfbench before the
+    pair stream) is refused on the seed that was its training noise, and runs on others."""
+    from rfbench.train import read_checkpoint, write_checkpoint
+
+    ckpt = read_checkpoint(flows["root"] / "2rf.pt")
+    old = dict(ckpt["spec"]["lineage"])
+    del old["pair_seed"], old["pair_stream"]
+    ckpt["spec"] = {**ckpt["spec"], "lineage": old}
+    write_checkpoint(tmp_path / "old.pt", ckpt)
+    base = ["run", "--dataset", "toy2d", "--checkpoint", str(tmp_path / "old.pt"),
+            "--solvers", "euler", "--steps", "1", "--num-samples", "50"]  # fmt: skip
+    assert _exit([*base, "--seeds", "0,1", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "use --seeds without 0" in err and err.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+    assert _exit([*base, "--seeds", "1", "--out", str(tmp_path / "b")]) == 0

@@ -1,7 +1,9 @@
 """The offline feature extractor for MNIST-like data: a small CNN trained once per dataset.
 
 It is cached under the content hash of its training data, and identified in every
-results row as ``classifier-<first 8 hex of the sha256 of its weights>``. Features are the
+results row as ``classifier-<first 8 hex of the sha256 of its weights>``. For Fashion-MNIST
+the classifier ships with rfbench (``PINNED``), so its name and its FIDs are the same on
+every machine. Features are the
 128-d penultimate layer ("feature", for FID/KID/PRC) and the class logits ("logits", IS).
 """
 
@@ -121,6 +123,19 @@ def classifier_path(train: DataSplit) -> Path:
     return cache_dir() / "classifiers" / f"{train.name}-{train.content_hash[:16]}-{version}.pt"
 
 
+# Classifiers that ship with rfbench, by the file name classifier_path gives them, with the
+# sha256 of each file. Trained once (scripts/pin_classifier.py), they make a dataset's
+# default feature extractor the same on every machine: a classifier trained anew on another
+# machine has other weights (the CPU's kernels round differently), hence another name, and
+# its FIDs cannot be compared with a committed baseline's.
+PINNED_DIR = Path(__file__).parent / "pinned"
+PINNED = {
+    # Fashion-MNIST as the Debian package dataset-fashion-mnist (and torchvision) hold it.
+    "fashion-mnist-261d33572702535f-v2.pt":
+        "426cd998a4607c86f0c085a0535d77377df7474865c0c60c3c23ec3dd5b46b35",
+}  # fmt: skip
+
+
 def get_classifier(
     train: DataSplit,
     test: DataSplit,
@@ -128,8 +143,11 @@ def get_classifier(
     device: str | torch.device = "cpu",
     progress: bool | None = None,
 ) -> ClassifierInfo:
-    """The cached classifier for this training data, trained on first use."""
+    """The classifier for this training data: the pinned one that ships with rfbench where
+    there is one (PINNED), else the cached one, trained on first use."""
     path = classifier_path(train)
+    if path.name in PINNED:
+        return _pinned(PINNED_DIR / path.name, PINNED[path.name])
     if not path.exists():
         net, acc = train_classifier(train, test, device=device, progress=progress)
         c, h, _ = train.sample_shape
@@ -149,6 +167,21 @@ def get_classifier(
         )
     payload = load_classifier_payload(path)
     return ClassifierInfo(str(path), _file_sha256(path), float(payload["test_accuracy"]))
+
+
+def _pinned(path: Path, sha256: str) -> ClassifierInfo:
+    try:
+        actual = _file_sha256(path)
+    except OSError as e:
+        raise UserError(f"the classifier pinned with rfbench, {path}, is unreadable "
+                        f"({e.strerror}); reinstall rfbench") from None  # fmt: skip
+    if actual != sha256:
+        raise UserError(
+            f"the classifier pinned with rfbench, {path}, does not match its sha256 "
+            f"{sha256[:12]}...; reinstall rfbench"
+        )
+    payload = load_classifier_payload(path)
+    return ClassifierInfo(str(path), sha256, float(payload["test_accuracy"]))
 
 
 def load_classifier_payload(path: str | os.PathLike) -> dict:
