@@ -133,12 +133,13 @@ class Candidate:
     sample_shape: tuple[int, ...]
     columns: dict = field(default_factory=dict)  # how it ran: precision, channels_last, ...
     lineage: Lineage | None = None  # a reflowed or distilled model's pairs
+    path: str | None = None  # its checkpoint
 
     @classmethod
     def of(cls, trained: TrainedModel) -> Candidate:
         m = trained.model
         return cls(trained.model_id, m, m, trained.spec.sample_shape,
-                   lineage=trained.spec.lineage)  # fmt: skip
+                   lineage=trained.spec.lineage, path=trained.path)  # fmt: skip
 
 
 def prepare(
@@ -513,15 +514,42 @@ def load_candidates(cfg: RunConfig, spec: ModelSpec, device: torch.device) -> li
     if len(set(ids)) < len(ids):
         raise UserError(f"--checkpoint names the same model twice: {', '.join(ids)}")
     for c in out:
-        overlap = c.lineage.evaluation_overlap(cfg.seeds) if c.lineage else []
-        if overlap:
-            raise UserError(
-                f"{c.model_id} was trained on pairs whose noise is seed {overlap[0]} of the "
-                "evaluation's (made by an rfbench before pair noise had its own stream): on "
-                f"that seed it would be scored on its training noise; use --seeds without "
-                f"{overlap[0]}"
-            )
+        check_out_of_sample(c, cfg.seeds)
     return out
+
+
+def check_out_of_sample(candidate: Candidate, seeds: tuple[int, ...]) -> None:
+    """Refuse to score a reflowed model on its own training noise. Its pairs drew from a
+    stream of their own unless an rfbench before that made them from the evaluation's
+    stream; then their seed is in the lineage, or in the pairs' manifest beside the
+    checkpoint (``reflow --out DIR`` writes both), and that seed is refused. Where neither
+    says, every seed is suspect: a warning says so."""
+    if candidate.lineage is None:
+        return
+    manifest_seed = None
+    if candidate.path:
+        manifest = Path(candidate.path).parent / "pairs" / "manifest.json"
+        try:
+            import json
+
+            manifest_seed = json.loads(manifest.read_text())["spec"]["seed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    overlap = candidate.lineage.evaluation_overlap(seeds, manifest_seed)
+    if overlap is None:
+        log.warning(
+            "%s was trained on pairs drawn from the evaluation's noise (an rfbench before pair "
+            "noise had its own stream) with an unrecorded seed: the seed that made them is "
+            "scored on its training noise",
+            candidate.model_id,
+        )
+    elif overlap:
+        raise UserError(
+            f"{candidate.model_id} was trained on pairs whose noise is seed {overlap[0]} of "
+            "the evaluation's (made by an rfbench before pair noise had its own stream): on "
+            f"that seed it would be scored on its training noise; use --seeds without "
+            f"{overlap[0]}"
+        )
 
 
 def _model_config(cfg: RunConfig) -> dict | None:
@@ -578,7 +606,12 @@ def sampling_batch_sizes(
     return sizes or {1}
 
 
-def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None) -> Path:
+def run(
+    cfg: RunConfig,
+    progress: bool | None = None,
+    world: World | None = None,
+    argv: list[str] | None = None,
+) -> Path:
     """Run the grid of ``cfg`` and write its run directory; returns the directory.
 
     With several processes (``world``, from torchrun), every process trains (DDP) and
@@ -605,7 +638,7 @@ def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None
     candidates = load_candidates(cfg, spec, device)
     extractor = resolve_extractor(cfg, train_split)
     run_dir = RunDir(out)
-    rows = world.on_main(lambda: run_dir.create(cfg.to_dict(), cfg.resume))
+    rows = world.on_main(lambda: run_dir.create(cfg.to_dict(), cfg.resume, argv))
     handler = _setup_logging(run_dir) if world.main else None
     finished = False
     try:
@@ -630,7 +663,7 @@ def run(cfg: RunConfig, progress: bool | None = None, world: World | None = None
         # cell, so that slow drifts of a shared machine reach them alike. A resumed run
         # retries the cells that failed: their rows are replaced, never duplicated.
         retried = [r for r in rows if r.get("status") != STATUS_OK]
-        if retried:
+        if retried and not cfg.keep_failed:
             log.info("retrying %d failed cell(s) of the resumed run", len(retried))
             rows = [r for r in rows if r.get("status") == STATUS_OK]
         done = {cell_key(r) for r in rows}

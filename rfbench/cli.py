@@ -279,8 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory (default: runs/<dataset>-<preset>-<time>)",
     )
     r.add_argument(
-        "--resume", action="store_true", help="continue the run in --out, skipping done cells"
-    )
+        "--resume", action="store_true",
+        help="continue the run in --out, skipping done cells and retrying failed ones",
+    )  # fmt: skip
+    r.add_argument(
+        "--keep-failed", action="store_true",
+        help="with --resume: keep the failed cells as they are instead of retrying them",
+    )  # fmt: skip
     r.set_defaults(handler=_cmd_run)
 
     # rfbench train
@@ -538,7 +543,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rfbench import bench
 
     cfg = run_config(args)
-    out = bench.run(cfg, world=args.world)
+    out = bench.run(cfg, world=args.world, argv=args.argv)
     if args.world.main:
         print(out)
     return 0
@@ -779,6 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rfbench.errors import UserError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the run's env.json
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several and args.command not in DISTRIBUTED_COMMANDS:
         only = " and ".join(DISTRIBUTED_COMMANDS)

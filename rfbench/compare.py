@@ -13,9 +13,12 @@ noise on both sides), on the mean of the per-seed differences d = current - base
   regresses (``--max-nfe-increase 0`` means no growth at all);
 - a metric that the baseline has and the current cell lacks (missing, or NaN) regresses;
 - failed cells are regressions when the baseline's cell succeeded;
-- FID and KID are compared only between cells of the same feature extractor, reference
-  and sample count: a matched cell where these differ is reported as incomparable, and
-  that fails the gate, since no threshold can judge such a difference.
+- a metric is compared only between cells measured alike (``PROTOCOL``): FID, KID and
+  sliced W2 at the same feature extractor, reference and sample count; NFE and time at the
+  same batch size and sample count (a batched adaptive solver's NFE depends on its batch),
+  time on the same device too. A matched cell where these differ is reported as
+  incomparable, and that fails the gate, since no threshold can judge such a difference;
+- a gate that compared nothing (no cell of the baseline in the current run) fails.
 
 Time is judged the same way on ``wall_time_s`` (each cell already the median of its
 ``--repeats``). An absolute time from another machine, or another moment on a shared one,
@@ -41,10 +44,17 @@ MATCH = ("dataset", "model_id", "solver", "steps", "grid", "rtol", "atol", "step
 # metric option name -> results column; lower is better for every one of them.
 GATED = {"fid": "fid", "kid": "kid_mean", "swd": "swd", "nfe": "nfe", "time": "wall_time_s"}
 EXACT = frozenset({"nfe"})  # deterministic: judged seed by seed, with no noise allowance
-# What a quality metric's value depends on besides the samples: cells that differ in any of
-# these cannot be compared on that metric.
-PROTOCOL = ("feature_extractor", "reference", "n_samples")
-PROTOCOL_METRICS = frozenset({"fid", "kid", "swd"})
+# What each metric's value depends on besides the cell: cells that differ in any of these
+# cannot be compared on that metric.
+_QUALITY = ("feature_extractor", "reference", "n_samples")
+PROTOCOL = {
+    "fid": _QUALITY,
+    "kid": _QUALITY,
+    "swd": _QUALITY,
+    "nfe": ("batch_size", "n_samples"),
+    "time": ("batch_size", "n_samples", "device"),
+}
+PROTOCOL_COLUMNS = tuple(dict.fromkeys(c for cols in PROTOCOL.values() for c in cols))
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,8 @@ def _key(any_model: bool) -> list[str]:
 def _normalise(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Every column compare reads, present (empty where the file lacks it), with the key
     columns as comparable text (CSV reads integers with gaps as floats)."""
-    out = frame.reindex(columns=[*dict.fromkeys([*frame.columns, *keys, *GATED.values(),
-                                                 *PROTOCOL, "status", "error"])])  # fmt: skip
+    wanted = [*frame.columns, *keys, *GATED.values(), *PROTOCOL_COLUMNS, "status", "error"]
+    out = frame.reindex(columns=list(dict.fromkeys(wanted)))
     for k in keys:
         out[k] = out[k].astype(object).map(_text)
     for column in GATED.values():
@@ -128,6 +138,13 @@ def compare(
             if frame["model_id"].nunique() > 1:
                 raise UserError(f"--any-model needs one model per side; the {side} has several")
     keys = _key(any_model)
+    for side, frame in (("baseline", baseline), ("current", current)):
+        absent = [k for k in keys if k not in frame.columns]
+        if absent:
+            raise UserError(
+                f"the {side} has no {', '.join(absent)} column: cells cannot be matched (is it "
+                "an rfbench results.csv of this version?)"
+            )
     base, cur = _normalise(baseline, keys), _normalise(current, keys)
     merged = base.merge(cur, on=keys, how="outer", suffixes=("_b", "_c"), indicator=True)
     cell = lambda r: {k: r[k] for k in keys}  # noqa: E731
@@ -147,14 +164,13 @@ def compare(
         if threshold is None or ok[b_col].isna().all():
             continue
         judged = ok[ok[b_col].notna()]
-        if name in PROTOCOL_METRICS:
-            differs = _protocol_differs(judged)
-            for _, r in judged[differs].iterrows():
-                incomparable.append({**cell(r), "metric": name, **{
-                    f"{k}_{side}": _text(r[f"{k}_{suffix}"])
-                    for k in PROTOCOL for side, suffix in (("baseline", "b"), ("current", "c"))
-                }})  # fmt: skip
-            judged = judged[~differs]
+        differs = _protocol_differs(judged, PROTOCOL[name])
+        for _, r in judged[differs].iterrows():
+            incomparable.append({**cell(r), "metric": name, **{
+                f"{k}_{side}": _text(r[f"{k}_{suffix}"])
+                for k in PROTOCOL[name] for side, suffix in (("baseline", "b"), ("current", "c"))
+            }})  # fmt: skip
+        judged = judged[~differs]
         lost = judged[judged[c_col].isna()]
         for _, r in lost.iterrows():
             regressions.append(
@@ -172,6 +188,9 @@ def compare(
                 improvements.append(row)
     if fail_on_missing:
         regressions += [{**c, "metric": "missing"} for c in missing]
+    if both.empty:  # nothing was compared: no gate passes on that
+        regressions.append({"metric": "nothing compared",
+                            "error": "no cell of the baseline is in the current run"})  # fmt: skip
     return {
         "ok": not regressions and not incomparable,
         "regressions": regressions,
@@ -184,10 +203,10 @@ def compare(
     }
 
 
-def _protocol_differs(pairs: pd.DataFrame) -> pd.Series:
-    """Rows whose extractor, reference or sample count differs between the two sides."""
+def _protocol_differs(pairs: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    """Rows where any of ``columns`` differs between the two sides."""
     differs = pd.Series(False, index=pairs.index)
-    for k in PROTOCOL:
+    for k in columns:
         b, c = pairs[f"{k}_b"].map(_text), pairs[f"{k}_c"].map(_text)
         differs |= b != c
     return differs
@@ -249,10 +268,11 @@ def to_markdown(verdict: dict, title: str = "rfbench compare") -> str:
                  f"{len(verdict['missing'])} cells missing from the current run, "
                  f"{len(verdict['new'])} new.")  # fmt: skip
     if verdict.get("incomparable"):
-        lines += ["", "**Not comparable**: these cells were measured with another feature "
-                  "extractor, reference or sample count on each side, so their "
-                  "quality metric cannot be gated. Rerun the baseline with the current "
-                  "protocol (see docs on portable baselines).", "",
+        lines += ["", "**Not comparable**: these cells were measured otherwise on each side "
+                  "(feature extractor, reference or sample count for quality; batch size, "
+                  "sample count or device for NFE and time), so the metric cannot be gated. "
+                  "Rerun the baseline as the current run is measured (docs/ci-recipe.md, "
+                  "portable baselines).", "",
                   _table(verdict["incomparable"])]  # fmt: skip
     for label, cells in (("Missing", verdict["missing"]), ("New", verdict["new"])):
         if cells:

@@ -183,6 +183,8 @@ def cache_dir() -> Path:
         path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfbench"
         named = f"the cache {path}"
     for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            raise UserError(f"{named} cannot be a cache directory: {p} is a broken link")
         if p.exists():
             if not p.is_dir():
                 raise UserError(f"{named} cannot be a cache directory: {p} is not a directory")
@@ -234,6 +236,7 @@ class RunConfig:
     channels_last: bool = False  # image networks in NHWC memory format
     compile: bool = False  # torch.compile the network
     workers: int = 0  # DataLoader worker processes when training
+    keep_failed: bool = False  # --resume: keep failed cells as done instead of retrying them
     noise_at: int = 0  # external models: the t at which their noise lies (rfbench: 0)
     time_scale: float = 1.0  # external models: they take t * time_scale (999: DDPM-style)
     model_config: str | None = None  # external models: JSON file of constructor arguments

@@ -110,17 +110,42 @@ def _typed_column(values: pd.Series, kind: str) -> pd.Series:
         if bad.any():
             raise ValueError(f"{values[present][bad].iloc[0]!r} is not true or false")
         return words.reindex(values.index).astype("boolean")
+    if kind == _INT:  # exactly: a float64 detour would round seeds beyond 2**53
+        return pd.Series([_integer(v) for v in values], index=values.index, dtype="Int64")
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
     bad = present & numbers.isna()
     if bad.any():
         raise ValueError(f"{values[bad].iloc[0]!r} is not a number")
-    if kind == _INT:
-        given = numbers[present]
-        bad = (given != given.round()) | (given.abs() >= 2**63)
-        if bad.any():
-            raise ValueError(f"{values[present][bad].iloc[0]!r} is not an integer")
-        return numbers.astype("Int64")
     return numbers
+
+
+def _integer(v) -> int | None:
+    """One value of an integer column, exactly; None where it is empty."""
+    if _missing(v):
+        return None
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not an integer")
+    if isinstance(v, int | np.integer):
+        n = int(v)
+    elif isinstance(v, float | np.floating):
+        if not float(v).is_integer():
+            raise ValueError(f"{v!r} is not an integer")
+        n = int(v)
+    else:
+        text = str(v).strip()
+        try:
+            n = int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an integer") from None
+            if not f.is_integer():
+                raise ValueError(f"{v!r} is not an integer") from None
+            n = int(f)
+    if not -(2**63) <= n < 2**63:
+        raise ValueError(f"{v!r} is out of the 64-bit range")
+    return n
 
 
 def typed(frame: pd.DataFrame, source: str = "results") -> pd.DataFrame:
@@ -155,7 +180,11 @@ CELL_KEY: tuple[str, ...] = (
 )  # fmt: skip
 
 # Config keys that may differ between a run and its resumption.
-_RESUMABLE = frozenset({"resume", "out"})
+_RESUMABLE = frozenset({"resume", "out", "keep_failed", "measurement_version"})
+# What the numbers of a row mean. A run measured under another version cannot be resumed:
+# its rows and the new ones would not mean the same. 2: DOP853 without dense-output calls,
+# wall and overhead time without rfbench's recording, reflow pairs on their own noise.
+MEASUREMENT_VERSION = 2
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -209,13 +238,15 @@ class RunDir:
         self.figures = self.path / "figures"
         self.log_path = self.path / "run.log"
 
-    def create(self, config: dict, resume: bool) -> list[dict]:
+    def create(self, config: dict, resume: bool, argv: list[str] | None = None) -> list[dict]:
         """Make the directory and lock it; return the rows already done (``resume``); never
         overwrite. The lock (``flock`` on ``.lock``) is held until ``close()`` or the
         process ends, however it ends, so a second run on the same directory stops.
 
         Everything that can be checked (an existing run, its config and results) is checked
-        before anything is written."""
+        before anything is written. ``argv`` is the command line recorded in env.json (by
+        default this process's)."""
+        config = {**config, "measurement_version": MEASUREMENT_VERSION}
         self._made = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -226,12 +257,12 @@ class RunDir:
             raise UserError(f"cannot write to output directory {self.path}: {e.strerror}") from None
         self._lock()
         try:
-            return self._start(config, resume)
+            return self._start(config, resume, sys.argv[1:] if argv is None else argv)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, config: dict, resume: bool) -> list[dict]:
+    def _start(self, config: dict, resume: bool, argv: list[str]) -> list[dict]:
         config_path = self.path / "config.json"
         existing = self.results_csv.exists() or config_path.exists()
         if existing:
@@ -245,6 +276,13 @@ class RunDir:
                 new = json.loads(json.dumps(config))
                 if not isinstance(old, dict):
                     raise UserError(f"cannot resume {self.path}: its config.json is not a config")
+                version = old.get("measurement_version", 1)
+                if version != MEASUREMENT_VERSION:
+                    raise UserError(
+                        f"cannot resume {self.path}: it was measured by another rfbench "
+                        f"(measurement version {version}, this one {MEASUREMENT_VERSION}), "
+                        "whose rows mean other things; start a new --out"
+                    )
                 mismatch = sorted(k for k in new if k not in _RESUMABLE and old.get(k) != new[k])
                 if mismatch:
                     raise UserError(
@@ -257,7 +295,7 @@ class RunDir:
                 stale.unlink(missing_ok=True)
         self.fresh = not existing  # this invocation made the run: discard() may undo it
         atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+        entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
                  "resume": resume, "rows_done": len(rows), **environment()}  # fmt: skip
         text = json.dumps({"invocations": [*invocations, entry]}, indent=2)
         atomic_write_text(self.path / "env.json", text + "\n")

@@ -23,7 +23,7 @@ from rfbench.atomic import atomic_torch_save
 from rfbench.config import MLPConfig, TrainConfig, UNetConfig
 from rfbench.data import DataSplit
 from rfbench.distributed import World
-from rfbench.errors import UserError
+from rfbench.errors import UserError, first_line
 from rfbench.flow import endpoint, interpolate, rf_loss, sample_grid_t, sample_t
 from rfbench.models import build_model
 from rfbench.safeload import load_dict
@@ -46,13 +46,17 @@ class Lineage:
     pair_seed: int | None = None  # the noise seed of its pairs (None: not recorded)
     pair_stream: str | None = None  # their noise stream; None: made before streams, "samples"
 
-    def evaluation_overlap(self, seeds) -> list[int]:
-        """The evaluation seeds whose noise may have been this model's training noise: none
-        for pairs from the "pairs" stream; for older pairs, drawn from the evaluation's own
-        stream, their seed (0, the default then, where it was not recorded)."""
+    def evaluation_overlap(self, seeds, pair_seed: int | None = None) -> list[int] | None:
+        """The evaluation seeds that were this model's training noise: none for pairs from
+        the "pairs" stream; for older pairs, drawn from the evaluation's own stream, their
+        seed (``pair_seed`` where the lineage does not record it, e.g. from the pairs'
+        manifest). None when that seed is unknown: any seed may be training noise."""
         if self.pair_stream == "pairs":
             return []
-        return [s for s in seeds if s == (0 if self.pair_seed is None else self.pair_seed)]
+        if self.pair_stream not in (None, "samples"):
+            raise UserError(f"unknown pair noise stream {self.pair_stream!r} in the lineage")
+        seed = self.pair_seed if self.pair_seed is not None else pair_seed
+        return None if seed is None else [s for s in seeds if s == seed]
 
     @property
     def tag(self) -> str:
@@ -145,6 +149,12 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of one training epoch: seed * 1000003 + epoch, wrapped to the 64
+    bits torch takes (unchanged below seeds of about 1.8e13)."""
+    return (seed * 1_000_003 + epoch) % 2**64
+
+
 def ema_decay_at(step: int, decay: float) -> float:
     """Warm-up so that early EMA weights are not dominated by the initialisation."""
     return min(decay, (1.0 + step) / (10.0 + step))
@@ -229,7 +239,7 @@ def train(
     model.train()
     while epoch < cfg.epochs:
         # Section: one epoch, its randomness a function of (seed, epoch) only.
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         perm = torch.randperm(n, generator=g)
         batches = perm.split(cfg.batch_size)
         shares = [_share(len(idx), world) for idx in batches]
@@ -392,12 +402,12 @@ def _load_model(path: str | os.PathLike, device: str | torch.device) -> TrainedM
         spec = ModelSpec.from_dict(ckpt["spec"])
     except UserError as e:
         raise UserError(f"checkpoint {path}: {e}") from None
-    model = build_model(spec.sample_shape, spec.unet, spec.mlp)
     try:
+        model = build_model(spec.sample_shape, spec.unet, spec.mlp)
         model.load_state_dict(ckpt["ema"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise UserError(
-            f"checkpoint {path} does not match its own config: {str(e)[:200]}"
+            f"checkpoint {path} does not match its own config: {first_line(e, 200)}"
         ) from None
     recorded = ckpt.get("ema_sha256")
     if recorded is not None and weights_hash(model) != recorded:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rfbench.cli import main
+from rfbench.results import RunDir
 from rfbench.train import CHECKPOINT_FORMAT
 
 TOY = ["run", "--dataset", "toy2d", "--epochs", "1", "--num-samples", "60", "--batch-size", "60",
@@ -105,15 +106,37 @@ def test_cache_that_is_a_regular_file(tmp_path, capsys, monkeypatch):
     assert not out.exists()
 
 
-def test_a_failure_after_the_run_started_leaves_no_half_made_directory(tmp_path, capsys):
-    """Into an existing directory of the user's: only what the run wrote is removed."""
+def test_a_failure_after_the_run_started_leaves_no_half_made_directory(
+    tmp_path, capsys, monkeypatch
+):
+    """The run directory is made, then model training fails (the cache is a file): into an
+    existing directory of the user's, only what the run wrote is removed; a fresh one goes."""
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    bare = tmp_path / "bare.pt"
-    torch.save({"format": CHECKPOINT_FORMAT}, bare)
-    _fails_in_one_line([*TOY, "--checkpoint", str(bare), "--out", str(out)], capsys, "holds no")
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("RFBENCH_CACHE", str(tmp_path / "cache"))
+    written = []
+    real = RunDir.create
+
+    def create(self, *args, **kwargs):
+        rows = real(self, *args, **kwargs)
+        written.append(sorted(p.name for p in self.path.iterdir()))
+        return rows
+
+    monkeypatch.setattr(RunDir, "create", create)
+    _fails_in_one_line([*TOY, "--out", str(out)], capsys, "is not a directory")
+    assert "config.json" in written[0] and "env.json" in written[0]  # the run had started
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    _fails_in_one_line([*TOY, "--out", str(tmp_path / "fresh")], capsys, "is not a directory")
+    assert len(written) == 2 and not (tmp_path / "fresh").exists()
+
+
+def test_cache_behind_a_broken_link(tmp_path, capsys, monkeypatch):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    monkeypatch.setenv("RFBENCH_CACHE", str(tmp_path / "link"))
+    _fails_in_one_line([*TOY, "--out", str(tmp_path / "run")], capsys, "is a broken link")
+    assert not (tmp_path / "run").exists()
 
 
 def test_steps_beyond_the_nfe_guard_fail_before_any_work(tmp_path, capsys):
@@ -170,3 +193,56 @@ def test_resume_keeps_every_invocation_and_retries_failed_cells(copy_of, capsys)
     invocations = json.loads((run / "env.json").read_text())["invocations"]
     assert [e["resume"] for e in invocations] == [False, True]
     assert invocations[1]["rows_done"] == 2 and invocations[0]["torch"] == torch.__version__
+
+
+def test_the_largest_seeds_run_and_resume_exactly(tmp_path, capsys):
+    """Seeds up to 2**63 - 1 are accepted, so they must work end to end: typed exactly in
+    results.csv (no float64 detour that rounds beyond 2**53), resumed without a duplicate;
+    a training seed that large trains."""
+    big = [2**63 - 1, 2**53 + 1]
+    out = tmp_path / "run"
+    argv = [*TOY, "--steps", "1", "--seeds", ",".join(map(str, big)),
+            "--train-seed", str(2**63 - 1), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert pd.read_csv(out / "results.csv", dtype=str)["seed"].tolist() == [str(b) for b in big]
+    frame = pd.read_csv(out / "results.csv", dtype=str)
+    frame.iloc[:1].to_csv(out / "results.csv", index=False)
+    assert main([*argv, "--resume"]) == 0
+    assert pd.read_csv(out / "results.csv", dtype=str)["seed"].tolist() == [str(b) for b in big]
+    assert main(["train", "--dataset", "toy2d", "--epochs", "1", "--seed", str(2**63 - 1),
+                 "--out", str(tmp_path / "model")]) == 0  # fmt: skip
+
+
+def test_keep_failed_leaves_failed_cells_alone(copy_of, capsys):
+    run = copy_of()
+    frame = pd.read_csv(run / "results.csv", dtype={"error": object})
+    frame.loc[1, ["status", "error", "swd"]] = ["failed", "RuntimeError: injected", None]
+    frame.to_csv(run / "results.csv", index=False)
+    assert main([*TOY, "--out", str(run), "--resume", "--keep-failed"]) == 0
+    after = pd.read_csv(run / "results.csv")
+    assert after["status"].tolist() == ["ok", "failed"] and after.loc[1, "error"].endswith(
+        "injected"
+    )
+
+
+def test_a_run_measured_by_an_older_rfbench_is_not_resumed(copy_of, capsys):
+    """Its rows would mean other things (DOP853's NFE, overhead with the recording)."""
+    import json
+
+    run = copy_of()
+    config = json.loads((run / "config.json").read_text())
+    assert config["measurement_version"] == 2
+    del config["measurement_version"]
+    (run / "config.json").write_text(json.dumps(config))
+    before = _digest(run)
+    _fails_in_one_line([*TOY, "--out", str(run), "--resume"], capsys, "measurement version 1")
+    assert _digest(run) == before
+
+
+def test_env_json_records_the_command_that_ran(copy_of, capsys):
+    import json
+
+    run = copy_of()
+    argv = [*TOY, "--out", str(run), "--resume"]
+    assert main(argv) == 0
+    assert json.loads((run / "env.json").read_text())["invocations"][-1]["argv"] == argv

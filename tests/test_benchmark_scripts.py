@@ -149,6 +149,7 @@ def test_solver_overhead_small(tmp_path):
     assert "radau, bdf" in text and "wall-time ratio rk45 / dopri5" in text
     _targets(text, 2)
     # Every row: overhead = wall - model, and the ratio to the bare solve as printed.
+    checked = 0
     header = next(line for line in text.splitlines() if line.startswith("| solver "))
     names = [c.strip() for c in header.strip("|").split("|")]
     for line in text.splitlines():
@@ -160,6 +161,12 @@ def test_solver_overhead_small(tmp_path):
             continue
         wall, model, over = (float(row[k]) for k in ("wall_s", "model_s", "overhead_s"))
         assert abs(wall - model - over) <= 2e-3 * max(wall, 1e-3) + 1e-4, row
+        # The recording was timed (a cell records) and the ratio is the printed columns'.
+        assert float(row["record_s"]) > 0, row
+        ratio = float(row["overhead_s"]) / float(row["bare_overhead_s"])
+        assert abs(float(row["overhead_over_bare"]) - ratio) <= 2e-3 * abs(ratio), row
+        checked += 1
+    assert checked >= 8  # every solver that ran, the toy2d row and the rk45/dopri5 pair
 
 
 @pytest.mark.parametrize("solver", ["rk45", "dopri5"])

@@ -84,7 +84,8 @@ def test_missing_new_and_failed_cells_are_reported():
 def test_models_differ_only_with_any_model():
     base, cur = _frame(model="a"), _frame(model="b", fid=(150.0,))
     verdict = compare(base, cur)
-    assert verdict["ok"] and len(verdict["missing"]) == 1 and len(verdict["new"]) == 1
+    assert len(verdict["missing"]) == 1 and len(verdict["new"]) == 1
+    assert _regressed(verdict) == {"nothing compared"}  # a gate that compared nothing fails
     assert _regressed(compare(base, cur, any_model=True)) == {"fid"}
 
 
@@ -227,12 +228,32 @@ def test_different_extractors_are_not_comparable():
     assert compare(base, base)["ok"]
 
 
+def test_nfe_and_time_compare_only_at_the_same_batch_size():
+    """A batched adaptive solver's NFE depends on its batch: a run at another batch size is
+    not comparable on NFE or time, though its quality still is."""
+    base = _frame(fid=(100.0,)).assign(batch_size=250, n_samples=1000, device="cpu")
+    smaller = base.assign(batch_size=10, nfe=7.0, wall_time_s=3.0)
+    verdict = compare(base, smaller)
+    assert not verdict["ok"] and not verdict["regressions"]
+    assert {r["metric"] for r in verdict["incomparable"]} == {"nfe", "time"}
+    assert {c["metric"] for c in verdict["checks"]} == {"fid"}
+    other_device = base.assign(device="cuda:0 (H200)", wall_time_s=0.1)
+    assert {r["metric"] for r in compare(base, other_device)["incomparable"]} == {"time"}
+
+
 def test_malformed_inputs_end_in_one_line(tmp_path, capsys):
     base = tmp_path / "base.csv"
     _frame(fid=(100.0,)).to_csv(base, index=False)
     no_grid = tmp_path / "no_grid.csv"
     _frame(fid=(100.0,)).drop(columns="grid").to_csv(no_grid, index=False)
-    assert main(["compare", str(base), str(no_grid)]) == 0  # grid empty on one side: new cell
+    capsys.readouterr()
+    assert main(["compare", str(base), str(no_grid)]) == 2
+    err = capsys.readouterr().err
+    assert "the current has no grid column" in err and len(err.splitlines()) == 1
+    header_only = tmp_path / "header.csv"
+    _frame(fid=(100.0,)).iloc[:0].to_csv(header_only, index=False)
+    assert main(["compare", str(base), str(header_only)]) == 1  # nothing compared
+    assert "nothing compared" in capsys.readouterr().out
     words = tmp_path / "words.csv"
     _frame(fid=(100.0, 100.0)).assign(nfe=["8", "many"]).to_csv(words, index=False)
     capsys.readouterr()

@@ -257,18 +257,33 @@ def test_pair_noise_is_never_evaluation_noise(flows):
 
 def test_old_reflowed_checkpoints_are_refused_on_their_training_seed(flows, tmp_path, capsys):
     """A checkpoint whose pairs came from the evaluation's own stream (rfbench before the
-    pair stream) is refused on the seed that was its training noise, and runs on others."""
+    pair stream) is refused on the seed that was its training noise, read from its pairs'
+    manifest beside it where its lineage lacks it, and runs on other seeds; with no record
+    of that seed at all it runs with a warning."""
+    import json
+
     from rfbench.train import read_checkpoint, write_checkpoint
 
     ckpt = read_checkpoint(flows["root"] / "2rf.pt")
     old = dict(ckpt["spec"]["lineage"])
     del old["pair_seed"], old["pair_stream"]
     ckpt["spec"] = {**ckpt["spec"], "lineage": old}
-    write_checkpoint(tmp_path / "old.pt", ckpt)
-    base = ["run", "--dataset", "toy2d", "--checkpoint", str(tmp_path / "old.pt"),
+    write_checkpoint(tmp_path / "old" / "checkpoint.pt", ckpt)
+    (tmp_path / "old" / "pairs").mkdir()
+    (tmp_path / "old" / "pairs" / "manifest.json").write_text(json.dumps({"spec": {"seed": 3}}))
+    base = ["run", "--dataset", "toy2d", "--checkpoint", str(tmp_path / "old" / "checkpoint.pt"),
             "--solvers", "euler", "--steps", "1", "--num-samples", "50"]  # fmt: skip
-    assert _exit([*base, "--seeds", "0,1", "--out", str(tmp_path / "a")]) == 2
+    assert _exit([*base, "--seeds", "1,3", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert "use --seeds without 0" in err and err.count("\n") == 1
-    assert not (tmp_path / "a").exists()
-    assert _exit([*base, "--seeds", "1", "--out", str(tmp_path / "b")]) == 0
+    assert "seed 3 of the evaluation's" in err and "use --seeds without 3" in err
+    assert err.count("\n") == 1 and not (tmp_path / "a").exists()
+    assert _exit([*base, "--seeds", "0,1", "--out", str(tmp_path / "b")]) == 0
+    (tmp_path / "old" / "pairs" / "manifest.json").unlink()
+    capsys.readouterr()
+    assert _exit([*base, "--seeds", "0", "--out", str(tmp_path / "c")]) == 0
+    assert "unrecorded seed" in capsys.readouterr().err
+    ckpt["spec"]["lineage"] = {**old, "pair_stream": "bogus"}
+    write_checkpoint(tmp_path / "bogus.pt", ckpt)
+    bogus = [*base[:3], "--checkpoint", str(tmp_path / "bogus.pt"), *base[5:]]
+    assert _exit([*bogus, "--seeds", "1", "--out", str(tmp_path / "d")]) == 2
+    assert "unknown pair noise stream 'bogus'" in capsys.readouterr().err

@@ -2,9 +2,10 @@
 
 It is cached under the content hash of its training data, and identified in every
 results row as ``classifier-<first 8 hex of the sha256 of its weights>``. For Fashion-MNIST
-the classifier ships with rfbench (``PINNED``), so its name and its FIDs are the same on
-every machine. Features are the
-128-d penultimate layer ("feature", for FID/KID/PRC) and the class logits ("logits", IS).
+the classifier ships with rfbench (``PINNED``), so every machine uses the same weights
+under the same name; its features, and FIDs, then differ between machines only by the
+floating-point rounding of their kernels. Features are the 128-d penultimate layer
+("feature", for FID/KID/PRC) and the class logits ("logits", IS).
 """
 
 from __future__ import annotations
