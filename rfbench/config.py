@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
         num_samples=10_000,
         batch_size=500,
         datasets=("mnist", "fashion-mnist"),
-        source="the blog post's MNIST / Fashion-MNIST recipe (DESIGN.md)",
+        source="the blog post's MNIST / Fashion-MNIST recipe (docs/design.md)",
     ),
     "blog-afhq": Preset(
         name="blog-afhq",
@@ -128,7 +128,7 @@ PRESETS: dict[str, Preset] = {
         batch_size=250,
         datasets=("image-folder",),
         image_size=128,
-        source="the blog post's AFHQ-cat runs (DESIGN.md); AFHQ: Choi et al. 2020",
+        source="the blog post's AFHQ-cat runs (docs/design.md); AFHQ: Choi et al. 2020",
     ),
     "paper": Preset(
         name="paper",

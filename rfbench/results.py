@@ -25,7 +25,7 @@ import torch
 from rfbench.atomic import atomic_write, atomic_write_text
 from rfbench.errors import UserError
 
-# The schema: every row has these columns, in this order (DESIGN.md, "Results schema").
+# The schema: every row has these columns, in this order (docs/design.md, "Results").
 COLUMNS: tuple[str, ...] = (
     "dataset",
     "model_id",

@@ -1,6 +1,6 @@
 """Sampling: the NFE-counting wrapper, per-sample seeded noise, and timed batched solves.
 
-Measurement rules (see DESIGN.md):
+Measurement rules (docs/design.md, "Measurement rules"):
 - NFE is counted by ``CountingVelocity`` around the network, never inferred from a formula.
 - Sample i always starts from the same noise, a function of (seed, i) only.
 - Wall time is ``perf_counter`` around each whole solve, synchronised on CUDA; the network
