@@ -74,8 +74,9 @@ def _child(mode: str, n: int, dataset: str, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
     options = dict(steps=1, batch_size=BATCH, device=dev, progress=False)
     if mode == "stream":
-        generate(zero, "euler", n, metrics.reference.sample_shape, sink=timed_add, keep=64,
-                 **options)  # fmt: skip
+        generate(
+            zero, "euler", n, metrics.reference.sample_shape, sink=timed_add, keep=64, **options
+        )
     else:
         run = generate(zero, "euler", n, metrics.reference.sample_shape, **options)
         for chunk in run.x.split(BATCH):
@@ -125,8 +126,17 @@ def main(argv=None) -> int:
     for n in sizes:
         for mode in MODES:
             for r in range(args.repeats):
-                cmd = [sys.executable, __file__, "--child", mode, str(n),
-                       "--dataset", args.dataset, "--device", args.device]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    str(n),
+                    "--dataset",
+                    args.dataset,
+                    "--device",
+                    args.device,
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"{mode} n={n} repeat {r + 1}: {rows[-1]}", file=sys.stderr)

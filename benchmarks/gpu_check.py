@@ -125,21 +125,59 @@ class Sizes:
 
 
 GPU = Sizes(
-    "GPU defaults", train_batch=None, train_warmup=5, train_steps=40, train_cap_s=15,
-    fid_samples=10_000, fid_epochs=None, sample_batch=2048, sample_repeats=3,
-    option_batch=2048, option_repeats=20, compile_backend="inductor", compile_need_s=75,
-    torchrun_batch=None, torchrun_timeout_s=150, reflow_pairs=10_000, reflow_epochs=3,
-    need_s={"training": 60, "fid_run": 150, "sampling": 40, "options": 20, "torchrun": 120,
-            "reflow": 60},
-)  # fmt: skip
+    "GPU defaults",
+    train_batch=None,
+    train_warmup=5,
+    train_steps=40,
+    train_cap_s=15,
+    fid_samples=10_000,
+    fid_epochs=None,
+    sample_batch=2048,
+    sample_repeats=3,
+    option_batch=2048,
+    option_repeats=20,
+    compile_backend="inductor",
+    compile_need_s=75,
+    torchrun_batch=None,
+    torchrun_timeout_s=150,
+    reflow_pairs=10_000,
+    reflow_epochs=3,
+    need_s={
+        "training": 60,
+        "fid_run": 150,
+        "sampling": 40,
+        "options": 20,
+        "torchrun": 120,
+        "reflow": 60,
+    },
+)
 SMOKE = Sizes(
-    "smoke (tiny, toy2d)", train_batch=2, train_warmup=1, train_steps=2, train_cap_s=5,
-    fid_samples=200, fid_epochs=2, sample_batch=32, sample_repeats=3,
-    option_batch=8, option_repeats=5, compile_backend="eager", compile_need_s=10,
-    torchrun_batch=64, torchrun_timeout_s=120, reflow_pairs=256, reflow_epochs=1,
-    need_s={"training": 10, "fid_run": 30, "sampling": 5, "options": 5, "torchrun": 20,
-            "reflow": 10},
-)  # fmt: skip
+    "smoke (tiny, toy2d)",
+    train_batch=2,
+    train_warmup=1,
+    train_steps=2,
+    train_cap_s=5,
+    fid_samples=200,
+    fid_epochs=2,
+    sample_batch=32,
+    sample_repeats=3,
+    option_batch=8,
+    option_repeats=5,
+    compile_backend="eager",
+    compile_need_s=10,
+    torchrun_batch=64,
+    torchrun_timeout_s=120,
+    reflow_pairs=256,
+    reflow_epochs=1,
+    need_s={
+        "training": 10,
+        "fid_run": 30,
+        "sampling": 5,
+        "options": 5,
+        "torchrun": 20,
+        "reflow": 10,
+    },
+)
 
 
 class Budget:
@@ -162,8 +200,9 @@ class Budget:
         return f"skipped: {max(self.left(), 0):.0f} s left (this may need {need_s:.0f} s)"
 
     def summary(self) -> str:
-        per = ", ".join(f"{k} {'skipped' if s is None else f'{s:.0f} s'}"
-                        for k, s in self.spent.items())  # fmt: skip
+        per = ", ".join(
+            f"{k} {'skipped' if s is None else f'{s:.0f} s'}" for k, s in self.spent.items()
+        )
         return f"Budget: {self.elapsed():.0f} s used of {self.total_s:.0f} s; per step: {per}"
 
 
@@ -228,9 +267,14 @@ def launch(cmd: list[str], timeout_s: float) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -253,8 +297,12 @@ def launch(cmd: list[str], timeout_s: float) -> float:
 def step_environment(ck: Check) -> list[str]:
     env, cuda = ck.env, torch.cuda.is_available()
     commit = f"{env['git_commit']}{' (uncommitted changes)' if env['git_dirty'] else ''}"
-    facts = {"device": device_label(ck.device), "torch": env["torch"],
-             "CUDA (torch build)": torch.version.cuda, "CUDA available": cuda}  # fmt: skip
+    facts = {
+        "device": device_label(ck.device),
+        "torch": env["torch"],
+        "CUDA (torch build)": torch.version.cuda,
+        "CUDA available": cuda,
+    }
     if cuda:
         free, total = torch.cuda.mem_get_info()
         facts |= {
@@ -301,8 +349,12 @@ def time_training(ck: Check, name: str, shape: tuple[int, ...]) -> dict:
     del model, ema, opt
     if pin:
         torch.cuda.empty_cache()
-    return {"params": params, "batch": batch, "steps": len(times),
-            "s_per_step": statistics.median(times)}  # fmt: skip
+    return {
+        "params": params,
+        "batch": batch,
+        "steps": len(times),
+        "s_per_step": statistics.median(times),
+    }
 
 
 def step_training(ck: Check) -> list[str]:
@@ -314,13 +366,21 @@ def step_training(ck: Check) -> list[str]:
             measured[key] = time_training(ck, name, shape)
         m = measured[key]
         steps = math.ceil(n_train / m["batch"]) * p.train.epochs
-        rows.append({
-            "preset": name, "resolution": "x".join(map(str, shape)), "parameters": m["params"],
-            "batch": m["batch"], "timed steps": m["steps"], "s/step (median)": m["s_per_step"],
-            "images/s": m["batch"] / m["s_per_step"], "training set": f"{dataset}, {n_train}",
-            "epochs": p.train.epochs, "steps in all": steps,
-            "estimated hours": steps * m["s_per_step"] / 3600,
-        })  # fmt: skip
+        rows.append(
+            {
+                "preset": name,
+                "resolution": "x".join(map(str, shape)),
+                "parameters": m["params"],
+                "batch": m["batch"],
+                "timed steps": m["steps"],
+                "s/step (median)": m["s_per_step"],
+                "images/s": m["batch"] / m["s_per_step"],
+                "training set": f"{dataset}, {n_train}",
+                "epochs": p.train.epochs,
+                "steps in all": steps,
+                "estimated hours": steps * m["s_per_step"] / 3600,
+            }
+        )
     missing = sorted(set(PRESETS) - set(TRAINING_SETS))
     s = ck.sizes
     batch = f"batch {s.train_batch} (smoke)" if s.train_batch else "its training batch"
@@ -343,10 +403,18 @@ def step_fid_run(ck: Check) -> list[str]:
     s, out = ck.sizes, ck.runs / "fid-run"
     shutil.rmtree(out, ignore_errors=True)  # every number in the report comes from this run
     cfg = RunConfig(
-        dataset=ck.dataset, solvers=("euler", "rk45"), steps=(1, 2, 4, 8), preset="quick",
-        num_samples=s.fid_samples, data_root=ck.args.data_root, out=str(out), resume=True,
-        device=ck.args.device, batch_size="auto", epochs=s.fid_epochs,
-    )  # fmt: skip
+        dataset=ck.dataset,
+        solvers=("euler", "rk45"),
+        steps=(1, 2, 4, 8),
+        preset="quick",
+        num_samples=s.fid_samples,
+        data_root=ck.args.data_root,
+        out=str(out),
+        resume=True,
+        device=ck.args.device,
+        batch_size="auto",
+        epochs=s.fid_epochs,
+    )
     train_split = datamod.load_split(ck.dataset, "train", ck.args.data_root)
     path = bench.model_cache_path(
         bench.model_spec(ck.dataset, "quick", train_split, cfg.train_seed, cfg.epochs)
@@ -383,24 +451,40 @@ def step_sampling(ck: Check) -> list[str]:
     warm_up(model, shape, b, device)
     rows, finals = [], {}
     for solver, family, setting in SOLVER_SETTINGS:
-        run = generate(model, solver, b, shape, seed=0, batch_size=b, device=device,
-                       repeats=ck.sizes.sample_repeats, progress=False, **setting)  # fmt: skip
+        run = generate(
+            model,
+            solver,
+            b,
+            shape,
+            seed=0,
+            batch_size=b,
+            device=device,
+            repeats=ck.sizes.sample_repeats,
+            progress=False,
+            **setting,
+        )
         finals[solver], nfe = run.x, run.nfe_per_solve[0]
-        rows.append({
-            "solver": solver, "family": family,
-            "setting": ", ".join(f"{k}={v:g}" for k, v in setting.items()),
-            "NFE per batch": nfe, "wall s": run.wall_time_s, "model s": run.model_time_s,
-            "overhead s": run.overhead_time_s,
-            "overhead %": 100 * run.overhead_time_s / run.wall_time_s,
-            "wall ms per NFE": 1e3 * run.wall_time_s / nfe,
-        })  # fmt: skip
+        rows.append(
+            {
+                "solver": solver,
+                "family": family,
+                "setting": ", ".join(f"{k}={v:g}" for k, v in setting.items()),
+                "NFE per batch": nfe,
+                "wall s": run.wall_time_s,
+                "model s": run.model_time_s,
+                "overhead s": run.overhead_time_s,
+                "overhead %": 100 * run.overhead_time_s / run.wall_time_s,
+                "wall ms per NFE": 1e3 * run.wall_time_s / nfe,
+            }
+        )
     walls = {r["solver"]: r["wall s"] for r in rows}
     diff = (finals["rk45"] - finals["dopri5"]).abs().max().item()
     caveat = (
-        "" if ck.trained is not None and ck.trained.model is model
+        ""
+        if ck.trained is not None and ck.trained.model is model
         else " Adaptive NFE on a random network is not that of a trained one (whose field is "
         "much smoother): read the adaptive rows for their overhead, not their NFE."
-    )  # fmt: skip
+    )
     return [
         f"Model: {which}, samples of shape {list(shape)}; one batch of {b}; wall time is the "
         f"median of {ck.sizes.sample_repeats} timed solves after a warm-up.{caveat}",
@@ -431,17 +515,24 @@ def step_options(ck: Check) -> list[str]:
             continue
         start = time.perf_counter()
         model, effective = accelerate(copy.deepcopy(base), requested, device, shape)
-        model, effective = compile_or_fall_back(model, effective,
-                                                lambda m: warm_up(m, shape, b, device))  # fmt: skip
+        model, effective = compile_or_fall_back(
+            model, effective, lambda m: warm_up(m, shape, b, device)
+        )
         warm_s = time.perf_counter() - start
         ms, out = median_forward_ms(model, x, t, s.option_repeats, device)
         reference = out if reference is None else reference
         dropped = [k for k, v in requested.columns().items() if effective.columns()[k] != v]
-        rows.append({
-            **row, **effective.columns(), "warm-up s": warm_s, "ms per forward": ms,
-            "images/s": b / ms * 1e3, DIFF: (out - reference).abs().max().item(),
-            "note": f"not in effect here: {', '.join(dropped)}" if dropped else "",
-        })  # fmt: skip
+        rows.append(
+            {
+                **row,
+                **effective.columns(),
+                "warm-up s": warm_s,
+                "ms per forward": ms,
+                "images/s": b / ms * 1e3,
+                DIFF: (out - reference).abs().max().item(),
+                "note": f"not in effect here: {', '.join(dropped)}" if dropped else "",
+            }
+        )
         del model
     return [
         f"Model: {which}; batch {b}, samples {list(shape)}; median of {s.option_repeats} "
@@ -457,10 +548,24 @@ def step_torchrun(ck: Check) -> list[str]:
     trained, s = needs_trained(ck), ck.sizes
     batch = s.torchrun_batch or ck.fid_batch
     args = [
-        "run", "--dataset", ck.dataset, "--solvers", "euler,rk45", "--steps", "1,2,4,8",
-        "--preset", "quick", "--num-samples", str(s.fid_samples), "--batch-size", str(batch),
-        "--checkpoint", str(Path(trained.path).resolve()), "--device", ck.args.device,
-    ]  # fmt: skip
+        "run",
+        "--dataset",
+        ck.dataset,
+        "--solvers",
+        "euler,rk45",
+        "--steps",
+        "1,2,4,8",
+        "--preset",
+        "quick",
+        "--num-samples",
+        str(s.fid_samples),
+        "--batch-size",
+        str(batch),
+        "--checkpoint",
+        str(Path(trained.path).resolve()),
+        "--device",
+        ck.args.device,
+    ]
     if ck.args.data_root:
         args += ["--data-root", str(Path(ck.args.data_root).resolve())]
     dirs = {n: (ck.runs / f"torchrun-{n}").resolve() for n in (1, 2)}
@@ -469,28 +574,49 @@ def step_torchrun(ck: Check) -> list[str]:
     timeout = min(s.torchrun_timeout_s, max(ck.budget.left() / 2, 10))
     elapsed = {
         1: launch([sys.executable, "-m", "rfbench", *args, "--out", str(dirs[1])], timeout),
-        2: launch([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc-per-node=2", "-m", "rfbench", *args, "--out", str(dirs[2])],
-                  timeout),
-    }  # fmt: skip
+        2: launch(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=2",
+                "-m",
+                "rfbench",
+                *args,
+                "--out",
+                str(dirs[2]),
+            ],
+            timeout,
+        ),
+    }
     keys = ["solver", "steps", "rtol", "seed"]
     one, two = (pd.read_csv(dirs[n] / "results.csv").fillna({k: -1 for k in keys}) for n in (1, 2))
     metric = "fid" if "fid" in one and one["fid"].notna().any() else "swd"
     both = one.merge(two, on=keys, suffixes=(" 1", " 2"))
     rel = (both[f"{metric} 2"] - both[f"{metric} 1"]).abs() / both[f"{metric} 1"].abs().clip(1e-12)
-    rows = [{
-        "solver": r["solver"], "steps": r["steps"] if r["steps"] >= 0 else "",
-        "rtol": r["rtol"] if r["rtol"] >= 0 else "",
-        "nfe_per_batch 1": r["nfe_per_batch 1"], "nfe_per_batch 2": r["nfe_per_batch 2"],
-        f"{metric} 1": r[f"{metric} 1"], f"{metric} 2": r[f"{metric} 2"], "relative diff": d,
-        "wall_time_s 1": r["wall_time_s 1"], "wall_time_s 2": r["wall_time_s 2"],
-    } for (_, r), d in zip(both.iterrows(), rel)]  # fmt: skip
+    rows = [
+        {
+            "solver": r["solver"],
+            "steps": r["steps"] if r["steps"] >= 0 else "",
+            "rtol": r["rtol"] if r["rtol"] >= 0 else "",
+            "nfe_per_batch 1": r["nfe_per_batch 1"],
+            "nfe_per_batch 2": r["nfe_per_batch 2"],
+            f"{metric} 1": r[f"{metric} 1"],
+            f"{metric} 2": r[f"{metric} 2"],
+            "relative diff": d,
+            "wall_time_s 1": r["wall_time_s 1"],
+            "wall_time_s 2": r["wall_time_s 2"],
+        }
+        for (_, r), d in zip(both.iterrows(), rel)
+    ]
     agree = (
         len(both) == len(one) == len(two) > 0
-        and (both["status 1"] == STATUS_OK).all() and (both["status 2"] == STATUS_OK).all()
+        and (both["status 1"] == STATUS_OK).all()
+        and (both["status 2"] == STATUS_OK).all()
         and (both["nfe_per_batch 1"] == both["nfe_per_batch 2"]).all()
         and bool((rel <= AGREE_RTOL).all())
-    )  # fmt: skip
+    )
     verdict = (
         f"the 1- and 2-process results agree (every cell ok, nfe_per_batch equal, {metric} "
         f"within {AGREE_RTOL:g} relative)"
@@ -516,24 +642,34 @@ def step_reflow(ck: Check) -> list[str]:
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="gpu-check-reflow-") as tmp:  # pairs are large
         start = time.perf_counter()
-        spec = reflow.pair_spec(trained, s.reflow_pairs, "dopri5", rtol=1e-3, atol=1e-3,
-                                shard_size=s.reflow_pairs)  # fmt: skip
-        store = reflow.generate_pairs(trained, spec, tmp, batch_size=s.sample_batch,
-                                      device=ck.device, progress=False)  # fmt: skip
+        spec = reflow.pair_spec(
+            trained, s.reflow_pairs, "dopri5", rtol=1e-3, atol=1e-3, shard_size=s.reflow_pairs
+        )
+        store = reflow.generate_pairs(
+            trained, spec, tmp, batch_size=s.sample_batch, device=ck.device, progress=False
+        )
         pairs_s = time.perf_counter() - start
         recipe = replace(trained.spec.train, epochs=s.reflow_epochs)
-        two = reflow.reflow(trained, store, recipe, Path(tmp) / "2rf.pt", device=ck.device,
-                            progress=False)  # fmt: skip
+        two = reflow.reflow(
+            trained, store, recipe, Path(tmp) / "2rf.pt", device=ck.device, progress=False
+        )
         train_s = time.perf_counter() - start - pairs_s
         run_dir = bench.run(
             RunConfig(
-                dataset=ck.dataset, solvers=("euler",), steps=(1, 2, 4), preset="quick",
-                checkpoint=(trained.path, str(Path(tmp) / "2rf.pt")), device=ck.args.device,
-                num_samples=s.fid_samples, data_root=ck.args.data_root, out=str(out),
-                resume=True, batch_size=ck.fid_batch,
+                dataset=ck.dataset,
+                solvers=("euler",),
+                steps=(1, 2, 4),
+                preset="quick",
+                checkpoint=(trained.path, str(Path(tmp) / "2rf.pt")),
+                device=ck.args.device,
+                num_samples=s.fid_samples,
+                data_root=ck.args.data_root,
+                out=str(out),
+                resume=True,
+                batch_size=ck.fid_batch,
             ),
             progress=False,
-        )  # fmt: skip
+        )
     return [
         f"{spec.pairs} dopri5 (rtol = atol = 1e-3) pairs from {trained.model_id} in "
         f"{pairs_s:.1f} s; the 2-RF {two.model_id} trained on them for {s.reflow_epochs} "
@@ -584,8 +720,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="where the dataset's files are")
     p.add_argument("--budget-s", type=float, default=480, help="seconds the check may take")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and toy2d, for a CPU test")
-    p.add_argument("--skip", default="", metavar="S1,S2",
-                   help=f"steps not to run, from: {', '.join(k for k, _, _ in STEPS)}")  # fmt: skip
+    p.add_argument(
+        "--skip",
+        default="",
+        metavar="S1,S2",
+        help=f"steps not to run, from: {', '.join(k for k, _, _ in STEPS)}",
+    )
     args = p.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
     unknown = skip - {k for k, _, _ in STEPS}
@@ -606,8 +746,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / f"{date}.md"
-    ck = Check(args, device, sizes, budget, out / date, "toy2d" if args.smoke else args.dataset,
-               environment())  # fmt: skip
+    ck = Check(
+        args,
+        device,
+        sizes,
+        budget,
+        out / date,
+        "toy2d" if args.smoke else args.dataset,
+        environment(),
+    )
     commit = f"{ck.env['git_commit']}{' (uncommitted changes)' if ck.env['git_dirty'] else ''}"
     report = [
         f"# rfbench GPU check, {date}",

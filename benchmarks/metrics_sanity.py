@@ -65,22 +65,40 @@ def main(argv=None) -> int:
     real = metrics(test.x)
     # 2. Disturbances.
     dist = pd.DataFrame(
-        [{"kind": k, "level": lv, "fid": metrics(disturb(test.x, k, lv))["fid"]}
-         for k, levels in (("noise", NOISE), ("blur", BLUR)) for lv in levels]
-    )  # fmt: skip
+        [
+            {"kind": k, "level": lv, "fid": metrics(disturb(test.x, k, lv))["fid"]}
+            for k, levels in (("noise", NOISE), ("blur", BLUR))
+            for lv in levels
+        ]
+    )
     # 3. Sample-size bias, generated and real.
     trained = bench.obtain_model(
         bench.model_spec(args.dataset, "quick", train, 0, args.epochs), train, device
     )
-    gen = generate(trained.model, "euler", max(sizes), trained.spec.sample_shape, seed=0,
-                   steps=args.solver_steps, batch_size=500, device=device)  # fmt: skip
+    gen = generate(
+        trained.model,
+        "euler",
+        max(sizes),
+        trained.spec.sample_shape,
+        seed=0,
+        steps=args.solver_steps,
+        batch_size=500,
+        device=device,
+    )
     rows = []
     for n in sizes:
         for source, x in (("generated", gen.x), ("real test", test.x)):
             if n <= len(x):
                 m = metrics(x[:n])
-                rows.append({"source": source, "n": n, "fid": m["fid"], "kid_mean": m["kid_mean"],
-                             "kid_std": m["kid_std"]})  # fmt: skip
+                rows.append(
+                    {
+                        "source": source,
+                        "n": n,
+                        "fid": m["fid"],
+                        "kid_mean": m["kid_mean"],
+                        "kid_std": m["kid_std"],
+                    }
+                )
     bias = pd.DataFrame(rows)
 
     # Figure: disturbance and sample size.
@@ -108,31 +126,33 @@ def main(argv=None) -> int:
     plt.close(fig)
 
     env = environment()
-    text = "\n".join([
-        f"# Metric sanity on {args.dataset}, feature extractor {info.name}",
-        "",
-        f"Command: `python benchmarks/metrics_sanity.py {' '.join(argv or sys.argv[1:])}`",
-        "",
-        f"- machine: {env['processor']}, {env['cpu_count']} cores, torch {env['torch']}; "
-        f"device {bench.device_label(device)}; git commit {env['git_commit']}",
-        f"- extractor: {info.name}, test accuracy {info.test_accuracy:.4f}; reference: the "
-        f"{len(train.x)}-image train split",
-        f"- generated set: {trained.model_id}, Euler {args.solver_steps} steps, seed 0",
-        f"- total time {time.perf_counter() - start:.0f} s; figure: `{figure.name}`",
-        "",
-        f"## 1. Test split ({len(test.x)} images) against the train split",
-        "",
-        f"FID {real['fid']:.4g}, KID {real['kid_mean']:.4g} ± {real['kid_std']:.2g}",
-        "",
-        "## 2. FID as the test images are disturbed",
-        "",
-        dist.to_markdown(index=False, floatfmt=".4g"),
-        "",
-        "## 3. FID and KID against the sample count (first n of one set)",
-        "",
-        bias.to_markdown(index=False, floatfmt=".4g"),
-        "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            f"# Metric sanity on {args.dataset}, feature extractor {info.name}",
+            "",
+            f"Command: `python benchmarks/metrics_sanity.py {' '.join(argv or sys.argv[1:])}`",
+            "",
+            f"- machine: {env['processor']}, {env['cpu_count']} cores, torch {env['torch']}; "
+            f"device {bench.device_label(device)}; git commit {env['git_commit']}",
+            f"- extractor: {info.name}, test accuracy {info.test_accuracy:.4f}; reference: the "
+            f"{len(train.x)}-image train split",
+            f"- generated set: {trained.model_id}, Euler {args.solver_steps} steps, seed 0",
+            f"- total time {time.perf_counter() - start:.0f} s; figure: `{figure.name}`",
+            "",
+            f"## 1. Test split ({len(test.x)} images) against the train split",
+            "",
+            f"FID {real['fid']:.4g}, KID {real['kid_mean']:.4g} ± {real['kid_std']:.2g}",
+            "",
+            "## 2. FID as the test images are disturbed",
+            "",
+            dist.to_markdown(index=False, floatfmt=".4g"),
+            "",
+            "## 3. FID and KID against the sample count (first n of one set)",
+            "",
+            bias.to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
+    )
     out.write_text(text)
     print(out)
     return 0

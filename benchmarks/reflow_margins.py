@@ -28,8 +28,11 @@ def measure(model) -> tuple[float, float, float]:
     many = generate(model, "euler", N_EVAL, (2,), seed=7, steps=16, record=True, progress=False)
     one = generate(model, "euler", N_EVAL, (2,), seed=7, steps=1, progress=False)
     truth = toy2d_sample(N_EVAL, 99)
-    return (float(many.straightness.mean()), sliced_wasserstein(one.x, truth),
-            sliced_wasserstein(many.x, truth))  # fmt: skip
+    return (
+        float(many.straightness.mean()),
+        sliced_wasserstein(one.x, truth),
+        sliced_wasserstein(many.x, truth),
+    )
 
 
 def main(argv=None) -> int:
@@ -39,8 +42,9 @@ def main(argv=None) -> int:
     for seed in seeds:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as work:
-            rf1 = train(bench.model_spec("toy2d", "quick", data, seed, EPOCHS_1RF), data,
-                        progress=False)  # fmt: skip
+            rf1 = train(
+                bench.model_spec("toy2d", "quick", data, seed, EPOCHS_1RF), data, progress=False
+            )
             spec = pair_spec(rf1, PAIRS, "rk4", steps=16, seed=seed, shard_size=1000)
             store = generate_pairs(rf1, spec, work, batch_size=1000, progress=False)
             recipe = replace(rf1.spec.train, epochs=EPOCHS_2RF)

@@ -88,16 +88,54 @@ def main(argv=None) -> int:
     setting = ["--steps", args.pair_steps] if args.pair_steps else ["--tols", args.pair_tol]
     pairs = ["--pairs", str(args.pairs), "--solver", args.pair_solver, *setting]
     reflow_epochs = ["--epochs", str(args.reflow_epochs)] if args.reflow_epochs else []
-    _step(["reflow", "--checkpoint", str(rf1), *pairs, *reflow_epochs, "--out", str(rf2.parent)],
-          rf2, log, times)  # fmt: skip
-    _step(["reflow", "--checkpoint", str(rf2), *pairs, *reflow_epochs, "--distill", "1",
-           "--out", str(d1.parent)], d1, log, times)  # fmt: skip
+    _step(
+        ["reflow", "--checkpoint", str(rf1), *pairs, *reflow_epochs, "--out", str(rf2.parent)],
+        rf2,
+        log,
+        times,
+    )
+    _step(
+        [
+            "reflow",
+            "--checkpoint",
+            str(rf2),
+            *pairs,
+            *reflow_epochs,
+            "--distill",
+            "1",
+            "--out",
+            str(d1.parent),
+        ],
+        d1,
+        log,
+        times,
+    )
     run_dir = out / "run"
     n = ["--num-samples", str(args.num_samples)] if args.num_samples else []
-    _step(["run", "--dataset", args.dataset, "--checkpoint", f"{rf1},{rf2},{d1}",
-           "--solvers", f"euler,{args.eval_solver}", "--steps", STEPS, "--tols", args.eval_tol,
-           "--seeds", args.seeds, *n, "--out", str(run_dir)],
-          out / "README.md", log, times, ["--resume"] if run_dir.exists() else [])  # fmt: skip
+    _step(
+        [
+            "run",
+            "--dataset",
+            args.dataset,
+            "--checkpoint",
+            f"{rf1},{rf2},{d1}",
+            "--solvers",
+            f"euler,{args.eval_solver}",
+            "--steps",
+            STEPS,
+            "--tols",
+            args.eval_tol,
+            "--seeds",
+            args.seeds,
+            *n,
+            "--out",
+            str(run_dir),
+        ],
+        out / "README.md",
+        log,
+        times,
+        ["--resume"] if run_dir.exists() else [],
+    )
     log.append(f"rfbench figures {run_dir}")
     rfbench(["figures", str(run_dir)])
     frame = pd.read_csv(run_dir / "results.csv")
@@ -135,18 +173,29 @@ def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> 
     for path in checkpoints:
         trained = load_model(path)
         shape = trained.spec.sample_shape
-        for solver, options in (("euler", {"steps": 1}),
-                                (args.eval_solver, {"rtol": float(args.eval_tol),
-                                                    "atol": float(args.eval_tol)})):  # fmt: skip
+        for solver, options in (
+            ("euler", {"steps": 1}),
+            (args.eval_solver, {"rtol": float(args.eval_tol), "atol": float(args.eval_tol)}),
+        ):
             stream = quality.metric.stream(n)
             run = integrate(
-                trained.model, solver, n,
+                trained.model,
+                solver,
+                n,
                 lambda lo, hi, shape=shape: noise(pairs["seed"], range(lo, hi), shape, "pairs"),
-                batch_size=int(frame["batch_size"].iloc[0]), sink=stream.add, progress=False,
+                batch_size=int(frame["batch_size"].iloc[0]),
+                sink=stream.add,
+                progress=False,
                 **options,
-            )  # fmt: skip
-            rows.append({"model_id": trained.model_id, "solver": solver,
-                         metric: stream.result()[metric], "nfe": run.nfe_per_sample})  # fmt: skip
+            )
+            rows.append(
+                {
+                    "model_id": trained.model_id,
+                    "solver": solver,
+                    metric: stream.result()[metric],
+                    "nfe": run.nfe_per_sample,
+                }
+            )
             print(rows[-1], file=sys.stderr)
     table = pd.DataFrame(rows)
     table.to_csv(target, index=False)
@@ -158,8 +207,10 @@ def _summary(
 ) -> None:
     ok = frame[frame["status"] == "ok"]
     ids = sorted(ok["model_id"].unique(), key=lambda i: ("-2rf-" in i, "-d1-" in i))
-    name = {i: ("2-RF distilled (1 step)" if "-d1-" in i else "2-RF" if "-2rf-" in i else "1-RF")
-            for i in ids}  # fmt: skip
+    name = {
+        i: ("2-RF distilled (1 step)" if "-d1-" in i else "2-RF" if "-2rf-" in i else "1-RF")
+        for i in ids
+    }
 
     def mean(model, solver, steps=None) -> pd.Series:
         g = ok[(ok.model_id == model) & (ok.solver == solver)]
@@ -180,8 +231,10 @@ def _summary(
     table = pd.DataFrame(rows)
     by = {name[i]: i for i in ids}
     ratio = mean(by["2-RF"], "euler", 1)[metric] / mean(by["1-RF"], args.eval_solver)[metric]
-    ratio_d = (mean(by["2-RF distilled (1 step)"], "euler", 1)[metric]
-               / mean(by["1-RF"], args.eval_solver)[metric])  # fmt: skip
+    ratio_d = (
+        mean(by["2-RF distilled (1 step)"], "euler", 1)[metric]
+        / mean(by["1-RF"], args.eval_solver)[metric]
+    )
     s1, s2 = (mean(by[k], "euler", 8)["straightness"] for k in ("1-RF", "2-RF"))
 
     def inside(model, solver) -> float:
@@ -191,14 +244,19 @@ def _summary(
     base_in = inside(by["1-RF"], args.eval_solver)
     ratio_in = inside(by["2-RF"], "euler") / base_in
     ratio_d_in = inside(by["2-RF distilled (1 step)"], "euler") / base_in
-    check = pd.DataFrame([
-        {"model": name[i], "model_id": i,
-         f"euler 1, seeds {args.seeds} (out of sample)": mean(i, "euler", 1)[metric],
-         "euler 1, pair noise (in sample)": inside(i, "euler"),
-         f"{args.eval_solver}, seeds {args.seeds}": mean(i, args.eval_solver)[metric],
-         f"{args.eval_solver}, pair noise": inside(i, args.eval_solver)}
-        for i in ids
-    ])  # fmt: skip
+    check = pd.DataFrame(
+        [
+            {
+                "model": name[i],
+                "model_id": i,
+                f"euler 1, seeds {args.seeds} (out of sample)": mean(i, "euler", 1)[metric],
+                "euler 1, pair noise (in sample)": inside(i, "euler"),
+                f"{args.eval_solver}, seeds {args.seeds}": mean(i, args.eval_solver)[metric],
+                f"{args.eval_solver}, pair noise": inside(i, args.eval_solver),
+            }
+            for i in ids
+        ]
+    )
     env = ok.iloc[0]
     text = [
         f"# Reflow study: {args.dataset}",

@@ -29,14 +29,24 @@ import numpy as np
 import pandas as pd
 
 TOY = ["run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "200"]
-SLOW = [*TOY, "--solvers", "euler,rk45", "--steps", "1,2", "--tols", "1e-2,1e-3,1e-4,1e-5",
-        "--stepping", "per-sample"]  # fmt: skip
+SLOW = [
+    *TOY,
+    "--solvers",
+    "euler,rk45",
+    "--steps",
+    "1,2",
+    "--tols",
+    "1e-2,1e-3,1e-4,1e-5",
+    "--stepping",
+    "per-sample",
+]
 TIMING = ["wall_time_s", "model_time_s", "overhead_time_s", "record_time_s", "images_per_s"]
 
 
 def rfbench(*argv, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rfbench", *map(str, argv)],
-                          capture_output=True, text=True, **kw)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "rfbench", *map(str, argv)], capture_output=True, text=True, **kw
+    )
 
 
 def digest(folder: Path) -> str:
@@ -103,7 +113,7 @@ def bad_inputs(work: Path) -> list[tuple]:
             "number <= 0",
             "reflow --pairs 0",
             ["reflow", "--checkpoint", ck, "--pairs", "0", "--out", work / "r"],
-        ),  # fmt: skip
+        ),
         ("unknown name", "--solvers euler,nope", [*TOY, "--solvers", "euler,nope"]),
         ("unknown name", "--dataset nope", ["run", "--dataset", "nope"]),
         ("unknown name", "--preset huge", [*TOY, "--preset", "huge"]),
@@ -225,10 +235,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["RFBENCH_CACHE"] = str(work / "cache")
-        assert rfbench("train", "--dataset", "toy2d", "--epochs", "2",
-                       "--out", work / "model").returncode == 0  # fmt: skip
-        assert rfbench(*TOY, "--solvers", "euler", "--steps", "1", "--out",
-                       work / "done").returncode == 0  # fmt: skip
+        assert (
+            rfbench(
+                "train", "--dataset", "toy2d", "--epochs", "2", "--out", work / "model"
+            ).returncode
+            == 0
+        )
+        assert (
+            rfbench(*TOY, "--solvers", "euler", "--steps", "1", "--out", work / "done").returncode
+            == 0
+        )
         before = digest(work / "done")
         for kind, case, argv_, expected, env in bad_inputs(work):
             fresh = work / "fresh-out"
@@ -241,12 +257,25 @@ def main(argv=None) -> int:
             last = err[-1] if err else ""
             one_line = len(err) == 1 and last.startswith("rfbench") if expected == 2 else True
             left = fresh.exists()
-            ok = (out.returncode == expected and "Traceback" not in out.stderr and one_line
-                  and not left)  # fmt: skip
-            rows.append({"kind": kind, "case": case, "exit": out.returncode,
-                         "expected": expected, "stderr lines": len(err),
-                         "run dir left": left, "s": round(seconds, 1),
-                         "message": last[:110], "passed": ok})  # fmt: skip
+            ok = (
+                out.returncode == expected
+                and "Traceback" not in out.stderr
+                and one_line
+                and not left
+            )
+            rows.append(
+                {
+                    "kind": kind,
+                    "case": case,
+                    "exit": out.returncode,
+                    "expected": expected,
+                    "stderr lines": len(err),
+                    "run dir left": left,
+                    "s": round(seconds, 1),
+                    "message": last[:110],
+                    "passed": ok,
+                }
+            )
             shutil.rmtree(fresh, ignore_errors=True)
         lost_inputs = "nothing" if digest(work / "done") == before else "the run directory changed"
 
@@ -256,11 +285,15 @@ def main(argv=None) -> int:
         reference = pd.read_csv(whole / "results.csv").drop(columns=TIMING)
         killed = work / "killed"
         for rows_before_kill in (3, 4):
-            proc = subprocess.Popen([sys.executable, "-m", "rfbench", *SLOW, "--out", killed,
-                                     "--resume"], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip
-            while not (killed / "results.csv").exists() or len(
-                pd.read_csv(killed / "results.csv")) < rows_before_kill:  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rfbench", *SLOW, "--out", killed, "--resume"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            while (
+                not (killed / "results.csv").exists()
+                or len(pd.read_csv(killed / "results.csv")) < rows_before_kill
+            ):
                 time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -272,17 +305,24 @@ def main(argv=None) -> int:
             .reset_index(drop=True)
             .equals(reference.sort_values(["solver", "steps", "rtol"]).reset_index(drop=True))
         )
-        faults.append({"fault": "SIGKILL during a grid, twice, then --resume",
-                       "outcome": f"{partial} of 6 cells on disk after the kills; resumed to 6",
-                       "lost": "nothing (equal to an uninterrupted run but timing)"
-                       if same else "RESULTS DIFFER"})  # fmt: skip
+        faults.append(
+            {
+                "fault": "SIGKILL during a grid, twice, then --resume",
+                "outcome": f"{partial} of 6 cells on disk after the kills; resumed to 6",
+                "lost": "nothing (equal to an uninterrupted run but timing)"
+                if same
+                else "RESULTS DIFFER",
+            }
+        )
 
         t_argv = ["train", "--dataset", "toy2d", "--epochs", "12"]
         rfbench(*t_argv, "--out", work / "t-whole")
         ck = work / "t-killed" / "checkpoint.pt"
-        proc = subprocess.Popen([sys.executable, "-m", "rfbench", *t_argv, "--out",
-                                 work / "t-killed"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rfbench", *t_argv, "--out", work / "t-killed"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while not ck.exists():
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
@@ -292,10 +332,13 @@ def main(argv=None) -> int:
         epoch = load_model(ck).epochs_done
         rfbench(*t_argv, "--out", work / "t-killed", "--resume")
         same = load_model(ck).model_id == load_model(work / "t-whole" / "checkpoint.pt").model_id
-        faults.append({"fault": "SIGKILL during training (12 epochs), then --resume",
-                       "outcome": f"killed after epoch {epoch}; resumed to 12",
-                       "lost": "nothing (same weights as uninterrupted)" if same
-                       else "WEIGHTS DIFFER"})  # fmt: skip
+        faults.append(
+            {
+                "fault": "SIGKILL during training (12 epochs), then --resume",
+                "outcome": f"killed after epoch {epoch}; resumed to 12",
+                "lost": "nothing (same weights as uninterrupted)" if same else "WEIGHTS DIFFER",
+            }
+        )
 
         busy = work / "busy"
         proc = subprocess.Popen(
@@ -307,11 +350,15 @@ def main(argv=None) -> int:
             time.sleep(0.02)
         second = rfbench(*SLOW, "--out", busy, "--resume")
         proc.wait()
-        faults.append({"fault": "a second run on a directory in use",
-                       "outcome": f"exit {second.returncode}: "
-                       f"{second.stderr.strip().splitlines()[-1][:90]}",
-                       "lost": "nothing (the first run finished: "
-                       f"{len(pd.read_csv(busy / 'results.csv'))} of 6 cells)"})  # fmt: skip
+        faults.append(
+            {
+                "fault": "a second run on a directory in use",
+                "outcome": f"exit {second.returncode}: "
+                f"{second.stderr.strip().splitlines()[-1][:90]}",
+                "lost": "nothing (the first run finished: "
+                f"{len(pd.read_csv(busy / 'results.csv'))} of 6 cells)",
+            }
+        )
 
     table = pd.DataFrame(rows)
     summary = (

@@ -43,8 +43,17 @@ def _child(variant: str, batch: int, steps: int, device: str) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if variant in ("bare", "stats"):
-        integrate(model, "euler", batch, lambda lo, hi: x0[lo:hi], steps=steps, batch_size=batch,
-                  record=variant == "stats", device=device, progress=False)  # fmt: skip
+        integrate(
+            model,
+            "euler",
+            batch,
+            lambda lo, hi: x0[lo:hi],
+            steps=steps,
+            batch_size=batch,
+            record=variant == "stats",
+            device=device,
+            progress=False,
+        )
     elif variant == "trajectory":
         states = []
 
@@ -52,8 +61,16 @@ def _child(variant: str, batch: int, steps: int, device: str) -> dict:
             states.append(x.clone())
             return model(x, t)
 
-        integrate(keep, "euler", batch, lambda lo, hi: x0[lo:hi], steps=steps, batch_size=batch,
-                  device=device, progress=False)  # fmt: skip
+        integrate(
+            keep,
+            "euler",
+            batch,
+            lambda lo, hi: x0[lo:hi],
+            steps=steps,
+            batch_size=batch,
+            device=device,
+            progress=False,
+        )
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -78,8 +95,18 @@ def main(argv=None) -> int:
 
     rows = {}
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--child", variant, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--device", args.device]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
         rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
     base = rows["baseline"]

@@ -42,12 +42,27 @@ def measure(model, shape, solver, options, batch, repeats, device) -> tuple[dict
     for _ in range(repeats):
         for mode, record in (("cell", True), ("bare", False)):
             runs[mode].append(
-                generate(model, solver, batch, shape, seed=0, batch_size=batch, device=device,
-                         progress=False, max_nfe=2000, record=record, **options)
-            )  # fmt: skip
-    med = {mode: {k: float(np.median([getattr(r, k) for r in rs]))
-                  for k in ("wall_time_s", "model_time_s", "record_time_s")}
-           for mode, rs in runs.items()}  # fmt: skip
+                generate(
+                    model,
+                    solver,
+                    batch,
+                    shape,
+                    seed=0,
+                    batch_size=batch,
+                    device=device,
+                    progress=False,
+                    max_nfe=2000,
+                    record=record,
+                    **options,
+                )
+            )
+    med = {
+        mode: {
+            k: float(np.median([getattr(r, k) for r in rs]))
+            for k in ("wall_time_s", "model_time_s", "record_time_s")
+        }
+        for mode, rs in runs.items()
+    }
     for m in med.values():  # as SampleRun: the difference of the medians
         m["overhead_time_s"] = m["wall_time_s"] - m["model_time_s"]
     cell, bare = med["cell"], med["bare"]
@@ -105,11 +120,14 @@ def main(argv=None) -> int:
             continue
         options = {"rtol": args.tol, "atol": args.tol} if s.adaptive else {"steps": args.steps}
         try:
-            row, _ = measure(trained.model, shape, name, options, args.batch, args.repeats,
-                             device)  # fmt: skip
+            row, _ = measure(trained.model, shape, name, options, args.batch, args.repeats, device)
         except Exception as e:  # noqa: BLE001 - report the failure in the table
-            row = {"solver": name, "family": s.family, "setting": str(options),
-                   "error": f"{type(e).__name__}: {str(e)[:80]}"}  # fmt: skip
+            row = {
+                "solver": name,
+                "family": s.family,
+                "setting": str(options),
+                "error": f"{type(e).__name__}: {str(e)[:80]}",
+            }
         rows.append(row)
         print(row, file=sys.stderr)
 
@@ -117,17 +135,26 @@ def main(argv=None) -> int:
     pair_options = {"rtol": args.pair_tol, "atol": args.pair_tol}
     pair, finals = {}, {}
     for name in ("rk45", "dopri5"):
-        pair[name], finals[name] = measure(trained.model, shape, name, pair_options, args.batch,
-                                           args.repeats, device)  # fmt: skip
+        pair[name], finals[name] = measure(
+            trained.model, shape, name, pair_options, args.batch, args.repeats, device
+        )
         print(pair[name], file=sys.stderr)
 
     # toy2d: a network so small that rfbench's recording once doubled the reported overhead.
     toy_data = load_split("toy2d", "train")
-    toy = bench.obtain_model(bench.model_spec("toy2d", "quick", toy_data, 0, args.epochs),
-                             toy_data, device)  # fmt: skip
+    toy = bench.obtain_model(
+        bench.model_spec("toy2d", "quick", toy_data, 0, args.epochs), toy_data, device
+    )
     warm_up(toy.model, toy.spec.sample_shape, args.toy_batch, device)
-    toy_row, _ = measure(toy.model, toy.spec.sample_shape, "euler", {"steps": args.toy_steps},
-                         args.toy_batch, max(args.repeats, 5), device)  # fmt: skip
+    toy_row, _ = measure(
+        toy.model,
+        toy.spec.sample_shape,
+        "euler",
+        {"steps": args.toy_steps},
+        args.toy_batch,
+        max(args.repeats, 5),
+        device,
+    )
     print(toy_row, file=sys.stderr)
 
     import pandas as pd

@@ -80,27 +80,29 @@ def main(argv=None) -> int:
     env = environment()
     frame = pd.DataFrame(rows)
     ratio, pct = frame["batched_over_mean"], frame["batched_percentile"]
-    text = "\n".join([
-        "# Batched against per-sample stepping",
-        "",
-        f"Command: `python benchmarks/stepping_modes.py {' '.join(argv or sys.argv[1:])}`",
-        "",
-        f"- machine: {env['processor']}, {env['cpu_count']} cores, torch {env['torch']}; "
-        f"device {bench.device_label(device)}; git commit {env['git_commit']}",
-        "- the same noise (seed 0, samples 0..n-1) in both modes; batched = one batch of n",
-        "- diff: |batched - per-sample| over all elements of the final samples",
-        "",
-        frame.to_markdown(index=False, floatfmt=".4g"),
-        "",
-        "What the numbers show: the batch's one error norm is a root mean square over all its "
-        "elements, so a batch steps as its root-mean-square sample needs, not as its hardest. "
-        f"Here the batched NFE is {ratio.min():.2f} to {ratio.max():.2f} times the mean of the "
-        f"samples solved alone, at the {pct.min():.0f}th to {pct.max():.0f}th percentile of "
-        "their NFEs. The lottery is per sample: alone, samples of one batch need from "
-        f"{frame['nfe_per_sample_min'].min():.0f} to {frame['nfe_per_sample_max'].max():.0f} "
-        "network calls, and batched each takes the batch's count whatever it needs.",
-        "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# Batched against per-sample stepping",
+            "",
+            f"Command: `python benchmarks/stepping_modes.py {' '.join(argv or sys.argv[1:])}`",
+            "",
+            f"- machine: {env['processor']}, {env['cpu_count']} cores, torch {env['torch']}; "
+            f"device {bench.device_label(device)}; git commit {env['git_commit']}",
+            "- the same noise (seed 0, samples 0..n-1) in both modes; batched = one batch of n",
+            "- diff: |batched - per-sample| over all elements of the final samples",
+            "",
+            frame.to_markdown(index=False, floatfmt=".4g"),
+            "",
+            "What the numbers show: the batch's one error norm is a root mean square over all its "
+            "elements, so a batch steps as its root-mean-square sample needs, not as its hardest. "
+            f"Here the batched NFE is {ratio.min():.2f} to {ratio.max():.2f} times the mean of the "
+            f"samples solved alone, at the {pct.min():.0f}th to {pct.max():.0f}th percentile of "
+            "their NFEs. The lottery is per sample: alone, samples of one batch need from "
+            f"{frame['nfe_per_sample_min'].min():.0f} to {frame['nfe_per_sample_max'].max():.0f} "
+            "network calls, and batched each takes the batch's count whatever it needs.",
+            "",
+        ]
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(args.out)

@@ -33,7 +33,12 @@ def target(what: str, value: float, op: str, limit: float) -> str:
 def read(text: str) -> list[dict]:
     """Every target line of ``text``: what, op, limit, value, and whether it says met."""
     return [
-        {"what": m["what"], "op": m["op"], "limit": float(m["limit"]),
-         "value": float(m["value"]), "met": m["verdict"] == "met"}
+        {
+            "what": m["what"],
+            "op": m["op"],
+            "limit": float(m["limit"]),
+            "value": float(m["value"]),
+            "met": m["verdict"] == "met",
+        }
         for m in LINE.finditer(text)
-    ]  # fmt: skip
+    ]

@@ -26,14 +26,25 @@ def metrics(tmp_path_factory):
     torch.manual_seed(0)
     net = SmallCNN(1, 28, 10)
     path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
-    torch.save({"format": CLASSIFIER_FORMAT, "state_dict": net.state_dict(), "in_channels": 1,
-                "image_size": 28, "num_classes": 10, "data_hash": "bench",
-                "test_accuracy": 0.0}, path)  # fmt: skip
+    torch.save(
+        {
+            "format": CLASSIFIER_FORMAT,
+            "state_dict": net.state_dict(),
+            "in_channels": 1,
+            "image_size": 28,
+            "num_classes": 10,
+            "data_hash": "bench",
+            "test_accuracy": 0.0,
+        },
+        path,
+    )
     g = torch.Generator().manual_seed(1)
-    ref = DataSplit("bench", "train", torch.rand(N, 1, 28, 28, generator=g) * 2 - 1, None,
-                    "bench", "random")  # fmt: skip
-    fm = FidelityMetrics(ref, Extractor(CLASSIFIER_EXTRACTOR, "classifier-bench", str(path)),
-                         ("fid",))  # fmt: skip
+    ref = DataSplit(
+        "bench", "train", torch.rand(N, 1, 28, 28, generator=g) * 2 - 1, None, "bench", "random"
+    )
+    fm = FidelityMetrics(
+        ref, Extractor(CLASSIFIER_EXTRACTOR, "classifier-bench", str(path)), ("fid",)
+    )
     fm.reference_fid_statistics()
     yield fm
     if saved is None:

@@ -39,8 +39,10 @@ def test_train_step_rfbench(benchmark, batch):
     x0, x1, t = batch
     loss = benchmark.pedantic(
         lambda: train_step(model, ema, opt, x0, x1, t, PRESETS["quick"].train, 100).item(),
-        rounds=5, iterations=1, warmup_rounds=1,
-    )  # fmt: skip
+        rounds=5,
+        iterations=1,
+        warmup_rounds=1,
+    )
     benchmark.extra_info["images_per_step"] = BATCH
     assert loss > 0
 

@@ -38,8 +38,9 @@ def timed(cmd: list[str], env: dict) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--checkpoint", default=None, help="default: the cached quick model")
@@ -61,9 +62,25 @@ def main(argv=None) -> int:
     work = Path(args.work)
     if work.exists():
         sys.exit(f"{work} exists; remove it or pass another --work")
-    grid = ["run", "--dataset", args.dataset, "--solvers", args.solvers, "--steps", args.steps,
-            "--tols", args.tols, "--num-samples", str(args.num_samples), "--batch-size",
-            str(args.batch_size), "--checkpoint", checkpoint, "--device", "cpu"]  # fmt: skip
+    grid = [
+        "run",
+        "--dataset",
+        args.dataset,
+        "--solvers",
+        args.solvers,
+        "--steps",
+        args.steps,
+        "--tols",
+        args.tols,
+        "--num-samples",
+        str(args.num_samples),
+        "--batch-size",
+        str(args.batch_size),
+        "--checkpoint",
+        checkpoint,
+        "--device",
+        "cpu",
+    ]
     if args.data_root:
         grid += ["--data-root", args.data_root]
     env = dict(os.environ)
@@ -72,10 +89,22 @@ def main(argv=None) -> int:
     elapsed = {
         "one": timed([*alone, str(work / "one")], env),
         "one-1t": timed([*alone, str(work / "one-1t")], one_thread),
-        "two": timed([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                      "--nproc-per-node=2", "-m", "rfbench", *grid, "--out", str(work / "two")],
-                     one_thread),
-    }  # fmt: skip
+        "two": timed(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=2",
+                "-m",
+                "rfbench",
+                *grid,
+                "--out",
+                str(work / "two"),
+            ],
+            one_thread,
+        ),
+    }
 
     runs = {d: pd.read_csv(work / d / "results.csv") for d in elapsed}
     one, lines = runs["one-1t"], []
@@ -94,33 +123,36 @@ def main(argv=None) -> int:
             f"{c['images_per_s']:.0f} | {b['images_per_s']:.0f} |"
         )
     env_facts = environment()
-    text = "\n".join([
-        "# torchrun: one process against two (CPU, gloo)",
-        "",
-        f"Command: `python benchmarks/torchrun_equivalence.py {' '.join(argv or sys.argv[1:])}`",
-        f"Machine: {os.cpu_count()}-core CPU; torch {env_facts['torch']}; git commit "
-        f"{env_facts['git_commit']}. Model `{one['model_id'][0]}`, {args.num_samples} samples "
-        f"per cell in batches of {args.batch_size} (so the 2 processes take "
-        f"{-(-args.num_samples // args.batch_size)} batches between them, every other one), "
-        f"FID and KID with `{one['feature_extractor'][0]}` against `{one['reference'][0]}`.",
-        "",
-        "Three runs of the same grid: A, one process with one thread; B, two processes "
-        "under torchrun, one thread each (torchrun's default); C, one process with its "
-        "default two threads. A and B do the same arithmetic per sample; C sums some "
-        "reductions in another order.",
-        "",
-        "| solver | setting | NFE per batch, A | NFE per batch, B | FID, A | FID, B | FID "
-        "A/B rel. diff | KID A/B rel. diff | samples A = B | FID C/A rel. diff | saved uint8 "
-        "values C != B | images/s, C | images/s, B |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *lines,
-        "",
-        f"Elapsed, whole command: A {elapsed['one-1t']:.1f} s, B {elapsed['two']:.1f} s, "
-        f"C {elapsed['one']:.1f} s. Each includes start-up, loading the data and the "
-        "metric's reference features; images/s is per cell (n over the solve time, the "
-        "busiest process's for B).",
-        "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# torchrun: one process against two (CPU, gloo)",
+            "",
+            "Command: `python benchmarks/torchrun_equivalence.py "
+            f"{' '.join(argv or sys.argv[1:])}`",
+            f"Machine: {os.cpu_count()}-core CPU; torch {env_facts['torch']}; git commit "
+            f"{env_facts['git_commit']}. Model `{one['model_id'][0]}`, {args.num_samples} samples "
+            f"per cell in batches of {args.batch_size} (so the 2 processes take "
+            f"{-(-args.num_samples // args.batch_size)} batches between them, every other one), "
+            f"FID and KID with `{one['feature_extractor'][0]}` against `{one['reference'][0]}`.",
+            "",
+            "Three runs of the same grid: A, one process with one thread; B, two processes "
+            "under torchrun, one thread each (torchrun's default); C, one process with its "
+            "default two threads. A and B do the same arithmetic per sample; C sums some "
+            "reductions in another order.",
+            "",
+            "| solver | setting | NFE per batch, A | NFE per batch, B | FID, A | FID, B | FID "
+            "A/B rel. diff | KID A/B rel. diff | samples A = B | FID C/A rel. diff | saved uint8 "
+            "values C != B | images/s, C | images/s, B |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *lines,
+            "",
+            f"Elapsed, whole command: A {elapsed['one-1t']:.1f} s, B {elapsed['two']:.1f} s, "
+            f"C {elapsed['one']:.1f} s. Each includes start-up, loading the data and the "
+            "metric's reference features; images/s is per cell (n over the solve time, the "
+            "busiest process's for B).",
+            "",
+        ]
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

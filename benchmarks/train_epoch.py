@@ -52,8 +52,9 @@ def bare_epoch(spec: ModelSpec, x: torch.Tensor) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", default="results/train-epoch.md")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
@@ -77,25 +78,29 @@ def main(argv=None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["bare"] / med["rfbench"]
     env = environment()
-    text = "\n".join([
-        "# Training epoch: rfbench's train() against a bare loop",
-        "",
-        f"Command: `python benchmarks/train_epoch.py {' '.join(argv or sys.argv[1:])}`",
-        f"Machine: 2-core CPU ({torch.get_num_threads()} torch threads); torch {env['torch']}; "
-        f"git commit {env['git_commit']}. Quick UNet, {args.dataset}, the first {args.images} "
-        f"training images, batch {spec.train.batch_size}, one epoch, {args.rounds} alternating "
-        "rounds.",
-        "",
-        "| loop | epoch times (s) | median (s) |",
-        "|---|---|---|",
-        *(f"| {k} | {', '.join(f'{v:.2f}' for v in vs)} | {med[k]:.2f} |"
-          for k, vs in times.items()),
-        "",
-        target("throughput ratio rfbench / bare", ratio, ">=", TARGET),
-        "",
-        f"Same final EMA weights: {'yes' if hashes['rfbench'] == hashes['bare'] else 'NO'}.",
-        "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# Training epoch: rfbench's train() against a bare loop",
+            "",
+            f"Command: `python benchmarks/train_epoch.py {' '.join(argv or sys.argv[1:])}`",
+            f"Machine: 2-core CPU ({torch.get_num_threads()} torch threads); torch {env['torch']}; "
+            f"git commit {env['git_commit']}. Quick UNet, {args.dataset}, the first {args.images} "
+            f"training images, batch {spec.train.batch_size}, one epoch, {args.rounds} alternating "
+            "rounds.",
+            "",
+            "| loop | epoch times (s) | median (s) |",
+            "|---|---|---|",
+            *(
+                f"| {k} | {', '.join(f'{v:.2f}' for v in vs)} | {med[k]:.2f} |"
+                for k, vs in times.items()
+            ),
+            "",
+            target("throughput ratio rfbench / bare", ratio, ">=", TARGET),
+            "",
+            f"Same final EMA weights: {'yes' if hashes['rfbench'] == hashes['bare'] else 'NO'}.",
+            "",
+        ]
+    )
     Path(args.out).write_text(text)
     print(text)
     return 0 if hashes["rfbench"] == hashes["bare"] else 1

@@ -112,8 +112,16 @@ def obtain_model(
         path,
     )
     start = time.perf_counter()
-    trained = train(spec, data, device=device, out_path=path, resume=True, progress=progress,
-                    world=world, workers=workers)  # fmt: skip
+    trained = train(
+        spec,
+        data,
+        device=device,
+        out_path=path,
+        resume=True,
+        progress=progress,
+        world=world,
+        workers=workers,
+    )
     log.info(
         "trained %s in %.1f s; final loss %.4f",
         trained.model_id,
@@ -138,8 +146,14 @@ class Candidate:
     @classmethod
     def of(cls, trained: TrainedModel) -> Candidate:
         m = trained.model
-        return cls(trained.model_id, m, m, trained.spec.sample_shape,
-                   lineage=trained.spec.lineage, path=trained.path)  # fmt: skip
+        return cls(
+            trained.model_id,
+            m,
+            m,
+            trained.spec.sample_shape,
+            lineage=trained.spec.lineage,
+            path=trained.path,
+        )
 
 
 def prepare(
@@ -308,8 +322,11 @@ def run_cell(
     if not world.main:
         return None
     try:
-        errors = [f"rank {r}: {s.error}" if world.distributed else s.error
-                  for r, s in enumerate(shares) if s.error]  # fmt: skip
+        errors = [
+            f"rank {r}: {s.error}" if world.distributed else s.error
+            for r, s in enumerate(shares)
+            if s.error
+        ]
         row["batch_size"] = min(s.batch_size for s in shares)
         if any(s.oom_retries for s in shares):
             row["oom_retries"] = max(s.oom_retries for s in shares)
@@ -340,8 +357,9 @@ def run_cell(
             _save_arrays(run_dir, row, run.x, candidate, cell)
         if inversion_data is not None:
             options = _solve_options(cell, cfg, device, progress)
-            rec = reconstruct(candidate.model, cell["solver"], inversion_data,
-                              batch_size=batch_size, **options)  # fmt: skip
+            rec = reconstruct(
+                candidate.model, cell["solver"], inversion_data, batch_size=batch_size, **options
+            )
             row["inversion_rmse"] = rec.rmse
             row["inversion_nfe"] = rec.encode.nfe_per_sample + rec.decode.nfe_per_sample
         row["status"] = STATUS_OK
@@ -404,10 +422,19 @@ def _solve_share(
 
             try:
                 run = generate(
-                    candidate.model, cell["solver"], n, candidate.sample_shape,
-                    seed=cell["seed"], repeats=cfg.repeats, record=True, sink=sink,
-                    keep=SAVED_SAMPLES, batch_size=b, ranges=ranges, **options,
-                )  # fmt: skip
+                    candidate.model,
+                    cell["solver"],
+                    n,
+                    candidate.sample_shape,
+                    seed=cell["seed"],
+                    repeats=cfg.repeats,
+                    record=True,
+                    sink=sink,
+                    keep=SAVED_SAMPLES,
+                    batch_size=b,
+                    ranges=ranges,
+                    **options,
+                )
                 break
             except torch.cuda.OutOfMemoryError:
                 if b == 1:
@@ -428,9 +455,15 @@ def _solve_share(
 def _solve_options(cell: dict, cfg: RunConfig, device: torch.device, progress) -> dict:
     """The keyword arguments of ``integrate`` for a cell, batch size aside."""
     return dict(
-        steps=cell["steps"], rtol=cell["rtol"], atol=cell["atol"], grid=cell["grid"] or "uniform",
-        stepping=cell["stepping"], device=device, max_nfe=cfg.max_nfe, progress=progress,
-    )  # fmt: skip
+        steps=cell["steps"],
+        rtol=cell["rtol"],
+        atol=cell["atol"],
+        grid=cell["grid"] or "uniform",
+        stepping=cell["stepping"],
+        device=device,
+        max_nfe=cfg.max_nfe,
+        progress=progress,
+    )
 
 
 def _gathered_stream(quality: Quality, n: int, shares: list[_Share]):
@@ -455,8 +488,13 @@ def _save_arrays(run_dir: RunDir, row: dict, x: torch.Tensor, candidate: Candida
     run_dir.save_arrays("samples", row, x=x.numpy())
     if cell["steps"] is not None:  # toy2d, fixed-step: trace its paths
         x0 = noise(cell["seed"], range(TRAJECTORIES), candidate.sample_shape)
-        ts, xs = trajectory(candidate.raw, cell["solver"], x0, steps=int(cell["steps"]),
-                            grid=cell["grid"] or "uniform")  # fmt: skip
+        ts, xs = trajectory(
+            candidate.raw,
+            cell["solver"],
+            x0,
+            steps=int(cell["steps"]),
+            grid=cell["grid"] or "uniform",
+        )
         run_dir.save_arrays("trajectories", row, t=ts.numpy(), x=xs.float().numpy())
 
 
@@ -493,9 +531,15 @@ def load_candidates(cfg: RunConfig, spec: ModelSpec, device: torch.device) -> li
 
     refs = cfg.checkpoint or ()
     if not any(is_external(r) for r in refs):
-        given = [name for name, value, default in (
-            ("--noise-at", cfg.noise_at, 0), ("--time-scale", cfg.time_scale, 1.0),
-            ("--model-config", cfg.model_config, None)) if value != default]  # fmt: skip
+        given = [
+            name
+            for name, value, default in (
+                ("--noise-at", cfg.noise_at, 0),
+                ("--time-scale", cfg.time_scale, 1.0),
+                ("--model-config", cfg.model_config, None),
+            )
+            if value != default
+        ]
         if given:
             raise UserError(
                 f"{', '.join(given)} apply to external models only (--checkpoint torchcfm:PATH "
@@ -506,8 +550,15 @@ def load_candidates(cfg: RunConfig, spec: ModelSpec, device: torch.device) -> li
         if is_external(ref):
             convention = TimeConvention.parse(cfg.noise_at, cfg.time_scale)
             ext = load_external(ref, spec.sample_shape, convention, _model_config(cfg), device)
-            out.append(Candidate(ext.model_id, ext.model, ext.model, ext.sample_shape,
-                                 {"time_convention": ext.convention}))  # fmt: skip
+            out.append(
+                Candidate(
+                    ext.model_id,
+                    ext.model,
+                    ext.model,
+                    ext.sample_shape,
+                    {"time_convention": ext.convention},
+                )
+            )
         else:
             out.append(Candidate.of(load_checkpoint_for(spec, ref, device)))
     ids = [c.model_id for c in out]
@@ -648,9 +699,16 @@ def run(
             candidates = [Candidate.of(trained)]
         with world.main_first():  # rank 0 trains and caches the classifier; the rest read it
             quality = build_quality(
-                cfg.dataset, train_split, test_split, cfg.metrics, device, n, progress,
-                cfg.reference, extractor,
-            )  # fmt: skip
+                cfg.dataset,
+                train_split,
+                test_split,
+                cfg.metrics,
+                device,
+                n,
+                progress,
+                cfg.reference,
+                extractor,
+            )
         inversion_data = (
             test_split.x[: min(n, INVERSION_SAMPLES)] if "inversion" in cfg.metrics else None
         )
@@ -667,13 +725,26 @@ def run(
             log.info("retrying %d failed cell(s) of the resumed run", len(retried))
             rows = [r for r in rows if r.get("status") == STATUS_OK]
         done = {cell_key(r) for r in rows}
-        todo = [(c, m) for c in cells for m in candidates
-                if cell_key({"model_id": m.model_id, **c}) not in done]  # fmt: skip
+        todo = [
+            (c, m)
+            for c in cells
+            for m in candidates
+            if cell_key({"model_id": m.model_id, **c}) not in done
+        ]
         for cell, candidate in todo:
             row = run_cell(
-                cell, candidate, quality, cfg, n, batch_size, device, progress, inversion_data,
-                run_dir if world.main else None, world,
-            )  # fmt: skip
+                cell,
+                candidate,
+                quality,
+                cfg,
+                n,
+                batch_size,
+                device,
+                progress,
+                inversion_data,
+                run_dir if world.main else None,
+                world,
+            )
             if not world.main:
                 continue
             rows.append(row)
@@ -715,13 +786,18 @@ def _batch_size(
         return min(cfg.batch_size or preset_batch, n)
 
     if device.type != "cuda":  # memory is not what limits a batch here
-        log.info("--batch-size auto: on the %s the preset's batch size, %d, stands",
-                 device.type, min(preset_batch, n))  # fmt: skip
+        log.info(
+            "--batch-size auto: on the %s the preset's batch size, %d, stands",
+            device.type,
+            min(preset_batch, n),
+        )
         return min(preset_batch, n)
 
     def measure() -> int:
-        models = [accelerate(c.raw, replace(options, compile=False), device, c.sample_shape)[0]
-                  for c in candidates]  # fmt: skip
+        models = [
+            accelerate(c.raw, replace(options, compile=False), device, c.sample_shape)[0]
+            for c in candidates
+        ]
         fitted = auto_batch_size(models, candidates[0].sample_shape, device, n)
         log.info("--batch-size auto: %d fits the free GPU memory", fitted)
         return fitted

@@ -254,19 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
         "external models (--checkpoint torchcfm:PATH or plugin:MODULE:CALLABLE)"
     )
     ext.add_argument(
-        "--noise-at", type=int, choices=(0, 1), default=0,
+        "--noise-at",
+        type=int,
+        choices=(0, 1),
+        default=0,
         help="the time at which the external model's noise lies: 0 as in rfbench and "
         "torchcfm, 1 where t=1 is noise (the model's t becomes 1 - t and its velocity flips)",
-    )  # fmt: skip
+    )
     ext.add_argument(
-        "--time-scale", type=_positive_float, default=1.0, metavar="S",
+        "--time-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
         help="the external model takes t * S (999 for models trained on DDPM-style steps)",
-    )  # fmt: skip
+    )
     ext.add_argument(
-        "--model-config", default=None, metavar="JSON",
+        "--model-config",
+        default=None,
+        metavar="JSON",
         help="a JSON file of keyword arguments: torchcfm's UNetModelWrapper (default: its "
         "CIFAR-10 settings) or the plugin callable",
-    )  # fmt: skip
+    )
     _common_data_args(r)
     r.add_argument("--train-seed", type=_seed, default=0, help="seed of the trained model")
     r.add_argument(
@@ -279,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory (default: runs/<dataset>-<preset>-<time>)",
     )
     r.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue the run in --out, skipping done cells and retrying failed ones",
-    )  # fmt: skip
+    )
     r.add_argument(
-        "--keep-failed", action="store_true",
+        "--keep-failed",
+        action="store_true",
         help="with --resume: keep the failed cells as they are instead of retrying them",
-    )  # fmt: skip
+    )
     r.set_defaults(handler=_cmd_run)
 
     # rfbench train
@@ -311,43 +321,72 @@ def build_parser() -> argparse.ArgumentParser:
 
     # rfbench reflow
     rf = sub.add_parser(
-        "reflow", formatter_class=fmt,
+        "reflow",
+        formatter_class=fmt,
         help="make (x0, ODE(x0)) pairs with a model, then train the next rectified flow (or "
         "a few-step distilled model) on them",
-    )  # fmt: skip
+    )
     rf.add_argument("--checkpoint", required=True, metavar="PATH", help="the k-RF model")
-    rf.add_argument("--pairs", type=_positive_int, required=True, metavar="N",
-                    help="number of pairs to generate")  # fmt: skip
-    rf.add_argument("--solver", choices=solvers, default="rk45", metavar="S",
-                    help=f"solver that makes the pairs, from: {', '.join(solvers)}")  # fmt: skip
-    rf.add_argument("--steps", type=_positive_int, default=None,
-                    help="its steps (fixed-step solvers)")  # fmt: skip
-    rf.add_argument("--tols", type=_positive_float, default=1e-3, metavar="T",
-                    help="its rtol = atol (adaptive solvers)")  # fmt: skip
-    rf.add_argument("--distill", type=_positive_int, default=None, metavar="K",
-                    help="train a model distilled to K Euler steps, not the (k+1)-RF")  # fmt: skip
+    rf.add_argument(
+        "--pairs",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="number of pairs to generate",
+    )
+    rf.add_argument(
+        "--solver",
+        choices=solvers,
+        default="rk45",
+        metavar="S",
+        help=f"solver that makes the pairs, from: {', '.join(solvers)}",
+    )
+    rf.add_argument(
+        "--steps", type=_positive_int, default=None, help="its steps (fixed-step solvers)"
+    )
+    rf.add_argument(
+        "--tols",
+        type=_positive_float,
+        default=1e-3,
+        metavar="T",
+        help="its rtol = atol (adaptive solvers)",
+    )
+    rf.add_argument(
+        "--distill",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="train a model distilled to K Euler steps, not the (k+1)-RF",
+    )
     rf.add_argument(
         "--epochs",
         type=_positive_int,
         default=None,
         help="training epochs over the pairs (default: the parent's preset's)",
     )
-    rf.add_argument("--lr", type=_positive_float, default=None,
-                    help="learning rate (default: the parent's)")  # fmt: skip
+    rf.add_argument(
+        "--lr", type=_positive_float, default=None, help="learning rate (default: the parent's)"
+    )
     _timesteps_arg(rf)
-    rf.add_argument("--loss", choices=("l2", "lpips"), default="l2",
-                    help="distillation loss; lpips needs its VGG16 weights in torch hub's "
-                    "checkpoints/ (not downloadable offline)")  # fmt: skip
+    rf.add_argument(
+        "--loss",
+        choices=("l2", "lpips"),
+        default="l2",
+        help="distillation loss; lpips needs its VGG16 weights in torch hub's "
+        "checkpoints/ (not downloadable offline)",
+    )
     rf.add_argument("--seed", type=_seed, default=0, help="noise seed of the pairs")
-    rf.add_argument("--shard-size", type=_positive_int, default=1000,
-                    help="pairs per shard file")  # fmt: skip
-    rf.add_argument("--batch-size", type=_positive_int, default=250,
-                    help="sampling batch size for the pairs")  # fmt: skip
+    rf.add_argument("--shard-size", type=_positive_int, default=1000, help="pairs per shard file")
+    rf.add_argument(
+        "--batch-size", type=_positive_int, default=250, help="sampling batch size for the pairs"
+    )
     rf.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
-    rf.add_argument("--out", required=True, metavar="DIR",
-                    help="writes DIR/pairs/ and DIR/checkpoint.pt")  # fmt: skip
-    rf.add_argument("--resume", action="store_true",
-                    help="continue the pairs and the training in DIR")  # fmt: skip
+    rf.add_argument(
+        "--out", required=True, metavar="DIR", help="writes DIR/pairs/ and DIR/checkpoint.pt"
+    )
+    rf.add_argument(
+        "--resume", action="store_true", help="continue the pairs and the training in DIR"
+    )
     rf.set_defaults(handler=_cmd_reflow)
 
     # rfbench data
@@ -371,14 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     # rfbench report
     rp = sub.add_parser(
-        "report", help="tables of one or more run directories, for reading or a paper",
+        "report",
+        help="tables of one or more run directories, for reading or a paper",
         formatter_class=fmt,
-    )  # fmt: skip
+    )
     rp.add_argument(
-        "run_dirs", nargs="+", metavar="RUN_DIR",
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
         help="directories written by `rfbench run` (or their results.csv); several are merged "
         "into one table, keyed by a `run` column where runs repeat a cell",
-    )  # fmt: skip
+    )
     rp.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
     rp.add_argument(
         "--view",
@@ -391,40 +433,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--baseline", default=None, metavar="SOLVER", help="for --view paired")
     rp.add_argument(
-        "--metric", default="fid",
+        "--metric",
+        default="fid",
         help="the column the seeds, paired, pivot and budget views summarise (fid, kid_mean, "
         "swd, straightness, wall_time_s, ...)",
-    )  # fmt: skip
+    )
     rp.add_argument(
-        "--nfe-budget", type=_list_of(int, "NFE budget", positive=True), default=None,
-        metavar="K1,K2", help="for --view budget: NFE per sample <= K, K included (default: "
+        "--nfe-budget",
+        type=_list_of(int, "NFE budget", positive=True),
+        default=None,
+        metavar="K1,K2",
+        help="for --view budget: NFE per sample <= K, K included (default: "
         "powers of two from the smallest NFE in the results up to the largest)",
-    )  # fmt: skip
+    )
     rp.add_argument(
-        "--time-budget", type=_list_of(float, "time budget", positive=True), default=None,
-        metavar="S1,S2", help="for --view budget: also the best within each wall time in "
+        "--time-budget",
+        type=_list_of(float, "time budget", positive=True),
+        default=None,
+        metavar="S1,S2",
+        help="for --view budget: also the best within each wall time in "
         "seconds (a cell's wall_time_s, mean over seeds) (default: none)",
-    )  # fmt: skip
+    )
     rp.add_argument(
-        "--out", default=None, metavar="FILE",
+        "--out",
+        default=None,
+        metavar="FILE",
         help="write the table to FILE, atomically (default: standard output)",
-    )  # fmt: skip
+    )
     rp.set_defaults(handler=_cmd_report)
 
     # rfbench figures
     fg = sub.add_parser(
-        "figures", help="publication figures of a run directory (PDF, PNG, SVG)",
+        "figures",
+        help="publication figures of a run directory (PDF, PNG, SVG)",
         formatter_class=fmt,
-    )  # fmt: skip
+    )
     fg.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `rfbench run`")
     fg.add_argument(
-        "--format", type=_list_of(str, "figure format", choices=C.FIGURE_FORMATS),
-        default=C.FIGURE_FORMATS, metavar="F1,F2", help="file formats, any of pdf,png,svg",
-    )  # fmt: skip
+        "--format",
+        type=_list_of(str, "figure format", choices=C.FIGURE_FORMATS),
+        default=C.FIGURE_FORMATS,
+        metavar="F1,F2",
+        help="file formats, any of pdf,png,svg",
+    )
     fg.add_argument(
-        "--width", choices=("single", "double"), default="single",
+        "--width",
+        choices=("single", "double"),
+        default="single",
         help="figure width: a single paper column (3.25 in) or both (6.75 in)",
-    )  # fmt: skip
+    )
     fg.add_argument("--out", default=None, metavar="DIR", help="default: RUN_DIR/figures")
     fg.set_defaults(handler=_cmd_figures)
 
@@ -432,30 +489,47 @@ def build_parser() -> argparse.ArgumentParser:
     from rfbench.compare import DEFAULT_THRESHOLDS, GATED
 
     cp = sub.add_parser(
-        "compare", formatter_class=fmt,
+        "compare",
+        formatter_class=fmt,
         help="gate a run against a baseline: exit 1 on a regression, 0 when all holds, 2 on "
         "bad input",
-    )  # fmt: skip
-    cp.add_argument("baseline", metavar="BASELINE",
-                    help="a run directory or results.csv; alone, a run of two models "
-                    "(run --checkpoint base,candidate) compared within itself")  # fmt: skip
-    cp.add_argument("current", metavar="CURRENT", nargs="?", default=None,
-                    help="a run directory or results.csv")  # fmt: skip
+    )
+    cp.add_argument(
+        "baseline",
+        metavar="BASELINE",
+        help="a run directory or results.csv; alone, a run of two models "
+        "(run --checkpoint base,candidate) compared within itself",
+    )
+    cp.add_argument(
+        "current", metavar="CURRENT", nargs="?", default=None, help="a run directory or results.csv"
+    )
     for name, column in GATED.items():
         default = DEFAULT_THRESHOLDS[name]
         cp.add_argument(
-            f"--max-{name}-increase", default=str(default) if default else "off",
-            metavar="X", help=f"largest allowed increase of {column}: absolute (2.5), "
+            f"--max-{name}-increase",
+            default=str(default) if default else "off",
+            metavar="X",
+            help=f"largest allowed increase of {column}: absolute (2.5), "
             "relative to the baseline (5%%), or off",
-        )  # fmt: skip
-    cp.add_argument("--any-model", action="store_true",
-                    help="match cells whatever their model_id (one model on each side: the "
-                    "baseline model against a retrained one)")  # fmt: skip
-    cp.add_argument("--fail-on-missing", action="store_true",
-                    help="a baseline cell absent from the current run is a regression")  # fmt: skip
+        )
+    cp.add_argument(
+        "--any-model",
+        action="store_true",
+        help="match cells whatever their model_id (one model on each side: the "
+        "baseline model against a retrained one)",
+    )
+    cp.add_argument(
+        "--fail-on-missing",
+        action="store_true",
+        help="a baseline cell absent from the current run is a regression",
+    )
     cp.add_argument("--json", default=None, metavar="FILE", help="also write the verdict as JSON")
-    cp.add_argument("--markdown", default=None, metavar="FILE",
-                    help="also write the summary to FILE (a pull-request comment)")  # fmt: skip
+    cp.add_argument(
+        "--markdown",
+        default=None,
+        metavar="FILE",
+        help="also write the summary to FILE (a pull-request comment)",
+    )
     cp.set_defaults(handler=_cmd_compare)
 
     # rfbench solvers
@@ -474,10 +548,12 @@ def _batch_size(text: str) -> int | str:
 
 def _workers_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--workers", type=_non_negative_int, default=0, metavar="N",
-        help="DataLoader worker processes feeding the training batches (pinned memory on "
-        "CUDA)",
-    )  # fmt: skip
+        "--workers",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="DataLoader worker processes feeding the training batches (pinned memory on CUDA)",
+    )
 
 
 def _speed_args(p: argparse.ArgumentParser) -> None:
@@ -487,15 +563,23 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
         "speed (each recorded in the rows: compute_dtype, channels_last, compiled)"
     )
     g.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32",
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
         help="the network's forward pass: fp32, or bf16 autocast (CUDA; on a CPU the run "
         "stays fp32 and says so)",
-    )  # fmt: skip
-    g.add_argument("--channels-last", action="store_true",
-                   help="run image networks in channels_last (NHWC) memory format")  # fmt: skip
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the network, once per batch size, before any timing; "
-                   "if compiling fails the run goes on eager and says so")  # fmt: skip
+    )
+    g.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="run image networks in channels_last (NHWC) memory format",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network, once per batch size, before any timing; "
+        "if compiling fails the run goes on eager and says so",
+    )
     _workers_arg(p)
 
 
@@ -503,16 +587,21 @@ def _timesteps_arg(p: argparse.ArgumentParser) -> None:
     from rfbench.flow import TIMESTEPS
 
     p.add_argument(
-        "--timesteps", choices=TIMESTEPS, default="uniform",
+        "--timesteps",
+        choices=TIMESTEPS,
+        default="uniform",
         help="training t: uniform, or u-shaped (density ∝ cosh(4(t - 1/2)), Lee et al. 2024)",
-    )  # fmt: skip
+    )
 
 
 def _dataset_arg(p: argparse.ArgumentParser, datasets: list[str]) -> None:
     p.add_argument(
-        "--dataset", required=True, choices=datasets, metavar="D",
+        "--dataset",
+        required=True,
+        choices=datasets,
+        metavar="D",
         help=f"dataset: {', '.join(datasets)}",
-    )  # fmt: skip
+    )
 
 
 def _common_data_args(p: argparse.ArgumentParser) -> None:
@@ -567,8 +656,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = load_split(args.dataset, "train", args.data_root, image_size=image_size)
     spec = bench.model_spec(args.dataset, args.preset, data, args.seed, args.epochs)
     spec = replace(spec, train=replace(spec.train, timesteps=args.timesteps))
-    trained = train(spec, data, device=device, out_path=path, resume=args.resume, world=world,
-                    workers=args.workers)  # fmt: skip
+    trained = train(
+        spec,
+        data,
+        device=device,
+        out_path=path,
+        resume=args.resume,
+        world=world,
+        workers=args.workers,
+    )
     if not world.main:
         return 0
     logging.getLogger("rfbench").info(
@@ -610,23 +706,40 @@ def _cmd_reflow(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     parent = load_model(args.checkpoint, device)
     spec = reflow.pair_spec(
-        parent, args.pairs, args.solver, steps=args.steps, rtol=args.tols, seed=args.seed,
+        parent,
+        args.pairs,
+        args.solver,
+        steps=args.steps,
+        rtol=args.tols,
+        seed=args.seed,
         shard_size=args.shard_size,
-    )  # fmt: skip
+    )
     log = logging.getLogger("rfbench")
-    log.info("pairs: %d from %s with %s %s -> %s/pairs", spec.pairs, parent.model_id,
-             spec.solver, spec.setting, out)  # fmt: skip
+    log.info(
+        "pairs: %d from %s with %s %s -> %s/pairs",
+        spec.pairs,
+        parent.model_id,
+        spec.solver,
+        spec.setting,
+        out,
+    )
     store = reflow.generate_pairs(parent, spec, out, batch_size=args.batch_size, device=device)
     recipe = replace(parent.spec.train, timesteps=args.timesteps, loss=args.loss)
     if args.epochs is not None:
         recipe = replace(recipe, epochs=args.epochs)
     if args.lr is not None:
         recipe = replace(recipe, lr=args.lr)
-    trained = reflow.reflow(parent, store, recipe, path, distill_steps=args.distill,
-                            device=device, resume=args.resume)  # fmt: skip
-    log.info("model %s (%s from %s), %d epoch(s), losses %s", trained.model_id,
-             trained.spec.lineage.tag, parent.model_id, trained.epochs_done,
-             _fmt(round(v, 5) for v in trained.losses))  # fmt: skip
+    trained = reflow.reflow(
+        parent, store, recipe, path, distill_steps=args.distill, device=device, resume=args.resume
+    )
+    log.info(
+        "model %s (%s from %s), %d epoch(s), losses %s",
+        trained.model_id,
+        trained.spec.lineage.tag,
+        parent.model_id,
+        trained.epochs_done,
+        _fmt(round(v, 5) for v in trained.losses),
+    )
     print(path)
     return 0
 
@@ -676,8 +789,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rfbench.errors import UserError
     from rfbench.report import read_runs
 
-    thresholds = {name: K.Threshold.parse(getattr(args, f"max_{name}_increase"))
-                  for name in K.GATED}  # fmt: skip
+    thresholds = {
+        name: K.Threshold.parse(getattr(args, f"max_{name}_increase")) for name in K.GATED
+    }
     if args.current is None:
         base, cur = K.within_run(read_runs([args.baseline]))
         verdict = K.compare(base, cur, thresholds, True, args.fail_on_missing)
@@ -704,8 +818,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from rfbench.atomic import atomic_write_text
     from rfbench.errors import UserError
 
-    for option, view in (("baseline", "paired"), ("nfe_budget", "budget"),
-                         ("time_budget", "budget")):  # fmt: skip
+    for option, view in (
+        ("baseline", "paired"),
+        ("nfe_budget", "budget"),
+        ("time_budget", "budget"),
+    ):
         if getattr(args, option) is not None and args.view != view:
             raise UserError(f"--{option.replace('_', '-')} applies to --view {view} only")
     if args.view == "paired" and not args.baseline:
@@ -761,16 +878,22 @@ def _cmd_presets(_args: argparse.Namespace) -> int:
         params = count_parameters(build_model((channels, size, size), p.unet, p.mlp))
         r = p.train
         print(f"{p.name}: {p.description}")
-        print(f"  datasets: {', '.join(p.datasets) if p.datasets else 'any'} (toy2d: its toy "
-              f"recipe, {p.toy_train.epochs} epochs)")  # fmt: skip
+        print(
+            f"  datasets: {', '.join(p.datasets) if p.datasets else 'any'} (toy2d: its toy "
+            f"recipe, {p.toy_train.epochs} epochs)"
+        )
         u = p.unet
-        print(f"  UNet: {params / 1e6:.2f}M parameters at {channels}x{size}x{size}; "
-              f"{u.base_channels} channels x {_fmt(u.channel_mults)}, {u.num_res_blocks} "
-              f"blocks/level, attention at {_fmt(u.attention_resolutions)} px")  # fmt: skip
+        print(
+            f"  UNet: {params / 1e6:.2f}M parameters at {channels}x{size}x{size}; "
+            f"{u.base_channels} channels x {_fmt(u.channel_mults)}, {u.num_res_blocks} "
+            f"blocks/level, attention at {_fmt(u.attention_resolutions)} px"
+        )
         warmup = f" ({r.warmup_steps} warm-up steps)" if r.warmup_steps else ""
         flips = ", flips" if r.random_flip else ""
-        print(f"  training: {r.epochs} epochs, batch {r.batch_size}, lr {r.lr:g}{warmup}, "
-              f"clip {r.grad_clip:g}, EMA {r.ema_decay:g}{flips}")  # fmt: skip
+        print(
+            f"  training: {r.epochs} epochs, batch {r.batch_size}, lr {r.lr:g}{warmup}, "
+            f"clip {r.grad_clip:g}, EMA {r.ema_decay:g}{flips}"
+        )
         print(f"  evaluation: {p.num_samples} samples per cell, batch {p.batch_size}")
         print(f"  one H100: {p.h100_time}")
         print(f"  source: {p.source}")
@@ -788,8 +911,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several and args.command not in DISTRIBUTED_COMMANDS:
         only = " and ".join(DISTRIBUTED_COMMANDS)
-        print(f"{PROG}: error: under torchrun only {only} run in several processes; start "
-              f"`rfbench {args.command}` alone", file=sys.stderr)  # fmt: skip
+        print(
+            f"{PROG}: error: under torchrun only {only} run in several processes; start "
+            f"`rfbench {args.command}` alone",
+            file=sys.stderr,
+        )
         return 2
     args.world = World.from_env() if several else World()
     handler = logging.StreamHandler(sys.stderr)

@@ -166,17 +166,29 @@ def compare(
         judged = ok[ok[b_col].notna()]
         differs = _protocol_differs(judged, PROTOCOL[name])
         for _, r in judged[differs].iterrows():
-            incomparable.append({**cell(r), "metric": name, **{
-                f"{k}_{side}": _text(r[f"{k}_{suffix}"])
-                for k in PROTOCOL[name] for side, suffix in (("baseline", "b"), ("current", "c"))
-            }})  # fmt: skip
+            incomparable.append(
+                {
+                    **cell(r),
+                    "metric": name,
+                    **{
+                        f"{k}_{side}": _text(r[f"{k}_{suffix}"])
+                        for k in PROTOCOL[name]
+                        for side, suffix in (("baseline", "b"), ("current", "c"))
+                    },
+                }
+            )
         judged = judged[~differs]
         lost = judged[judged[c_col].isna()]
         for _, r in lost.iterrows():
             regressions.append(
-                {**cell(r), "metric": name, "baseline": float(r[b_col]), "current": None,
-                 "error": f"{column} is missing or NaN"}
-            )  # fmt: skip
+                {
+                    **cell(r),
+                    "metric": name,
+                    "baseline": float(r[b_col]),
+                    "current": None,
+                    "error": f"{column} is missing or NaN",
+                }
+            )
         judged = judged[judged[c_col].notna()]
         for key, g in judged.groupby(setting, dropna=False, sort=True):
             row, regressed, improved = _judge(name, threshold, g[b_col], g[c_col])
@@ -189,8 +201,9 @@ def compare(
     if fail_on_missing:
         regressions += [{**c, "metric": "missing"} for c in missing]
     if both.empty:  # nothing was compared: no gate passes on that
-        regressions.append({"metric": "nothing compared",
-                            "error": "no cell of the baseline is in the current run"})  # fmt: skip
+        regressions.append(
+            {"metric": "nothing compared", "error": "no cell of the baseline is in the current run"}
+        )
     return {
         "ok": not regressions and not incomparable,
         "regressions": regressions,
@@ -228,11 +241,17 @@ def _judge(
         allowed = max(limit, NOISE_SE * se)
         regressed, improved = mean_d > allowed, mean_d < -allowed
     row = {
-        "metric": name, "baseline": b, "current": float(current.mean()), "change": mean_d,
-        "relative_change": mean_d / b if b else None, "seeds": len(d),
-        "worst_seed_change": float(d.max()), "noise_se": se, "threshold": str(threshold),
+        "metric": name,
+        "baseline": b,
+        "current": float(current.mean()),
+        "change": mean_d,
+        "relative_change": mean_d / b if b else None,
+        "seeds": len(d),
+        "worst_seed_change": float(d.max()),
+        "noise_se": se,
+        "threshold": str(threshold),
         "allowed": allowed,
-    }  # fmt: skip
+    }
     return row, regressed, improved
 
 
@@ -258,22 +277,33 @@ def to_markdown(verdict: dict, title: str = "rfbench compare") -> str:
     )
     lines = [f"### {title}: {status}", ""]
     thresholds = ", ".join(f"{k} +{v}" for k, v in verdict["thresholds"].items() if v is not None)
-    lines += [f"Allowed increases: {thresholds}; beyond {NOISE_SE:g} standard errors of the "
-              "paired seed differences where there are two or more seeds.", ""]  # fmt: skip
-    for label, rows in (("Regressions", verdict["regressions"]),
-                        ("Improvements", verdict["improvements"])):  # fmt: skip
+    lines += [
+        f"Allowed increases: {thresholds}; beyond {NOISE_SE:g} standard errors of the "
+        "paired seed differences where there are two or more seeds.",
+        "",
+    ]
+    for label, rows in (
+        ("Regressions", verdict["regressions"]),
+        ("Improvements", verdict["improvements"]),
+    ):
         if rows:
             lines += [f"**{label}**", "", _table(rows), ""]
-    lines.append(f"{len(verdict['checks'])} checks passed or improved; "
-                 f"{len(verdict['missing'])} cells missing from the current run, "
-                 f"{len(verdict['new'])} new.")  # fmt: skip
+    lines.append(
+        f"{len(verdict['checks'])} checks passed or improved; "
+        f"{len(verdict['missing'])} cells missing from the current run, "
+        f"{len(verdict['new'])} new."
+    )
     if verdict.get("incomparable"):
-        lines += ["", "**Not comparable**: these cells were measured otherwise on each side "
-                  "(feature extractor, reference or sample count for quality; batch size, "
-                  "sample count or device for NFE and time), so the metric cannot be gated. "
-                  "Rerun the baseline as the current run is measured (docs/ci-recipe.md, "
-                  "portable baselines).", "",
-                  _table(verdict["incomparable"])]  # fmt: skip
+        lines += [
+            "",
+            "**Not comparable**: these cells were measured otherwise on each side "
+            "(feature extractor, reference or sample count for quality; batch size, "
+            "sample count or device for NFE and time), so the metric cannot be gated. "
+            "Rerun the baseline as the current run is measured (docs/ci-recipe.md, "
+            "portable baselines).",
+            "",
+            _table(verdict["incomparable"]),
+        ]
     for label, cells in (("Missing", verdict["missing"]), ("New", verdict["new"])):
         if cells:
             lines += ["", f"**{label} cells**", "", _table(cells)]

@@ -152,7 +152,7 @@ PRESETS: dict[str, Preset] = {
             ema_decay=0.999999,
             warmup_steps=5000,
             random_flip=True,
-        ),  # fmt: skip
+        ),
         toy_train=TrainConfig(epochs=400, batch_size=512, lr=1e-3),
         num_samples=50_000,
         batch_size=1000,

@@ -316,12 +316,23 @@ def quality_vs_time(
         (step,) = ax.step(
             [*front["time"], points["time"].max()],
             [*front["mean"], front["mean"].iloc[-1]],
-            where="post", color="0.25", linewidth=0.7, linestyle=(0, (3, 2)), zorder=1,
-        )  # fmt: skip
+            where="post",
+            color="0.25",
+            linewidth=0.7,
+            linestyle=(0, (3, 2)),
+            zorder=1,
+        )
         (rings,) = ax.plot(
-            front["time"], front["mean"], linestyle="none", marker="o", markersize=7,
-            markerfacecolor="none", markeredgecolor="black", markeredgewidth=0.7, zorder=3,
-        )  # fmt: skip
+            front["time"],
+            front["mean"],
+            linestyle="none",
+            marker="o",
+            markersize=7,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            markeredgewidth=0.7,
+            zorder=3,
+        )
         _log_scale(ax)
         _auto_log_y(ax, points["mean"])
         ax.set(xlabel="wall time for n samples (s)", ylabel=_quality_label(frame, metric))

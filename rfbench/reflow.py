@@ -89,9 +89,17 @@ def pair_spec(
             raise UserError(f"{solver} is a fixed-step solver: give --steps")
         rtol = atol = None
     return PairSpec(
-        parent.model_id, solver, steps, rtol, atol, grid, pairs, seed, shard_size,
+        parent.model_id,
+        solver,
+        steps,
+        rtol,
+        atol,
+        grid,
+        pairs,
+        seed,
+        shard_size,
         tuple(parent.spec.sample_shape),
-    )  # fmt: skip
+    )
 
 
 class PairStore:
@@ -180,26 +188,47 @@ def generate_pairs(
     todo = [i for i in range(count) if str(i) not in manifest["shards"]]
     if len(todo) < count:
         log.info("pairs: %d of %d shards already done in %s", count - len(todo), count, store.dir)
-    bar = tqdm(todo, desc=f"pairs ({spec.solver})", unit="shard",
-               disable=None if progress is None else not progress)  # fmt: skip
+    bar = tqdm(
+        todo,
+        desc=f"pairs ({spec.solver})",
+        unit="shard",
+        disable=None if progress is None else not progress,
+    )
     for i in bar:
         lo, hi = i * spec.shard_size, min((i + 1) * spec.shard_size, spec.pairs)
         run = integrate(
-            parent.model, spec.solver, hi - lo,
-            lambda a, b, lo=lo: noise(spec.seed, range(lo + a, lo + b), spec.sample_shape,
-                                      spec.stream),
-            t0=T_NOISE, t1=T_DATA, batch_size=batch_size, steps=spec.steps, rtol=spec.rtol,
-            atol=spec.atol, grid=spec.grid, device=device, progress=False,
-        )  # fmt: skip
+            parent.model,
+            spec.solver,
+            hi - lo,
+            lambda a, b, lo=lo: noise(
+                spec.seed, range(lo + a, lo + b), spec.sample_shape, spec.stream
+            ),
+            t0=T_NOISE,
+            t1=T_DATA,
+            batch_size=batch_size,
+            steps=spec.steps,
+            rtol=spec.rtol,
+            atol=spec.atol,
+            grid=spec.grid,
+            device=device,
+            progress=False,
+        )
         if not torch.isfinite(run.x).all():
             raise UserError(f"the parent's solve gave NaN or Inf in pairs [{lo}, {hi})")
         x0 = noise(spec.seed, range(lo, hi), spec.sample_shape, spec.stream)
         path = store.shard_path(i)
         atomic_torch_save({"format": PAIRS_FORMAT, "lo": lo, "hi": hi, "x0": x0, "x1": run.x}, path)
-        store.record(manifest, i, {
-            "lo": lo, "hi": hi, "nfe_per_sample": run.nfe_per_sample,
-            "nfe_per_batch": run.nfe_per_solve, "wall_time_s": run.wall_time_s,
-        })  # fmt: skip
+        store.record(
+            manifest,
+            i,
+            {
+                "lo": lo,
+                "hi": hi,
+                "nfe_per_sample": run.nfe_per_sample,
+                "nfe_per_batch": run.nfe_per_solve,
+                "wall_time_s": run.wall_time_s,
+            },
+        )
     return store
 
 
@@ -226,18 +255,23 @@ def reflow_spec(
     ``distill_steps`` the k-RF distilled to that many Euler steps."""
     saved = manifest["spec"]
     # Pairs made before the "pairs" stream drew from the evaluation's ("samples").
-    pairs = PairSpec(**{"stream": "samples", **saved,
-                        "sample_shape": tuple(saved["sample_shape"])})  # fmt: skip
+    pairs = PairSpec(**{"stream": "samples", **saved, "sample_shape": tuple(saved["sample_shape"])})
     if pairs.parent != parent.model_id:
         raise UserError(
             f"the pairs were made by {pairs.parent}, not by the checkpoint's {parent.model_id}"
         )
     k = parent.spec.k if distill_steps else parent.spec.k + 1
     lineage = Lineage(
-        k=k, parent=parent.model_id, parent_path=str(parent.path or ""),
-        pair_solver=pairs.solver, pair_setting=pairs.setting, pairs=pairs.pairs,
-        distill_steps=distill_steps, pair_seed=pairs.seed, pair_stream=pairs.stream,
-    )  # fmt: skip
+        k=k,
+        parent=parent.model_id,
+        parent_path=str(parent.path or ""),
+        pair_solver=pairs.solver,
+        pair_setting=pairs.setting,
+        pairs=pairs.pairs,
+        distill_steps=distill_steps,
+        pair_seed=pairs.seed,
+        pair_stream=pairs.stream,
+    )
     return replace(parent.spec, train=recipe, data_hash=data.content_hash, lineage=lineage)
 
 
@@ -256,5 +290,13 @@ def reflow(
     x0, x1, manifest = store.load()
     data = pairs_split(parent, x1, x0)
     spec = reflow_spec(parent, data, manifest, recipe, distill_steps)
-    return train(spec, data, device=device, out_path=out_path, resume=resume,
-                 progress=progress, x0=x0, init=parent.model)  # fmt: skip
+    return train(
+        spec,
+        data,
+        device=device,
+        out_path=out_path,
+        resume=resume,
+        progress=progress,
+        x0=x0,
+        init=parent.model,
+    )

@@ -112,9 +112,17 @@ FORMATS = {"md": frame_to_markdown, "latex": frame_to_latex, "csv": frame_to_csv
 # Uncertainty over seeds.
 
 SETTING_KEYS = (
-    "run", "dataset", "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping",
+    "run",
+    "dataset",
+    "model_id",
+    "solver",
+    "steps",
+    "grid",
+    "rtol",
+    "atol",
+    "stepping",
     "n_samples",
-)  # fmt: skip
+)
 
 
 def _settings(frame: pd.DataFrame) -> list[str]:
@@ -226,10 +234,22 @@ def read_runs(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
 # Numeric columns a view can summarise; those with values are offered in error messages.
 METRICS = (
-    "fid", "kid_mean", "precision", "recall", "isc_mean", "swd", "energy_distance",
-    "straightness", "curvature", "inversion_rmse", "nfe", "wall_time_s", "model_time_s",
-    "overhead_time_s", "images_per_s",
-)  # fmt: skip
+    "fid",
+    "kid_mean",
+    "precision",
+    "recall",
+    "isc_mean",
+    "swd",
+    "energy_distance",
+    "straightness",
+    "curvature",
+    "inversion_rmse",
+    "nfe",
+    "wall_time_s",
+    "model_time_s",
+    "overhead_time_s",
+    "images_per_s",
+)
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "isc_mean", "images_per_s"})
 
 

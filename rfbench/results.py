@@ -83,13 +83,31 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 _TEXT, _FLOAT, _INT, _BOOL = "string", "float64", "Int64", "boolean"
 COLUMN_TYPES: dict[str, str] = {
     **dict.fromkeys(
-        ("dataset", "model_id", "solver", "family", "nfe_per_batch", "feature_extractor",
-         "reference", "device", "status", "error", "grid", "stepping", "solver_nfe",
-         "compute_dtype", "time_convention", "run"), _TEXT),
-    **dict.fromkeys(("steps", "batch_size", "n_samples", "seed", "nfe_total", "oom_retries",
-                     "world_size"), _INT),
+        (
+            "dataset",
+            "model_id",
+            "solver",
+            "family",
+            "nfe_per_batch",
+            "feature_extractor",
+            "reference",
+            "device",
+            "status",
+            "error",
+            "grid",
+            "stepping",
+            "solver_nfe",
+            "compute_dtype",
+            "time_convention",
+            "run",
+        ),
+        _TEXT,
+    ),
+    **dict.fromkeys(
+        ("steps", "batch_size", "n_samples", "seed", "nfe_total", "oom_retries", "world_size"), _INT
+    ),
     **dict.fromkeys(("channels_last", "compiled"), _BOOL),
-}  # fmt: skip
+}
 _KNOWN = frozenset({*COLUMNS, *EXTRA_COLUMNS, *COLUMN_TYPES})
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
@@ -176,8 +194,15 @@ def read_results_csv(path: str | os.PathLike) -> pd.DataFrame:
 
 # The columns that identify a cell; a resumed run skips rows whose key is done.
 CELL_KEY: tuple[str, ...] = (
-    "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping", "seed",
-)  # fmt: skip
+    "model_id",
+    "solver",
+    "steps",
+    "grid",
+    "rtol",
+    "atol",
+    "stepping",
+    "seed",
+)
 
 # Config keys that may differ between a run and its resumption.
 _RESUMABLE = frozenset({"resume", "out", "keep_failed", "measurement_version"})
@@ -295,8 +320,13 @@ class RunDir:
                 stale.unlink(missing_ok=True)
         self.fresh = not existing  # this invocation made the run: discard() may undo it
         atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
-                 "resume": resume, "rows_done": len(rows), **environment()}  # fmt: skip
+        entry = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": list(argv),
+            "resume": resume,
+            "rows_done": len(rows),
+            **environment(),
+        }
         text = json.dumps({"invocations": [*invocations, entry]}, indent=2)
         atomic_write_text(self.path / "env.json", text + "\n")
         return rows
@@ -365,10 +395,13 @@ class RunDir:
                 "move it away, or choose another --out"
             )
         return [
-            {k: (v.item() if isinstance(v, np.generic) else v)
-             for k, v in r.items() if not _missing(v)}
+            {
+                k: (v.item() if isinstance(v, np.generic) else v)
+                for k, v in r.items()
+                if not _missing(v)
+            }
             for r in frame.astype(object).to_dict("records")
-        ]  # fmt: skip
+        ]
 
     def write_rows(self, rows: list[dict]) -> pd.DataFrame:
         """Rewrite results.csv (and .parquet) with all rows so far, atomically."""

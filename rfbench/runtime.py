@@ -76,15 +76,18 @@ class Acceleration:
             if device.type != "cuda":
                 log.warning(
                     "--precision bf16 is a CUDA option; on the %s this run uses fp32, and its "
-                    "rows say compute_dtype=fp32", device.type,
-                )  # fmt: skip
+                    "rows say compute_dtype=fp32",
+                    device.type,
+                )
                 out = replace(out, precision="fp32")
             elif not torch.cuda.is_bf16_supported():
                 log.warning("this GPU has no bf16; the run uses fp32 (rows say compute_dtype=fp32)")
                 out = replace(out, precision="fp32")
         if self.channels_last and len(sample_shape) != 3:
-            log.warning("--channels-last applies to images, not samples of shape %s; ignored",
-                        list(sample_shape))  # fmt: skip
+            log.warning(
+                "--channels-last applies to images, not samples of shape %s; ignored",
+                list(sample_shape),
+            )
             out = replace(out, channels_last=False)
         return out
 
@@ -138,8 +141,9 @@ def compile_or_fall_back(
     except Exception as e:  # noqa: BLE001 - torch.compile raises many kinds on a bad toolchain
         if not (isinstance(model, Accelerated) and options.compile):
             raise
-        log.warning("torch.compile failed (%s); running eager, rows say compiled=False",
-                    first_line(e))  # fmt: skip
+        log.warning(
+            "torch.compile failed (%s); running eager, rows say compiled=False", first_line(e)
+        )
         options = replace(options, compile=False)
         eager = Accelerated(model.inner, options, torch.device(model.device_type))
         warm(eager)

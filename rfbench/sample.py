@@ -305,9 +305,11 @@ def integrate(
     if any(not 0 <= lo < hi <= num_samples for lo, hi in batches):
         raise ValueError(f"sample ranges {list(ranges)} reach outside 0..{num_samples - 1}")
     bar = tqdm(
-        batches, desc=f"{solver} t={t0:g}->{t1:g}", leave=False,
+        batches,
+        desc=f"{solver} t={t0:g}->{t1:g}",
+        leave=False,
         disable=None if progress is None else not progress,
-    )  # fmt: skip
+    )
     kept = num_samples if keep is None else min(keep, num_samples)
     pin = device.type == "cuda"
     for start, stop in bar:
@@ -327,9 +329,16 @@ def integrate(
                 sync()
                 t_start = time.perf_counter()
                 result = solve(
-                    spec.name, counter, x_start[lo - start : hi - start], steps=steps,
-                    rtol=rtol, atol=atol, t0=t0, t1=t1, grid=grid,
-                )  # fmt: skip
+                    spec.name,
+                    counter,
+                    x_start[lo - start : hi - start],
+                    steps=steps,
+                    rtol=rtol,
+                    atol=atol,
+                    t0=t0,
+                    t1=t1,
+                    grid=grid,
+                )
                 sync()
                 walls.append(time.perf_counter() - t_start - counter.record_time_s)
                 models.append(counter.model_time_s)
@@ -360,10 +369,13 @@ def merge_runs(runs: Sequence[SampleRun]) -> SampleRun:
     sample. ``wall_time_s`` stays the sum over all solves; ``busiest_wall_time_s`` is the
     largest share's, the elapsed time of processes running side by side."""
     solves = sorted(
-        (s for run in runs
-         for s in zip(run.solve_ranges, run.nfe_per_solve, run.solver_nfe_per_solve)),
+        (
+            s
+            for run in runs
+            for s in zip(run.solve_ranges, run.nfe_per_solve, run.solver_nfe_per_solve)
+        ),
         key=lambda s: s[0],
-    )  # fmt: skip
+    )
     first = runs[0]
     merged = SampleRun(
         x=first.x.clone(),
@@ -410,9 +422,14 @@ def generate(
     ([3, 3, 3], [4, 4, 2])
     """
     return integrate(
-        model, solver, num_samples, lambda lo, hi: noise(seed, range(lo, hi), sample_shape),
-        t0=T_NOISE, t1=T_DATA, **options,
-    )  # fmt: skip
+        model,
+        solver,
+        num_samples,
+        lambda lo, hi: noise(seed, range(lo, hi), sample_shape),
+        t0=T_NOISE,
+        t1=T_DATA,
+        **options,
+    )
 
 
 def trajectory(

@@ -246,8 +246,10 @@ def train(
         loader = DataLoader(
             _Rows(*tensors),
             batch_sampler=[idx[pos].tolist() for idx, (pos, _) in zip(batches, shares)],
-            num_workers=workers, pin_memory=pin, collate_fn=_as_is,
-        )  # fmt: skip
+            num_workers=workers,
+            pin_memory=pin,
+            collate_fn=_as_is,
+        )
         total, bar = (
             0.0,
             tqdm(

@@ -16,8 +16,21 @@ from rfbench.cli import main
 from rfbench.results import RunDir
 from rfbench.train import CHECKPOINT_FORMAT
 
-TOY = ["run", "--dataset", "toy2d", "--epochs", "1", "--num-samples", "60", "--batch-size", "60",
-       "--solvers", "euler", "--steps", "1,2"]  # fmt: skip
+TOY = [
+    "run",
+    "--dataset",
+    "toy2d",
+    "--epochs",
+    "1",
+    "--num-samples",
+    "60",
+    "--batch-size",
+    "60",
+    "--solvers",
+    "euler",
+    "--steps",
+    "1,2",
+]
 
 
 def _digest(folder: Path) -> str:
@@ -61,16 +74,22 @@ def test_checkpoint_with_nothing_but_its_format(tmp_path, capsys):
     path = tmp_path / "bare.pt"
     torch.save({"format": CHECKPOINT_FORMAT}, path)
     out = tmp_path / "run"
-    _fails_in_one_line([*TOY, "--checkpoint", str(path), "--out", str(out)], capsys,
-                       "holds no spec, ema, epoch, losses")  # fmt: skip
+    _fails_in_one_line(
+        [*TOY, "--checkpoint", str(path), "--out", str(out)],
+        capsys,
+        "holds no spec, ema, epoch, losses",
+    )
     assert not out.exists()
 
 
-@pytest.mark.parametrize("damage,needle", [
-    (lambda p: p.write_bytes(os.urandom(300)), "results"),
-    (lambda p: p.write_text(p.read_text().replace(",0,", ",zero,", 1)), "column seed"),
-    (lambda p: p.write_text("just some text\n"), "not an rfbench results file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (lambda p: p.write_bytes(os.urandom(300)), "results"),
+        (lambda p: p.write_text(p.read_text().replace(",0,", ",zero,", 1)), "column seed"),
+        (lambda p: p.write_text("just some text\n"), "not an rfbench results file"),
+    ],
+)
 def test_resume_over_a_damaged_results_csv(copy_of, capsys, damage, needle):
     run = copy_of()
     damage(run / "results.csv")
@@ -146,8 +165,11 @@ def test_steps_beyond_the_nfe_guard_fail_before_any_work(tmp_path, capsys):
     start = time.perf_counter()
     _fails_in_one_line([*TOY, "--steps", "20000", "--out", str(out)], capsys, "--max-nfe 10000")
     assert time.perf_counter() - start < 30 and not out.exists()
-    _fails_in_one_line(["run", "--dataset", "toy2d", "--solvers", "rk4", "--steps", "2501",
-                        "--out", str(out)], capsys, "10004 network calls")  # fmt: skip
+    _fails_in_one_line(
+        ["run", "--dataset", "toy2d", "--solvers", "rk4", "--steps", "2501", "--out", str(out)],
+        capsys,
+        "10004 network calls",
+    )
 
 
 def test_truncated_cached_model_names_the_file_to_delete(done, capsys, tmp_path):
@@ -201,16 +223,39 @@ def test_the_largest_seeds_run_and_resume_exactly(tmp_path, capsys):
     a training seed that large trains."""
     big = [2**63 - 1, 2**53 + 1]
     out = tmp_path / "run"
-    argv = [*TOY, "--steps", "1", "--seeds", ",".join(map(str, big)),
-            "--train-seed", str(2**63 - 1), "--out", str(out)]  # fmt: skip
+    argv = [
+        *TOY,
+        "--steps",
+        "1",
+        "--seeds",
+        ",".join(map(str, big)),
+        "--train-seed",
+        str(2**63 - 1),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert pd.read_csv(out / "results.csv", dtype=str)["seed"].tolist() == [str(b) for b in big]
     frame = pd.read_csv(out / "results.csv", dtype=str)
     frame.iloc[:1].to_csv(out / "results.csv", index=False)
     assert main([*argv, "--resume"]) == 0
     assert pd.read_csv(out / "results.csv", dtype=str)["seed"].tolist() == [str(b) for b in big]
-    assert main(["train", "--dataset", "toy2d", "--epochs", "1", "--seed", str(2**63 - 1),
-                 "--out", str(tmp_path / "model")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "toy2d",
+                "--epochs",
+                "1",
+                "--seed",
+                str(2**63 - 1),
+                "--out",
+                str(tmp_path / "model"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_keep_failed_leaves_failed_cells_alone(copy_of, capsys):

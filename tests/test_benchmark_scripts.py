@@ -46,9 +46,15 @@ def test_target_lines_say_what_the_numbers_say():
     assert [t["met"] for t in targets.read(lines)] == [True, False]
 
 
-GPU_CHECK_SECTIONS = ("## 1. Environment", "## 2. Training throughput", "## 3. FID run",
-                      "## 4. Sampling cost", "## 5. CUDA path options", "## 6. torchrun",
-                      "## 7. Reflow")  # fmt: skip
+GPU_CHECK_SECTIONS = (
+    "## 1. Environment",
+    "## 2. Training throughput",
+    "## 3. FID run",
+    "## 4. Sampling cost",
+    "## 5. CUDA path options",
+    "## 6. torchrun",
+    "## 7. Reflow",
+)
 
 
 def _section(report: str, heading: str) -> str:
@@ -106,8 +112,12 @@ def _check_smoke_report(gpu_check, argv, tmp_path, torchrun: bool) -> None:
 
 def test_gpu_check_skips_what_does_not_fit(tmp_path):
     """A 1 s budget: the environment is written, every later step says it was skipped."""
-    assert _load("gpu_check").main(["--smoke", "--device", "cpu", "--out", str(tmp_path),
-                                    "--budget-s", "1"]) == 0  # fmt: skip
+    assert (
+        _load("gpu_check").main(
+            ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--budget-s", "1"]
+        )
+        == 0
+    )
     [path] = tmp_path.glob("*.md")
     report = path.read_text()
     assert "| torch |" in _section(report, "## 1. Environment")
@@ -217,9 +227,28 @@ def test_feature_memory_small(tmp_path, mnist_root, monkeypatch):
 
 def test_reflow_study_small(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    argv = ["--dataset", "toy2d", "--out", str(out), "--work", str(work), "--train-epochs", "2",
-            "--pairs", "600", "--pair-solver", "euler", "--pair-steps", "4",
-            "--reflow-epochs", "1", "--num-samples", "200", "--seeds", "0"]  # fmt: skip
+    argv = [
+        "--dataset",
+        "toy2d",
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--train-epochs",
+        "2",
+        "--pairs",
+        "600",
+        "--pair-solver",
+        "euler",
+        "--pair-steps",
+        "4",
+        "--reflow-epochs",
+        "1",
+        "--num-samples",
+        "200",
+        "--seeds",
+        "0",
+    ]
     assert _load("reflow_study").main(argv) == 0
     text = (out / "README.md").read_text()
     assert "| 1-RF " in text and "| 2-RF " in text and "| 2-RF distilled (1 step) " in text
@@ -232,8 +261,12 @@ def test_reflow_study_small(tmp_path):
 
 def test_train_step_small(tmp_path):
     out = tmp_path / "train-step.md"
-    assert _load("train_step").main(["--steps", "2", "--warmup", "1", "--batch", "8",
-                                     "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        _load("train_step").main(
+            ["--steps", "2", "--warmup", "1", "--batch", "8", "--out", str(out)]
+        )
+        == 0
+    )
     text = out.read_text()
     assert "| rfbench train_step |" in text and "| bare loop |" in text
     (ratio,) = _targets(text, 1)
@@ -249,9 +282,13 @@ def test_gpu_session_script_runs_the_check_on_a_cpu(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OUT": str(tmp_path)}
-    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh"), "--smoke",
-                           "--device", "cpu"], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_session.sh"), "--smoke", "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     reports = list(tmp_path.glob("*.md"))
     assert len(reports) == 1 and "## 6. torchrun" in reports[0].read_text()
@@ -261,8 +298,18 @@ def test_gpu_session_script_runs_the_check_on_a_cpu(tmp_path):
 def test_train_epoch_matches_the_bare_loop(mnist_root, tmp_path):
     """train() and the benchmark's bare epoch draw the same batches: the same weights."""
     out = tmp_path / "epoch.md"
-    argv = ["--dataset", "mnist", "--data-root", str(mnist_root), "--images", "300",
-            "--rounds", "1", "--out", str(out)]  # fmt: skip
+    argv = [
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(mnist_root),
+        "--images",
+        "300",
+        "--rounds",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert _load("train_epoch").main(argv) == 0
     text = out.read_text()
     assert "Same final EMA weights: yes" in text
@@ -274,14 +321,47 @@ def test_train_epoch_matches_the_bare_loop(mnist_root, tmp_path):
 def test_torchrun_equivalence_script(mnist_root, tmp_path):
     """The evidence script on a small MNIST-like set: one thread alone and two processes
     under torchrun give the same samples and FID."""
-    assert main(["train", "--dataset", "mnist", "--data-root", str(mnist_root), "--epochs", "1",
-                 "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-root",
+                str(mnist_root),
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "torchrun.md"
-    argv = ["--dataset", "mnist", "--data-root", str(mnist_root), "--checkpoint",
-            str(tmp_path / "m" / "checkpoint.pt"), "--solvers", "euler,dopri5", "--steps", "2",
-            "--num-samples", "128", "--batch-size", "32", "--work", str(tmp_path / "w"),
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(mnist_root),
+        "--checkpoint",
+        str(tmp_path / "m" / "checkpoint.pt"),
+        "--solvers",
+        "euler,dopri5",
+        "--steps",
+        "2",
+        "--num-samples",
+        "128",
+        "--batch-size",
+        "32",
+        "--work",
+        str(tmp_path / "w"),
+        "--out",
+        str(out),
+    ]
     assert _load("torchrun_equivalence").main(argv) == 0
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| euler")
-            or line.startswith("| dopri5")]  # fmt: skip
+    rows = [
+        line
+        for line in out.read_text().splitlines()
+        if line.startswith("| euler") or line.startswith("| dopri5")
+    ]
     assert len(rows) == 2 and all(row.split(" | ")[8] == "yes" for row in rows)

@@ -53,8 +53,14 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
-    for default in ("(default: euler,rk45)", "(default: quick)", "(default: 1e-05)",
-                    "(default: uniform)", "(default: fid,kid)", "(default: auto)"):  # fmt: skip
+    for default in (
+        "(default: euler,rk45)",
+        "(default: quick)",
+        "(default: 1e-05)",
+        "(default: uniform)",
+        "(default: fid,kid)",
+        "(default: auto)",
+    ):
         assert default in out, default
     assert "(default: None)" not in out
     assert "seed of the trained model (default: 0)" in out
@@ -285,8 +291,21 @@ def test_report_views_over_seeds(tmp_path, capsys):
     assert _run([*argv, "--seeds", "0,1,2", "--out", str(out)], capsys)[0] == 0
     code, md, _ = _run(["report", str(out), "--view", "seeds", "--metric", "swd"], capsys)
     assert code == 0 and "swd_ci_low" in md and "| euler" in md
-    code, csv, _ = _run(["report", str(out), "--view", "paired", "--baseline", "heun",
-                         "--metric", "swd", "--format", "csv"], capsys)  # fmt: skip
+    code, csv, _ = _run(
+        [
+            "report",
+            str(out),
+            "--view",
+            "paired",
+            "--baseline",
+            "heun",
+            "--metric",
+            "swd",
+            "--format",
+            "csv",
+        ],
+        capsys,
+    )
     assert code == 0 and csv.splitlines()[1].startswith("toy2d,")
     assert "swd_minus_heun_count" in csv and csv.splitlines()[1].endswith(",3")
     code, _, err = _run(["report", str(out), "--view", "paired"], capsys)
@@ -299,13 +318,24 @@ def _results_dir(path, model, fids, status="ok"):
 
     path.mkdir()
     rows = [
-        dict(dataset="d", model_id=model, solver=solver, steps=steps, rtol=rtol, atol=rtol,
-             seed=seed, nfe=nfe, fid=fid + seed, wall_time_s=nfe / 10, status=status)
+        dict(
+            dataset="d",
+            model_id=model,
+            solver=solver,
+            steps=steps,
+            rtol=rtol,
+            atol=rtol,
+            seed=seed,
+            nfe=nfe,
+            fid=fid + seed,
+            wall_time_s=nfe / 10,
+            status=status,
+        )
         for seed in (0, 1)
         for (solver, steps, rtol, nfe), fid in zip(
             [("euler", 1, None, 1), ("euler", 4, None, 4), ("rk45", None, 1e-5, 86)], fids
         )
-    ]  # fmt: skip
+    ]
     records_to_frame(rows).to_csv(path / "results.csv", index=False)
     return path
 
@@ -315,8 +345,11 @@ def test_report_pivot_and_budget_views(tmp_path, capsys):
     b = _results_dir(tmp_path / "b", "m2", (200.0, 100.0, 50.0))
     code, md, _ = _run(["report", str(a), str(b), "--view", "pivot"], capsys)
     assert code == 0 and "- fid: mean ± std over seeds (mean NFE per sample)" in md
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
-            if line.startswith("|") and not line.startswith("|:")]  # fmt: skip
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in md.splitlines()
+        if line.startswith("|") and not line.startswith("|:")
+    ]
     assert rows[0] == ["model", "solver", "1 step", "4 steps", "rtol 1e-05"]
     assert rows[-1] == ["m2", "rk45", "", "", "50.5 ± 0.71 (86)"]
     code, tex, _ = _run(["report", str(a), "--view", "pivot", "--format", "latex"], capsys)
@@ -331,7 +364,7 @@ def test_report_pivot_and_budget_views(tmp_path, capsys):
         f"m2,NFE ≤ 1,euler,1 step,1.0,0.1,200.5,{2**-0.5}",
         f"m2,NFE ≤ 4,euler,4 steps,4.0,0.4,100.5,{2**-0.5}",
         f"m2,time ≤ 0.5 s,euler,4 steps,4.0,0.4,100.5,{2**-0.5}",
-    ]  # fmt: skip
+    ]
     out = tmp_path / "budget.md"
     code, md, _ = _run(["report", str(a), "--view", "budget", "--out", str(out)], capsys)
     assert code == 0 and md == "" and "| NFE ≤ 128 | rk45     | rtol 1e-05 |" in out.read_text()
@@ -388,8 +421,14 @@ def test_report_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["report", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: cells)", "(default: md)", "(default: fid)", "(default: none)",
-                    "(default: standard output)", "powers of two"):  # fmt: skip
+    for default in (
+        "(default: cells)",
+        "(default: md)",
+        "(default: fid)",
+        "(default: none)",
+        "(default: standard output)",
+        "powers of two",
+    ):
         assert default in out, default
     assert "(default: None)" not in out
 

@@ -20,11 +20,22 @@ def _frame(fid=(100.0,), nfe=8.0, time_s=1.0, seeds=None, model="m", extra=()) -
     """euler 8 steps, one row per seed with the given FIDs; plus ``extra`` rows."""
     seeds = seeds if seeds is not None else range(len(fid))
     rows = [
-        dict(dataset="d", model_id=model, solver="euler", family="fixed", steps=8,
-             grid="uniform", stepping="batched", seed=s, nfe=nfe, fid=f, wall_time_s=time_s,
-             status="ok")
+        dict(
+            dataset="d",
+            model_id=model,
+            solver="euler",
+            family="fixed",
+            steps=8,
+            grid="uniform",
+            stepping="batched",
+            seed=s,
+            nfe=nfe,
+            fid=f,
+            wall_time_s=time_s,
+            status="ok",
+        )
         for s, f in zip(seeds, fid)
-    ]  # fmt: skip
+    ]
     return records_to_frame(rows + list(extra))
 
 
@@ -67,10 +78,25 @@ def test_seed_noise_is_not_a_regression_but_a_consistent_shift_is():
 
 def test_missing_new_and_failed_cells_are_reported():
     base = _frame(fid=(100.0, 101.0))
-    cur = _frame(fid=(100.0,), seeds=[0], extra=[
-        dict(dataset="d", model_id="m", solver="rk45", family="scipy", rtol=1e-3, atol=1e-3,
-             stepping="batched", seed=0, nfe=30, fid=90.0, status="ok"),
-    ])  # fmt: skip
+    cur = _frame(
+        fid=(100.0,),
+        seeds=[0],
+        extra=[
+            dict(
+                dataset="d",
+                model_id="m",
+                solver="rk45",
+                family="scipy",
+                rtol=1e-3,
+                atol=1e-3,
+                stepping="batched",
+                seed=0,
+                nfe=30,
+                fid=90.0,
+                status="ok",
+            ),
+        ],
+    )
     verdict = compare(base, cur)
     assert verdict["ok"]
     assert [c["seed"] for c in verdict["missing"]] == ["1"]
@@ -94,8 +120,9 @@ def test_cli_exit_codes_and_outputs(tmp_path, capsys):
     _frame(fid=(100.0,)).to_csv(base, index=False)
     _frame(fid=(120.0,)).to_csv(cur, index=False)
     out_json, out_md = tmp_path / "v.json", tmp_path / "v.md"
-    code = main(["compare", str(base), str(cur), "--json", str(out_json),
-                 "--markdown", str(out_md)])  # fmt: skip
+    code = main(
+        ["compare", str(base), str(cur), "--json", str(out_json), "--markdown", str(out_md)]
+    )
     stdout = capsys.readouterr().out
     assert code == 1 and "REGRESSION" in stdout and "| fid " in stdout
     verdict = json.loads(out_json.read_text())
@@ -149,8 +176,16 @@ def test_same_job_mode_catches_an_injected_slowdown(tmp_path):
         ]
         rows = []
         for steps in (8, 16):
-            cell = dict(solver="euler", family="fixed", seed=0, steps=steps, grid="uniform",
-                        rtol=None, atol=None, stepping="batched")  # fmt: skip
+            cell = dict(
+                solver="euler",
+                family="fixed",
+                seed=0,
+                steps=steps,
+                grid="uniform",
+                rtol=None,
+                atol=None,
+                stepping="batched",
+            )
             for m in models:  # alternating, as run does
                 rows.append(bench.run_cell(cell, m, quality, cfg, 1000, 1000, cpu, False))
         return records_to_frame(rows)
@@ -177,8 +212,20 @@ def test_the_ci_gate_baseline_is_there_and_a_missing_cell_fails(tmp_path, capsys
     assert "| missing " in capsys.readouterr().out
     worse = frame.assign(swd=frame["swd"] * 1.03)
     worse.to_csv(tmp_path / "worse.csv", index=False)
-    assert main(["compare", str(baseline), str(tmp_path / "worse.csv"),
-                 "--max-swd-increase", "2%", "--max-time-increase", "off"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                str(baseline),
+                str(tmp_path / "worse.csv"),
+                "--max-swd-increase",
+                "2%",
+                "--max-time-increase",
+                "off",
+            ]
+        )
+        == 1
+    )
 
 
 def test_json_is_strict():

@@ -26,8 +26,14 @@ EXACT = ["solver", "steps", "rtol", "seed", "status", "nfe", "nfe_per_batch", "b
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -43,13 +49,34 @@ def test_merged_shares_equal_one_solve():
     """integrate(ranges=...) on each share, merged, is the single solve, number for number."""
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     velocity = lambda x, t: model(x) * (1 + t[:, None])  # noqa: E731
-    whole = generate(velocity, "dopri5", 90, (2,), rtol=1e-4, atol=1e-4, batch_size=20,
-                     record=True, keep=50, progress=False)  # fmt: skip
+    whole = generate(
+        velocity,
+        "dopri5",
+        90,
+        (2,),
+        rtol=1e-4,
+        atol=1e-4,
+        batch_size=20,
+        record=True,
+        keep=50,
+        progress=False,
+    )
     shares = [
-        generate(velocity, "dopri5", 90, (2,), rtol=1e-4, atol=1e-4, batch_size=20, record=True,
-                 keep=50, progress=False, ranges=shard(batch_ranges(90, 20), World(r, 2)))
+        generate(
+            velocity,
+            "dopri5",
+            90,
+            (2,),
+            rtol=1e-4,
+            atol=1e-4,
+            batch_size=20,
+            record=True,
+            keep=50,
+            progress=False,
+            ranges=shard(batch_ranges(90, 20), World(r, 2)),
+        )
         for r in range(2)
-    ]  # fmt: skip
+    ]
     merged = merge_runs(shares)
     assert merged.nfe_per_solve == whole.nfe_per_solve
     assert merged.solve_ranges == whole.solve_ranges
@@ -63,9 +90,22 @@ def test_torchrun_sampling_equals_one_process(tmp_path, capsys):
     """toy2d: 5 batches split 3 / 2; fixed-step, scipy and torchdiffeq solvers."""
     assert main(["train", "--dataset", "toy2d", "--epochs", "1", "--out", str(tmp_path / "m")]) == 0
     ckpt = str(tmp_path / "m" / "checkpoint.pt")
-    common = ["--dataset", "toy2d", "--solvers", "euler,rk45,dopri5", "--steps", "1,4",
-              "--tols", "1e-4", "--num-samples", "300", "--batch-size", "64",
-              "--checkpoint", ckpt]  # fmt: skip
+    common = [
+        "--dataset",
+        "toy2d",
+        "--solvers",
+        "euler,rk45,dopri5",
+        "--steps",
+        "1,4",
+        "--tols",
+        "1e-4",
+        "--num-samples",
+        "300",
+        "--batch-size",
+        "64",
+        "--checkpoint",
+        ckpt,
+    ]
     assert main(["run", *common, "--out", str(tmp_path / "one")]) == 0
     done = torchrun("-m", "rfbench", "run", *common, "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -84,12 +124,43 @@ def test_torchrun_sampling_equals_one_process(tmp_path, capsys):
 def test_torchrun_fid_equals_one_process(mnist_root, tmp_path):
     """Images: features computed on each rank, gathered in sample order, FID and KID once."""
     root = str(mnist_root)
-    assert main(["train", "--dataset", "mnist", "--data-root", root, "--epochs", "1",
-                 "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-root",
+                root,
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     ckpt = str(tmp_path / "m" / "checkpoint.pt")
-    common = ["--dataset", "mnist", "--data-root", root, "--solvers", "euler,dopri5",
-              "--steps", "2", "--tols", "1e-3", "--num-samples", "200", "--batch-size", "64",
-              "--metrics", "fid,kid,prc", "--checkpoint", ckpt]  # fmt: skip
+    common = [
+        "--dataset",
+        "mnist",
+        "--data-root",
+        root,
+        "--solvers",
+        "euler,dopri5",
+        "--steps",
+        "2",
+        "--tols",
+        "1e-3",
+        "--num-samples",
+        "200",
+        "--batch-size",
+        "64",
+        "--metrics",
+        "fid,kid,prc",
+        "--checkpoint",
+        ckpt,
+    ]
     assert main(["run", *common, "--out", str(tmp_path / "one")]) == 0  # trains the classifier
     done = torchrun("-m", "rfbench", "run", *common, "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -104,8 +175,12 @@ def test_torchrun_training_equals_one_process(tmp_path):
     """DDP over 2 ranks (each half of every global batch, a last batch of one sample) ends
     where one process ends, up to floating-point reduction order."""
     script = str(HERE / "ddp_train.py")
-    alone = subprocess.run([sys.executable, script, str(tmp_path / "one.pt")],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    alone = subprocess.run(
+        [sys.executable, script, str(tmp_path / "one.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
     done = torchrun(script, str(tmp_path / "two.pt"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -130,9 +205,24 @@ def test_a_refusal_on_rank_0_stops_every_rank(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.csv").write_text("keep me\n")
-    done = torchrun("-m", "rfbench", "run", "--dataset", "toy2d", "--solvers", "euler",
-                    "--steps", "1", "--num-samples", "10", "--epochs", "1", "--out", str(out),
-                    timeout=120)  # fmt: skip
+    done = torchrun(
+        "-m",
+        "rfbench",
+        "run",
+        "--dataset",
+        "toy2d",
+        "--solvers",
+        "euler",
+        "--steps",
+        "1",
+        "--num-samples",
+        "10",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "rfbench: error:" in done.stderr
     assert (out / "results.csv").read_text() == "keep me\n"

@@ -26,9 +26,15 @@ from rfbench.sample import generate, integrate, noise
 SHAPE = (1, 8, 8)
 # The smallest torchcfm UNet worth the name: 32 channels (GroupNorm needs 32), two levels.
 TINY = dict(
-    dim=SHAPE, num_channels=32, num_res_blocks=1, channel_mult=[1, 2],
-    attention_resolutions="4", num_heads=1, num_head_channels=-1, dropout=0.1,
-)  # fmt: skip
+    dim=SHAPE,
+    num_channels=32,
+    num_res_blocks=1,
+    channel_mult=[1, 2],
+    attention_resolutions="4",
+    num_heads=1,
+    num_head_channels=-1,
+    dropout=0.1,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,10 +79,15 @@ def _save_checkpoint(path, nets, prefix: str = ""):
         return {prefix + k: v for k, v in net.state_dict().items()}
 
     torch.save(
-        {"net_model": sd(nets["net"]), "ema_model": sd(nets["ema"]), "sched": sched.state_dict(),
-         "optim": optim.state_dict(), "step": 10},
+        {
+            "net_model": sd(nets["net"]),
+            "ema_model": sd(nets["ema"]),
+            "sched": sched.state_dict(),
+            "optim": optim.state_dict(),
+            "step": 10,
+        },
         path,
-    )  # fmt: skip
+    )
     return str(path)
 
 

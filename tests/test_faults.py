@@ -19,10 +19,24 @@ from rfbench.results import CELL_KEY
 # rk45 integrating each of 200 samples on its own takes about a second per cell here: slow
 # enough to kill the run between cells and in the middle of one.
 GRID = [
-    "run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "200", "--batch-size", "50",
-    "--solvers", "euler,rk45", "--steps", "1,2", "--tols", "1e-2,1e-3,1e-4,1e-5",
-    "--stepping", "per-sample",
-]  # fmt: skip
+    "run",
+    "--dataset",
+    "toy2d",
+    "--epochs",
+    "2",
+    "--num-samples",
+    "200",
+    "--batch-size",
+    "50",
+    "--solvers",
+    "euler,rk45",
+    "--steps",
+    "1,2",
+    "--tols",
+    "1e-2,1e-3,1e-4,1e-5",
+    "--stepping",
+    "per-sample",
+]
 TIMING = ["wall_time_s", "model_time_s", "overhead_time_s", "record_time_s", "images_per_s"]
 CELLS = 6
 
@@ -143,13 +157,22 @@ def test_out_of_memory_halves_the_batch_and_says_so():
     cpu = torch.device("cpu")
     quality = bench.build_quality("toy2d", data, data, (), cpu, 200)
     cfg = RunConfig(dataset="toy2d", solvers=("euler",))
-    cell = dict(solver="euler", family="fixed", seed=0, steps=4, grid="uniform", rtol=None,
-                atol=None, stepping="batched")  # fmt: skip
+    cell = dict(
+        solver="euler",
+        family="fixed",
+        seed=0,
+        steps=4,
+        grid="uniform",
+        rtol=None,
+        atol=None,
+        stepping="batched",
+    )
     fits_fifty = bench.Candidate.of(replace(trained, model=FitsFifty()))
     row = bench.run_cell(cell, fits_fifty, quality, cfg, 200, 200, cpu, progress=False)
     assert row["status"] == "ok" and row["batch_size"] == 50 and row["oom_retries"] == 2
-    direct = bench.run_cell(cell, bench.Candidate.of(trained), quality, cfg, 200, 50, cpu,
-                            progress=False)  # fmt: skip
+    direct = bench.run_cell(
+        cell, bench.Candidate.of(trained), quality, cfg, 200, 50, cpu, progress=False
+    )
     assert row["swd"] == direct["swd"] and row["nfe_per_batch"] == "4;4;4;4"
 
 

@@ -27,16 +27,38 @@ def _rows() -> list[dict]:
     for seed in (0, 1):
         for steps in (1, 2, 4, 8):
             rows.append(
-                dict(common, solver="euler", family="fixed", steps=steps, grid="uniform",
-                     stepping="batched", seed=seed, nfe=steps, fid=100 / steps + seed,
-                     wall_time_s=0.1 * steps, straightness=0.1 / steps, curvature=0.01 * steps)
-            )  # fmt: skip
+                dict(
+                    common,
+                    solver="euler",
+                    family="fixed",
+                    steps=steps,
+                    grid="uniform",
+                    stepping="batched",
+                    seed=seed,
+                    nfe=steps,
+                    fid=100 / steps + seed,
+                    wall_time_s=0.1 * steps,
+                    straightness=0.1 / steps,
+                    curvature=0.01 * steps,
+                )
+            )
         for rtol, nfe in ((1e-3, 20), (1e-5, 50)):
             rows.append(
-                dict(common, solver="rk45", family="scipy", rtol=rtol, atol=rtol,
-                     stepping="batched", seed=seed, nfe=nfe + seed, fid=8 - nfe / 10 + seed,
-                     wall_time_s=0.12 * nfe, straightness=0.01, curvature=0.02)
-            )  # fmt: skip
+                dict(
+                    common,
+                    solver="rk45",
+                    family="scipy",
+                    rtol=rtol,
+                    atol=rtol,
+                    stepping="batched",
+                    seed=seed,
+                    nfe=nfe + seed,
+                    fid=8 - nfe / 10 + seed,
+                    wall_time_s=0.12 * nfe,
+                    straightness=0.01,
+                    curvature=0.02,
+                )
+            )
     rows.append(dict(rows[0], seed=2, status="failed", fid=None, error="boom"))
     return rows
 
@@ -132,9 +154,19 @@ def test_models_are_told_apart_by_their_short_names():
     from rfbench.figures import _labels
 
     rows = pd.DataFrame(
-        {"solver": ["euler"] * 3, "grid": "uniform", "stepping": "batched",
-         "model_id": ["toy2d-quick-1a2b3c4d", "toy2d-quick-2rf-9f8e7d6c", "toy2d-quick-2rf-d1-5e"]}
-    )  # fmt: skip
+        {
+            "solver": ["euler"] * 3,
+            "grid": "uniform",
+            "stepping": "batched",
+            "model_id": [
+                "toy2d-quick-1a2b3c4d",
+                "toy2d-quick-2rf-9f8e7d6c",
+                "toy2d-quick-2rf-d1-5e",
+            ],
+        }
+    )
     assert _labels(rows).tolist() == [
-        "euler (1a2b3c4d)", "euler (2rf-9f8e7d6c)", "euler (2rf-d1-5e)",
-    ]  # fmt: skip
+        "euler (1a2b3c4d)",
+        "euler (2rf-9f8e7d6c)",
+        "euler (2rf-d1-5e)",
+    ]

@@ -21,8 +21,9 @@ from rfbench.solvers import time_grid
 PARSER = build_parser()
 TOKENS = [*"0123456789,.-+eE%abcxyz _\t", "inf", "nan", "1e999", "euler", "rk45", "uniform"]
 TEXT = st.lists(st.sampled_from(TOKENS), max_size=12).map("".join) | st.text(max_size=12)
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 OPTIONS = {
     "--steps": lambda v: all(isinstance(s, int) and s > 0 for s in v),

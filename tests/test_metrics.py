@@ -190,8 +190,9 @@ def _half(split, part):
     from rfbench.data import content_hash, to_uint8
 
     x = split.x[part]
-    return replace(split, x=x, labels=split.labels[part], content_hash=content_hash(
-        to_uint8(x).numpy()))  # fmt: skip
+    return replace(
+        split, x=x, labels=split.labels[part], content_hash=content_hash(to_uint8(x).numpy())
+    )
 
 
 @pytest.mark.parametrize("kind", ["noise", "blur"])
@@ -201,8 +202,10 @@ def test_fid_rises_with_disturbance(mnist_like, kind):
     train, test, _, extractor = mnist_like
 
     levels = [0.1, 0.3, 0.6, 1.0] if kind == "noise" else [0.5, 1.0, 2.0, 3.0]
-    fids = [samples_to_metrics(disturb(test.x, kind, lv), train, extractor, ("fid",))["fid"]
-            for lv in levels]  # fmt: skip
+    fids = [
+        samples_to_metrics(disturb(test.x, kind, lv), train, extractor, ("fid",))["fid"]
+        for lv in levels
+    ]
     assert all(b > a for a, b in zip(fids, fids[1:])), fids
 
 

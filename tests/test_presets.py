@@ -28,11 +28,18 @@ def test_every_preset_lists_its_h100_time_and_source(capsys):
 
 @pytest.mark.parametrize(
     "preset,dataset,ok",
-    [("blog", "mnist", True), ("blog", "fashion-mnist", True), ("blog", "cifar10", False),
-     ("blog-afhq", "image-folder", True), ("blog-afhq", "mnist", False),
-     ("paper", "cifar10", True), ("paper", "fashion-mnist", False), ("quick", "cifar10", True),
-     ("paper", "toy2d", True)],
-)  # fmt: skip
+    [
+        ("blog", "mnist", True),
+        ("blog", "fashion-mnist", True),
+        ("blog", "cifar10", False),
+        ("blog-afhq", "image-folder", True),
+        ("blog-afhq", "mnist", False),
+        ("paper", "cifar10", True),
+        ("paper", "fashion-mnist", False),
+        ("quick", "cifar10", True),
+        ("paper", "toy2d", True),
+    ],
+)
 def test_presets_fit_their_datasets(preset, dataset, ok):
     if ok:
         assert check_preset(preset, dataset).name == preset
@@ -42,9 +49,10 @@ def test_presets_fit_their_datasets(preset, dataset, ok):
 
 
 def test_a_preset_for_another_dataset_stops_run_and_train(capsys, tmp_path):
-    for argv in (["run", "--dataset", "mnist", "--preset", "paper", "--out", str(tmp_path / "r")],
-                 ["train", "--dataset", "mnist", "--preset", "blog-afhq",
-                  "--out", str(tmp_path / "t")]):  # fmt: skip
+    for argv in (
+        ["run", "--dataset", "mnist", "--preset", "paper", "--out", str(tmp_path / "r")],
+        ["train", "--dataset", "mnist", "--preset", "blog-afhq", "--out", str(tmp_path / "t")],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "for mnist use quick or blog" in err

@@ -123,8 +123,10 @@ def test_pair_generation_resumes_without_duplicates_or_gaps(flows, tmp_path, mon
     resumed = reflow.generate_pairs(rf1, spec, tmp_path / "cut", progress=False).load()
     assert torch.equal(resumed[0], whole[0]) and torch.equal(resumed[1], whole[1])
     assert len(resumed[0]) == 2500
-    assert resumed[2]["shards"]["2"] == {**whole[2]["shards"]["2"], "wall_time_s": resumed[2][
-        "shards"]["2"]["wall_time_s"]}  # fmt: skip
+    assert resumed[2]["shards"]["2"] == {
+        **whole[2]["shards"]["2"],
+        "wall_time_s": resumed[2]["shards"]["2"]["wall_time_s"],
+    }
     other = reflow.pair_spec(rf1, 2500, "euler", steps=8, seed=3, shard_size=1000)
     with pytest.raises(UserError, match="another steps"):
         reflow.generate_pairs(rf1, other, tmp_path / "cut", progress=False)
@@ -148,13 +150,32 @@ def test_cli_reflow_and_a_grid_over_models(tmp_path, capsys):
     base = ["--dataset", "toy2d", "--epochs", "3"]
     assert main(["train", *base, "--out", str(one)]) == 0
     two = tmp_path / "2rf"
-    argv = ["reflow", "--checkpoint", str(one / "checkpoint.pt"), "--pairs", "1500",
-            "--solver", "euler", "--steps", "8", "--epochs", "2", "--timesteps", "u-shaped",
-            "--shard-size", "500", "--out", str(two)]  # fmt: skip
+    argv = [
+        "reflow",
+        "--checkpoint",
+        str(one / "checkpoint.pt"),
+        "--pairs",
+        "1500",
+        "--solver",
+        "euler",
+        "--steps",
+        "8",
+        "--epochs",
+        "2",
+        "--timesteps",
+        "u-shaped",
+        "--shard-size",
+        "500",
+        "--out",
+        str(two),
+    ]
     assert main(argv) == 0
     assert sorted(p.name for p in (two / "pairs").iterdir()) == [
-        "manifest.json", "shard-00000.pt", "shard-00001.pt", "shard-00002.pt",
-    ]  # fmt: skip
+        "manifest.json",
+        "shard-00000.pt",
+        "shard-00001.pt",
+        "shard-00002.pt",
+    ]
     model = load_model(two / "checkpoint.pt")
     assert model.spec.train.timesteps == "u-shaped" and model.spec.lineage.k == 2
     capsys.readouterr()
@@ -163,8 +184,21 @@ def test_cli_reflow_and_a_grid_over_models(tmp_path, capsys):
 
     out = tmp_path / "run"
     ckpts = f"{one / 'checkpoint.pt'},{two / 'checkpoint.pt'}"
-    run = ["run", "--dataset", "toy2d", "--checkpoint", ckpts, "--solvers", "euler",
-           "--steps", "1,4", "--num-samples", "300", "--out", str(out)]  # fmt: skip
+    run = [
+        "run",
+        "--dataset",
+        "toy2d",
+        "--checkpoint",
+        ckpts,
+        "--solvers",
+        "euler",
+        "--steps",
+        "1,4",
+        "--num-samples",
+        "300",
+        "--out",
+        str(out),
+    ]
     assert main(run) == 0
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 4 and (frame["status"] == "ok").all()
@@ -207,10 +241,14 @@ def test_lpips_is_refused_without_its_weights_and_trains_with_them(tmp_path, mon
     # With the files there, the real network is built; random weights stand in for the
     # ImageNet ones (this machine has none), which is all the wiring test needs.
     monkeypatch.setattr(fidelity_lpips, "load_state_dict_from_url", lambda *a, **k: None)
-    monkeypatch.setattr(fidelity_lpips.SampleSimilarityLPIPS, "load_state_dict",
-                        lambda self, sd: None)  # fmt: skip
-    monkeypatch.setattr(fidelity_lpips, "torchvision_load_pretrained_vgg16",
-                        lambda **k: torchvision.models.vgg16(weights=None))  # fmt: skip
+    monkeypatch.setattr(
+        fidelity_lpips.SampleSimilarityLPIPS, "load_state_dict", lambda self, sd: None
+    )
+    monkeypatch.setattr(
+        fidelity_lpips,
+        "torchvision_load_pretrained_vgg16",
+        lambda **k: torchvision.models.vgg16(weights=None),
+    )
     monkeypatch.setattr(lpips, "LPIPS_RESIZE", 32)  # small, for speed
     net = lpips.lpips_network()
     leaf = torch.rand(2, 1, 28, 28, requires_grad=True)
@@ -228,10 +266,15 @@ def test_lpips_is_refused_without_its_weights_and_trains_with_them(tmp_path, mon
     x0, x1 = torch.randn(8, 1, 28, 28, generator=g), torch.rand(8, 1, 28, 28, generator=g)
     data = DataSplit("mnist", "pairs", x1, None, "h", "test")
     spec = ModelSpec(
-        "mnist", (1, 28, 28), PRESETS["quick"].unet, PRESETS["quick"].mlp,
-        replace(PRESETS["quick"].train, epochs=1, batch_size=4, loss="lpips"), "h", "quick",
+        "mnist",
+        (1, 28, 28),
+        PRESETS["quick"].unet,
+        PRESETS["quick"].mlp,
+        replace(PRESETS["quick"].train, epochs=1, batch_size=4, loss="lpips"),
+        "h",
+        "quick",
         Lineage(1, "parent", "", "euler", "steps=4", 8, distill_steps=1),
-    )  # fmt: skip
+    )
     trained = train(spec, data, x0=x0, progress=False)
     assert len(trained.losses) == 1 and trained.losses[0] > 0
     with pytest.raises(UserError, match="distillation only"):
@@ -271,8 +314,19 @@ def test_old_reflowed_checkpoints_are_refused_on_their_training_seed(flows, tmp_
     write_checkpoint(tmp_path / "old" / "checkpoint.pt", ckpt)
     (tmp_path / "old" / "pairs").mkdir()
     (tmp_path / "old" / "pairs" / "manifest.json").write_text(json.dumps({"spec": {"seed": 3}}))
-    base = ["run", "--dataset", "toy2d", "--checkpoint", str(tmp_path / "old" / "checkpoint.pt"),
-            "--solvers", "euler", "--steps", "1", "--num-samples", "50"]  # fmt: skip
+    base = [
+        "run",
+        "--dataset",
+        "toy2d",
+        "--checkpoint",
+        str(tmp_path / "old" / "checkpoint.pt"),
+        "--solvers",
+        "euler",
+        "--steps",
+        "1",
+        "--num-samples",
+        "50",
+    ]
     assert _exit([*base, "--seeds", "1,3", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "seed 3 of the evaluation's" in err and "use --seeds without 3" in err

@@ -54,11 +54,24 @@ def test_seed_interval_covers_the_mean_at_its_level(seeds):
     rng = np.random.default_rng(seeds)
     true_mean, settings = 10.0, 4000
     values = rng.normal(true_mean, 3.0, size=(settings, seeds))
-    frame = records_to_frame([
-        dict(dataset="d", model_id="m", solver="euler", steps=k, seed=j, nfe=1, fid=v,
-             n_samples=100, status="ok", wall_time_s=1.0)
-        for k, row in enumerate(values) for j, v in enumerate(row)
-    ])  # fmt: skip
+    frame = records_to_frame(
+        [
+            dict(
+                dataset="d",
+                model_id="m",
+                solver="euler",
+                steps=k,
+                seed=j,
+                nfe=1,
+                fid=v,
+                n_samples=100,
+                status="ok",
+                wall_time_s=1.0,
+            )
+            for k, row in enumerate(values)
+            for j, v in enumerate(row)
+        ]
+    )
     s = seed_summary(frame)
     covered = ((s["fid_ci_low"] <= true_mean) & (true_mean <= s["fid_ci_high"])).mean()
     assert len(s) == settings and abs(covered - 0.95) < 0.015
@@ -117,8 +130,19 @@ def _cells(model="m", fid=FID, seeds=(0, 1), wall=0.1):
 
 
 def _failed(model="m"):
-    return dict(dataset="d", model_id=model, solver="dopri5", rtol=1e-3, atol=1e-3, seed=0,
-                nfe=2, fid=1.0, wall_time_s=0.01, status="failed", error="boom")  # fmt: skip
+    return dict(
+        dataset="d",
+        model_id=model,
+        solver="dopri5",
+        rtol=1e-3,
+        atol=1e-3,
+        seed=0,
+        nfe=2,
+        fid=1.0,
+        wall_time_s=0.01,
+        status="failed",
+        error="boom",
+    )
 
 
 def _expected_cell(values):
@@ -209,8 +233,11 @@ def test_latex_compiles(tmp_path):
     (tmp_path / "t.tex").write_text(doc + body + "\\end{document}\n")
     out = subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout[-2000:]
     assert (tmp_path / "t.pdf").stat().st_size > 0
 
@@ -228,8 +255,11 @@ def test_runs_of_two_models_merge_into_one_table(tmp_path):
     assert "run" not in frame.columns and len(frame) == 5 * 2 + 1 + 2
     table = pivot_table(frame)
     assert table[["model", "solver"]].values.tolist() == [
-        ["m1", "euler"], ["m1", "rk4"], ["m1", "rk45"], ["m2", "euler"],
-    ]  # fmt: skip
+        ["m1", "euler"],
+        ["m1", "rk4"],
+        ["m1", "rk45"],
+        ["m2", "euler"],
+    ]
     assert table.set_index(["model", "solver"]).loc[("m2", "euler"), "4 steps"] == "81 ± 1.4 (4)"
     budget = budget_table(frame, nfe_budgets=(1,))
     assert budget[["model", "solver"]].fillna("").values.tolist() == [["m1", "euler"], ["m2", ""]]

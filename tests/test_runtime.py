@@ -27,9 +27,26 @@ def toy_checkpoint(tmp_path_factory) -> str:
 
 
 def toy_run(tmp_path, name: str, checkpoint: str, *extra: str) -> pd.DataFrame:
-    argv = ["run", "--dataset", "toy2d", "--solvers", "euler,dopri5", "--steps", "4",
-            "--tols", "1e-3", "--num-samples", "200", "--batch-size", "64",
-            "--checkpoint", checkpoint, "--out", str(tmp_path / name), *extra]  # fmt: skip
+    argv = [
+        "run",
+        "--dataset",
+        "toy2d",
+        "--solvers",
+        "euler,dopri5",
+        "--steps",
+        "4",
+        "--tols",
+        "1e-3",
+        "--num-samples",
+        "200",
+        "--batch-size",
+        "64",
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        str(tmp_path / name),
+        *extra,
+    ]
     assert main(argv) == 0
     return pd.read_csv(tmp_path / name / "results.csv")
 
@@ -73,8 +90,10 @@ def test_no_options_leave_the_model_untouched():
     unet = UNet(1, 28, UNetConfig())
     model, options = accelerate(unet, Acceleration(), CPU, (1, 28, 28))
     assert model is unet and options.columns() == {
-        "compute_dtype": "fp32", "channels_last": False, "compiled": False,
-    }  # fmt: skip
+        "compute_dtype": "fp32",
+        "channels_last": False,
+        "compiled": False,
+    }
 
 
 def test_compiled_model_gives_the_eager_numbers():
@@ -110,8 +129,9 @@ def test_a_compile_failure_falls_back_to_eager_and_says_so(caplog):
         def forward(self, x, t):
             return self.lin(x)
 
-    model, options = accelerate(V(), Acceleration(compile=True, compile_backend=broken_backend),
-                                CPU, (2,))  # fmt: skip
+    model, options = accelerate(
+        V(), Acceleration(compile=True, compile_backend=broken_backend), CPU, (2,)
+    )
     calls = []
 
     def warm(m):
@@ -151,8 +171,7 @@ def test_fit_batch_size_fills_the_free_memory_and_no_more():
 
 
 def test_auto_batch_size_on_a_cpu_keeps_the_presets(tmp_path, toy_checkpoint, capsys):
-    rows = toy_run(tmp_path, "auto", toy_checkpoint, "--batch-size", "auto", "--num-samples",
-                   "300")  # fmt: skip
+    rows = toy_run(tmp_path, "auto", toy_checkpoint, "--batch-size", "auto", "--num-samples", "300")
     assert "the preset's batch size" in capsys.readouterr().err
     assert (rows["batch_size"] == min(PRESETS["quick"].batch_size, 300)).all()
 
@@ -179,10 +198,27 @@ def test_inductor_compile_on_a_cpu_gives_the_eager_numbers(tmp_path, toy_checkpo
 def test_plugin_model_through_run(tmp_path, capsys):
     config = tmp_path / "plugin.json"
     config.write_text(json.dumps({"dim": 2, "seed": 3}))
-    argv = ["run", "--dataset", "toy2d", "--solvers", "euler,rk4", "--steps", "2",
-            "--num-samples", "100", "--checkpoint", "plugin:tests.plugins.velocity:make_linear",
-            "--model-config", str(config), "--noise-at", "1", "--time-scale", "999",
-            "--out", str(tmp_path / "run")]  # fmt: skip
+    argv = [
+        "run",
+        "--dataset",
+        "toy2d",
+        "--solvers",
+        "euler,rk4",
+        "--steps",
+        "2",
+        "--num-samples",
+        "100",
+        "--checkpoint",
+        "plugin:tests.plugins.velocity:make_linear",
+        "--model-config",
+        str(config),
+        "--noise-at",
+        "1",
+        "--time-scale",
+        "999",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 0
     rows = pd.read_csv(tmp_path / "run" / "results.csv")
     assert rows["model_id"].str.startswith("plugin-make_linear-").all()
@@ -193,18 +229,42 @@ def test_plugin_model_through_run(tmp_path, capsys):
 def test_torchcfm_checkpoint_through_run(mnist_root, tmp_path):
     from torchcfm.models.unet.unet import UNetModelWrapper
 
-    arch = dict(num_res_blocks=1, num_channels=32, channel_mult=[1, 2], num_heads=1,
-                num_head_channels=-1, attention_resolutions="7", dropout=0.0)  # fmt: skip
+    arch = dict(
+        num_res_blocks=1,
+        num_channels=32,
+        channel_mult=[1, 2],
+        num_heads=1,
+        num_head_channels=-1,
+        attention_resolutions="7",
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     net = UNetModelWrapper(dim=(1, 28, 28), **arch)
     path = tmp_path / "otcfm_weights_step_10.pt"
     torch.save({"net_model": net.state_dict(), "ema_model": net.state_dict(), "step": 10}, path)
     config = tmp_path / "arch.json"
     config.write_text(json.dumps(arch))
-    argv = ["run", "--dataset", "mnist", "--data-root", str(mnist_root), "--solvers", "euler",
-            "--steps", "2", "--num-samples", "64", "--metrics", "fid",
-            "--checkpoint", f"torchcfm:{path}", "--model-config", str(config),
-            "--out", str(tmp_path / "run")]  # fmt: skip
+    argv = [
+        "run",
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(mnist_root),
+        "--solvers",
+        "euler",
+        "--steps",
+        "2",
+        "--num-samples",
+        "64",
+        "--metrics",
+        "fid",
+        "--checkpoint",
+        f"torchcfm:{path}",
+        "--model-config",
+        str(config),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 0
     rows = pd.read_csv(tmp_path / "run" / "results.csv")
     assert rows["model_id"].str.startswith("torchcfm-").all()
@@ -215,8 +275,17 @@ def test_torchcfm_checkpoint_through_run(mnist_root, tmp_path):
 def test_bad_model_config_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
-    argv = ["run", "--dataset", "toy2d", "--checkpoint", "plugin:tests.plugins.velocity:make",
-            "--model-config", str(bad), "--out", str(tmp_path / "run")]  # fmt: skip
+    argv = [
+        "run",
+        "--dataset",
+        "toy2d",
+        "--checkpoint",
+        "plugin:tests.plugins.velocity:make",
+        "--model-config",
+        str(bad),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "must hold a JSON object" in err and len(err.strip().splitlines()) == 1

@@ -57,8 +57,9 @@ def test_sink_streams_every_sample_in_order_and_keep_bounds_memory():
     model = _model()
     full = generate(model, "rk4", 11, (2,), steps=3, batch_size=4, progress=False)
     batches = []
-    kept = generate(model, "rk4", 11, (2,), steps=3, batch_size=4, progress=False,
-                    sink=batches.append, keep=5)  # fmt: skip
+    kept = generate(
+        model, "rk4", 11, (2,), steps=3, batch_size=4, progress=False, sink=batches.append, keep=5
+    )
     assert [len(b) for b in batches] == [4, 4, 3]
     assert torch.equal(torch.cat(batches), full.x)
     assert torch.equal(kept.x, full.x[:5]) and kept.n == 11
@@ -151,8 +152,10 @@ def test_batched_error_norm_is_a_root_mean_square(solver):
     alone and fewer than the hardest (the squares pull it towards the hard tail)."""
     kw = dict(rtol=1e-5, atol=1e-5, progress=False, seed=3, batch_size=64)
     batched = generate(_spinning, solver, 64, (2,), **kw)
-    alone = torch.tensor(generate(_spinning, solver, 64, (2,), stepping="per-sample", **kw)
-                         .nfe_per_solve, dtype=torch.float64)  # fmt: skip
+    alone = torch.tensor(
+        generate(_spinning, solver, 64, (2,), stepping="per-sample", **kw).nfe_per_solve,
+        dtype=torch.float64,
+    )
     assert alone.mean() < batched.nfe_per_sample < alone.max()
 
 
@@ -191,29 +194,51 @@ def _straight(x, t):
     return C.clone()
 
 
-@pytest.mark.parametrize("solver,options,tol", [
-    ("euler", {"steps": 1}, 1e-12),
-    ("heun", {"steps": 4}, 1e-12),
-    ("rk4", {"steps": 2}, 1e-12),
-    ("rk45", {"rtol": 1e-6, "atol": 1e-6}, 1e-9),
-    ("dopri5", {"rtol": 1e-6, "atol": 1e-6}, 1e-9),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "solver,options,tol",
+    [
+        ("euler", {"steps": 1}, 1e-12),
+        ("heun", {"steps": 4}, 1e-12),
+        ("rk4", {"steps": 2}, 1e-12),
+        ("rk45", {"rtol": 1e-6, "atol": 1e-6}, 1e-9),
+        ("dopri5", {"rtol": 1e-6, "atol": 1e-6}, 1e-9),
+    ],
+)
 def test_straightness_of_a_straight_field_is_zero(solver, options, tol):
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(_straight, solver, 2, lambda lo, hi: x0[lo:hi], record=True,
-                    batch_size=2, progress=False, **options)  # fmt: skip
+    run = integrate(
+        _straight,
+        solver,
+        2,
+        lambda lo, hi: x0[lo:hi],
+        record=True,
+        batch_size=2,
+        progress=False,
+        **options,
+    )
     assert run.straightness.abs().max().item() < tol
 
 
-@pytest.mark.parametrize("solver,options,rel", [
-    ("rk4", {"steps": 2}, 1e-12),  # Simpson-weighted: exact for this quadratic |v|^2
-    ("heun", {"steps": 64}, 1e-3),
-    ("midpoint", {"steps": 64}, 1e-3),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "solver,options,rel",
+    [
+        ("rk4", {"steps": 2}, 1e-12),  # Simpson-weighted: exact for this quadratic |v|^2
+        ("heun", {"steps": 64}, 1e-3),
+        ("midpoint", {"steps": 64}, 1e-3),
+    ],
+)
 def test_straightness_of_a_curved_field_fixed_step(solver, options, rel):
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(_curved, solver, 2, lambda lo, hi: x0[lo:hi], record=True,
-                    batch_size=2, progress=False, **options)  # fmt: skip
+    run = integrate(
+        _curved,
+        solver,
+        2,
+        lambda lo, hi: x0[lo:hi],
+        record=True,
+        batch_size=2,
+        progress=False,
+        **options,
+    )
     exact = C.pow(2).mean(1) / 3
     torch.testing.assert_close(run.straightness, exact, rtol=rel, atol=0)
 
@@ -227,8 +252,17 @@ def _oscillating(x, t):
 def test_straightness_of_a_curved_field_adaptive(solver):
     """Adaptive solvers: the trapezoid rule over their calls, an estimate."""
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(_oscillating, solver, 2, lambda lo, hi: x0[lo:hi], record=True,
-                    batch_size=2, rtol=1e-7, atol=1e-7, progress=False)  # fmt: skip
+    run = integrate(
+        _oscillating,
+        solver,
+        2,
+        lambda lo, hi: x0[lo:hi],
+        record=True,
+        batch_size=2,
+        rtol=1e-7,
+        atol=1e-7,
+        progress=False,
+    )
     exact = C.pow(2).mean(1) * (0.5 + math.sin(6) / 12 - (math.sin(3) / 3) ** 2)
     torch.testing.assert_close(run.straightness, exact, rtol=1e-2, atol=0)
 
@@ -245,16 +279,27 @@ def _rotation(x, t):
     return (math.pi / 2) * torch.stack([-x[:, 1], x[:, 0]], dim=1)
 
 
-@pytest.mark.parametrize("solver,options,rel", [
-    ("rk4", {"steps": 32}, 1e-6),
-    ("heun", {"steps": 64}, 1e-3),
-    ("dopri5", {"rtol": 1e-7, "atol": 1e-7}, 1e-2),
-    ("rk45", {"rtol": 1e-7, "atol": 1e-7}, 1e-2),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "solver,options,rel",
+    [
+        ("rk4", {"steps": 32}, 1e-6),
+        ("heun", {"steps": 64}, 1e-3),
+        ("dopri5", {"rtol": 1e-7, "atol": 1e-7}, 1e-2),
+        ("rk45", {"rtol": 1e-7, "atol": 1e-7}, 1e-2),
+    ],
+)
 def test_curvature_of_a_quarter_circle(solver, options, rel):
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    run = integrate(_rotation, solver, 1, lambda lo, hi: x0[lo:hi], record=True,
-                    batch_size=1, progress=False, **options)  # fmt: skip
+    run = integrate(
+        _rotation,
+        solver,
+        1,
+        lambda lo, hi: x0[lo:hi],
+        record=True,
+        batch_size=1,
+        progress=False,
+        **options,
+    )
     exact = (math.pi / 2) / math.sqrt(2) - 1
     assert run.curvature.item() == pytest.approx(exact, rel=rel)
 
@@ -262,8 +307,16 @@ def test_curvature_of_a_quarter_circle(solver, options, rel):
 def test_curvature_is_geometry_and_straightness_is_also_speed():
     """x = x0 + c t^2 moves along a line at a changing speed: curvature 0, straightness > 0."""
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(_curved, "rk4", 2, lambda lo, hi: x0[lo:hi], steps=8, record=True,
-                    batch_size=2, progress=False)  # fmt: skip
+    run = integrate(
+        _curved,
+        "rk4",
+        2,
+        lambda lo, hi: x0[lo:hi],
+        steps=8,
+        record=True,
+        batch_size=2,
+        progress=False,
+    )
     assert run.curvature.abs().max().item() < 1e-12
     assert (run.straightness > 0.1).all()
 
@@ -273,10 +326,28 @@ def test_path_statistics_do_not_depend_on_the_direction(solver, options):
     """Encoding (t from 1 to 0) walks the same kind of path with negative steps: its
     integrals are over absolute time, so straightness and curvature keep their sign."""
     x1 = C.clone()
-    forward = integrate(_curved, solver, 2, lambda lo, hi: torch.zeros(2, 3, dtype=torch.float64),
-                        record=True, batch_size=2, progress=False, **options)  # fmt: skip
-    backward = integrate(_curved, solver, 2, lambda lo, hi: x1[lo:hi], t0=1.0, t1=0.0,
-                         record=True, batch_size=2, progress=False, **options)  # fmt: skip
+    forward = integrate(
+        _curved,
+        solver,
+        2,
+        lambda lo, hi: torch.zeros(2, 3, dtype=torch.float64),
+        record=True,
+        batch_size=2,
+        progress=False,
+        **options,
+    )
+    backward = integrate(
+        _curved,
+        solver,
+        2,
+        lambda lo, hi: x1[lo:hi],
+        t0=1.0,
+        t1=0.0,
+        record=True,
+        batch_size=2,
+        progress=False,
+        **options,
+    )
     assert (backward.straightness >= 0).all() and (backward.curvature >= -1e-12).all()
     if solver == "rk4":  # exact quadrature of |v|^2 = 4 t^2 c^2 in both directions
         exact = C.pow(2).mean(1) / 3
@@ -288,8 +359,18 @@ def test_path_statistics_do_not_depend_on_the_direction(solver, options):
 
 def test_quarter_circle_backwards_has_the_same_curvature():
     x1 = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
-    run = integrate(_rotation, "rk4", 1, lambda lo, hi: x1[lo:hi], t0=1.0, t1=0.0, steps=32,
-                    record=True, batch_size=1, progress=False)  # fmt: skip
+    run = integrate(
+        _rotation,
+        "rk4",
+        1,
+        lambda lo, hi: x1[lo:hi],
+        t0=1.0,
+        t1=0.0,
+        steps=32,
+        record=True,
+        batch_size=1,
+        progress=False,
+    )
     assert run.curvature.item() == pytest.approx((math.pi / 2) / math.sqrt(2) - 1, rel=1e-6)
 
 

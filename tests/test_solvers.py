@@ -66,8 +66,14 @@ def test_fixed_step_nfe_is_exact(name, steps):
 
 
 SCIPY = [n for n, s in SOLVERS.items() if s.family == "scipy"]
-SCIPY_METHOD = {"rk45": "RK45", "rk23": "RK23", "dop853": "DOP853", "radau": "Radau",
-                "bdf": "BDF", "lsoda": "LSODA"}  # fmt: skip
+SCIPY_METHOD = {
+    "rk45": "RK45",
+    "rk23": "RK23",
+    "dop853": "DOP853",
+    "radau": "Radau",
+    "bdf": "BDF",
+    "lsoda": "LSODA",
+}
 COMPLETE_NFEV = ("rk45", "rk23", "dop853", "lsoda")  # scipy's nfev counts every call
 
 
@@ -101,8 +107,9 @@ def test_scipy_adapter_equals_plain_solve_ivp(name, problem):
         calls.append(t)
         return problem.velocity(torch.from_numpy(y).reshape(1, 3), t).numpy().ravel()
 
-    direct = solve_ivp(fun, (0, 1), x0.numpy().ravel(), method=SCIPY_METHOD[name],
-                       rtol=1e-5, atol=1e-5)  # fmt: skip
+    direct = solve_ivp(
+        fun, (0, 1), x0.numpy().ravel(), method=SCIPY_METHOD[name], rtol=1e-5, atol=1e-5
+    )
     assert counter.nfe == len(calls)
     np.testing.assert_array_equal(res.x.numpy().ravel(), direct.y[:, -1])
     if name in COMPLETE_NFEV:
@@ -113,8 +120,9 @@ def test_dop853_output_at_t1_would_cost_three_calls():
     """What the old adapter did: t_eval=[t1] builds DOP853's dense output (3 more calls)."""
     y0 = np.ones(3)
     plain = solve_ivp(lambda t, y: -y, (0, 1), y0, method="DOP853", rtol=1e-5, atol=1e-5)
-    evald = solve_ivp(lambda t, y: -y, (0, 1), y0, method="DOP853", rtol=1e-5, atol=1e-5,
-                      t_eval=[1.0])  # fmt: skip
+    evald = solve_ivp(
+        lambda t, y: -y, (0, 1), y0, method="DOP853", rtol=1e-5, atol=1e-5, t_eval=[1.0]
+    )
     assert evald.nfev == plain.nfev + 3
     counter = CountingVelocity(lambda x, t: -x)
     solve("dop853", counter, torch.ones(1, 3, dtype=torch.float64), rtol=1e-5, atol=1e-5)

@@ -142,8 +142,15 @@ def test_checkpoint_from_another_version_is_one_clear_error(tmp_path):
 
     data = load_split("toy2d")
     p = PRESETS["quick"]
-    spec = ModelSpec("toy2d", (2,), p.unet, p.mlp, TrainConfig(epochs=1, batch_size=4096),
-                     data.content_hash, "quick")  # fmt: skip
+    spec = ModelSpec(
+        "toy2d",
+        (2,),
+        p.unet,
+        p.mlp,
+        TrainConfig(epochs=1, batch_size=4096),
+        data.content_hash,
+        "quick",
+    )
     path = tmp_path / "c.pt"
     train(spec, data, out_path=path, progress=False)
     ckpt = read_checkpoint(path)
@@ -157,8 +164,15 @@ def test_dataloader_workers_give_the_same_model():
     """Batches through 2 worker processes are the batches of the main process, in order."""
     data = load_split("toy2d")
     p = PRESETS["quick"]
-    spec = ModelSpec("toy2d", (2,), p.unet, p.mlp, TrainConfig(epochs=1, batch_size=2048),
-                     data.content_hash, "quick")  # fmt: skip
+    spec = ModelSpec(
+        "toy2d",
+        (2,),
+        p.unet,
+        p.mlp,
+        TrainConfig(epochs=1, batch_size=2048),
+        data.content_hash,
+        "quick",
+    )
     alone = train(spec, data, progress=False)
     workers = train(spec, data, progress=False, workers=2)
     assert workers.model_id == alone.model_id and workers.losses == alone.losses

@@ -36,10 +36,15 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, image_size: int, num_classes: int):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.fc = nn.Linear(64 * (image_size // 4) ** 2, FEATURE_DIM)
         self.dropout = nn.Dropout(0.3)
         self.out = nn.Linear(FEATURE_DIM, num_classes)
@@ -132,9 +137,10 @@ def classifier_path(train: DataSplit) -> Path:
 PINNED_DIR = Path(__file__).parent / "pinned"
 PINNED = {
     # Fashion-MNIST as the Debian package dataset-fashion-mnist (and torchvision) hold it.
-    "fashion-mnist-261d33572702535f-v2.pt":
-        "426cd998a4607c86f0c085a0535d77377df7474865c0c60c3c23ec3dd5b46b35",
-}  # fmt: skip
+    "fashion-mnist-261d33572702535f-v2.pt": (
+        "426cd998a4607c86f0c085a0535d77377df7474865c0c60c3c23ec3dd5b46b35"
+    ),
+}
 
 
 def get_classifier(
@@ -174,8 +180,10 @@ def _pinned(path: Path, sha256: str) -> ClassifierInfo:
     try:
         actual = _file_sha256(path)
     except OSError as e:
-        raise UserError(f"the classifier pinned with rfbench, {path}, is unreadable "
-                        f"({e.strerror}); reinstall rfbench") from None  # fmt: skip
+        raise UserError(
+            f"the classifier pinned with rfbench, {path}, is unreadable "
+            f"({e.strerror}); reinstall rfbench"
+        ) from None
     if actual != sha256:
         raise UserError(
             f"the classifier pinned with rfbench, {path}, does not match its sha256 "
@@ -186,8 +194,9 @@ def _pinned(path: Path, sha256: str) -> ClassifierInfo:
 
 
 def load_classifier_payload(path: str | os.PathLike) -> dict:
-    payload = load_dict(path, "cached classifier", CLASSIFIER_FORMAT,
-                        "; delete it and rfbench retrains it")  # fmt: skip
+    payload = load_dict(
+        path, "cached classifier", CLASSIFIER_FORMAT, "; delete it and rfbench retrains it"
+    )
     recorded = payload.get("state_sha256")
     if recorded is not None and _state_sha256(payload["state_dict"]) != recorded:
         raise UserError(

@@ -259,8 +259,9 @@ def _load_features(path, rows: int) -> torch.Tensor | None:
     """Cached reference features, or None when absent; a bad file is a clear error."""
     if not path.exists():
         return None
-    payload = load_dict(path, "cached reference features", FEATURES_FORMAT,
-                        "; delete it and rfbench recomputes it")  # fmt: skip
+    payload = load_dict(
+        path, "cached reference features", FEATURES_FORMAT, "; delete it and rfbench recomputes it"
+    )
     features = payload.get("features")
     if not isinstance(features, torch.Tensor):
         raise UserError(f"{path} is not an rfbench feature cache; delete it")

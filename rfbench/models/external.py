@@ -50,9 +50,15 @@ EXTERNAL_PREFIXES = ("torchcfm:", "plugin:")
 # The CIFAR-10 UNet of the conditional-flow-matching project (examples/images/cifar10/
 # compute_fid.py); a user config overrides these keys.
 TORCHCFM_CIFAR10 = dict(
-    dim=(3, 32, 32), num_res_blocks=2, num_channels=128, channel_mult=[1, 2, 2, 2],
-    num_heads=4, num_head_channels=64, attention_resolutions="16", dropout=0.1,
-)  # fmt: skip
+    dim=(3, 32, 32),
+    num_res_blocks=2,
+    num_channels=128,
+    channel_mult=[1, 2, 2, 2],
+    num_heads=4,
+    num_head_channels=64,
+    attention_resolutions="16",
+    dropout=0.1,
+)
 TORCHCFM_WEIGHTS = {"ema": "ema_model", "net": "net_model"}  # weights= -> checkpoint key
 
 
