@@ -45,10 +45,10 @@ def _status_kib(field: str) -> int:
 def _child(mode: str, n: int, dataset: str, device: str) -> dict:
     import torch
 
-    from rfbench.bench import resolve_device
     from rfbench.data import load_split
     from rfbench.metrics.classifier import get_classifier
     from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, FidelityMetrics
+    from rfbench.runtime import resolve_device
     from rfbench.sample import generate
 
     dev = resolve_device(device)

@@ -62,7 +62,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rfbench import bench, reflow
+from rfbench import candidates, reflow, runner, runtime
 from rfbench import data as datamod
 from rfbench.atomic import atomic_write_text
 from rfbench.config import PRESETS, RunConfig
@@ -416,11 +416,11 @@ def step_fid_run(ck: Check) -> list[str]:
         epochs=s.fid_epochs,
     )
     train_split = datamod.load_split(ck.dataset, "train", ck.args.data_root)
-    path = bench.model_cache_path(
-        bench.model_spec(ck.dataset, "quick", train_split, cfg.train_seed, cfg.epochs)
+    path = candidates.model_cache_path(
+        candidates.model_spec(ck.dataset, "quick", train_split, cfg.train_seed, cfg.epochs)
     )
     start = time.perf_counter()
-    run_dir = bench.run(cfg, progress=False)
+    run_dir = runner.run(cfg, progress=False)
     took = time.perf_counter() - start
     ck.trained = load_model(path, ck.device)
     frame = pd.read_csv(run_dir / "results.csv")
@@ -654,7 +654,7 @@ def step_reflow(ck: Check) -> list[str]:
             trained, store, recipe, Path(tmp) / "2rf.pt", device=ck.device, progress=False
         )
         train_s = time.perf_counter() - start - pairs_s
-        run_dir = bench.run(
+        run_dir = runner.run(
             RunConfig(
                 dataset=ck.dataset,
                 solvers=("euler",),
@@ -741,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     budget = Budget(args.budget_s)
-    device = bench.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     sizes, date = SMOKE if args.smoke else GPU, time.strftime("%Y-%m-%d")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from rfbench import bench  # noqa: E402
+from rfbench import candidates, runtime  # noqa: E402
 from rfbench.data import load_split  # noqa: E402
 from rfbench.figures import PALETTE  # noqa: E402
 from rfbench.metrics.classifier import get_classifier  # noqa: E402
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    device = bench.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     start = time.perf_counter()
 
     train, test = load_split(args.dataset, "train"), load_split(args.dataset, "test")
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
         ]
     )
     # 3. Sample-size bias, generated and real.
-    trained = bench.obtain_model(
-        bench.model_spec(args.dataset, "quick", train, 0, args.epochs), train, device
+    trained = candidates.obtain_model(
+        candidates.model_spec(args.dataset, "quick", train, 0, args.epochs), train, device
     )
     gen = generate(
         trained.model,
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
             f"Command: `python benchmarks/metrics_sanity.py {' '.join(argv or sys.argv[1:])}`",
             "",
             f"- machine: {env['processor']}, {env['cpu_count']} cores, torch {env['torch']}; "
-            f"device {bench.device_label(device)}; git commit {env['git_commit']}",
+            f"device {runtime.device_label(device)}; git commit {env['git_commit']}",
             f"- extractor: {info.name}, test accuracy {info.test_accuracy:.4f}; reference: the "
             f"{len(train.x)}-image train split",
             f"- generated set: {trained.model_id}, Euler {args.solver_steps} steps, seed 0",

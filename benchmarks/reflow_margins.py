@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import replace
 
-from rfbench import bench
+from rfbench import candidates
 from rfbench.data import load_split, toy2d_sample
 from rfbench.metrics.toy import sliced_wasserstein
 from rfbench.reflow import generate_pairs, pair_spec, reflow
@@ -43,7 +43,9 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as work:
             rf1 = train(
-                bench.model_spec("toy2d", "quick", data, seed, EPOCHS_1RF), data, progress=False
+                candidates.model_spec("toy2d", "quick", data, seed, EPOCHS_1RF),
+                data,
+                progress=False,
             )
             spec = pair_spec(rf1, PAIRS, "rk4", steps=16, seed=seed, shard_size=1000)
             store = generate_pairs(rf1, spec, work, batch_size=1000, progress=False)

@@ -158,17 +158,18 @@ def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> 
         return pd.read_csv(target)
     import torch
 
-    from rfbench import bench
     from rfbench.data import load_split
+    from rfbench.metrics.quality import build_quality
     from rfbench.reflow import PairStore
-    from rfbench.sample import integrate, noise
+    from rfbench.sample import Batching, Measuring, integrate, noise
+    from rfbench.solvers import Setting
     from rfbench.train import load_model
 
     pairs = PairStore(work / "2rf").manifest()["spec"]
     n = int(frame["n_samples"].iloc[0])
     device = torch.device("cpu")
     train, test = load_split(args.dataset, "train"), load_split(args.dataset, "test")
-    quality = bench.build_quality(args.dataset, train, test, ("fid", "kid"), device, n, False)
+    quality = build_quality(args.dataset, train, test, ("fid", "kid"), device, n, False)
     rows = []
     for path in checkpoints:
         trained = load_model(path)
@@ -180,13 +181,11 @@ def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> 
             stream = quality.metric.stream(n)
             run = integrate(
                 trained.model,
-                solver,
+                Setting(solver, **options),
                 n,
                 lambda lo, hi, shape=shape: noise(pairs["seed"], range(lo, hi), shape, "pairs"),
-                batch_size=int(frame["batch_size"].iloc[0]),
-                sink=stream.add,
-                progress=False,
-                **options,
+                batching=Batching(int(frame["batch_size"].iloc[0]), sink=stream.add),
+                measuring=Measuring(progress=False),
             )
             rows.append(
                 {

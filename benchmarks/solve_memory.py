@@ -34,7 +34,8 @@ def _child(variant: str, batch: int, steps: int, device: str) -> dict:
 
     from rfbench.config import PRESETS
     from rfbench.models import build_model
-    from rfbench.sample import integrate, noise
+    from rfbench.sample import Batching, Measuring, integrate, noise
+    from rfbench.solvers import Setting
 
     torch.manual_seed(0)
     shape = (1, 28, 28)
@@ -45,14 +46,12 @@ def _child(variant: str, batch: int, steps: int, device: str) -> dict:
     if variant in ("bare", "stats"):
         integrate(
             model,
-            "euler",
+            Setting("euler", steps=steps),
             batch,
             lambda lo, hi: x0[lo:hi],
-            steps=steps,
-            batch_size=batch,
-            record=variant == "stats",
             device=device,
-            progress=False,
+            batching=Batching(batch),
+            measuring=Measuring(record=variant == "stats", progress=False),
         )
     elif variant == "trajectory":
         states = []
@@ -63,13 +62,12 @@ def _child(variant: str, batch: int, steps: int, device: str) -> dict:
 
         integrate(
             keep,
-            "euler",
+            Setting("euler", steps=steps),
             batch,
             lambda lo, hi: x0[lo:hi],
-            steps=steps,
-            batch_size=batch,
             device=device,
-            progress=False,
+            batching=Batching(batch),
+            measuring=Measuring(progress=False),
         )
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()

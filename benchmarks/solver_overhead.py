@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from targets import target  # benchmarks/targets.py
 
-from rfbench import bench
+from rfbench import candidates, runtime
 from rfbench.data import load_split
 from rfbench.results import environment
 from rfbench.sample import generate, warm_up
@@ -107,10 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    device = bench.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     data = load_split(args.dataset, "train")
-    spec = bench.model_spec(args.dataset, "quick", data, 0, args.epochs)
-    trained = bench.obtain_model(spec, data, device)
+    spec = candidates.model_spec(args.dataset, "quick", data, 0, args.epochs)
+    trained = candidates.obtain_model(spec, data, device)
     shape = trained.spec.sample_shape
     warm_up(trained.model, shape, args.batch, device)
 
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
 
     # toy2d: a network so small that rfbench's recording once doubled the reported overhead.
     toy_data = load_split("toy2d", "train")
-    toy = bench.obtain_model(
-        bench.model_spec("toy2d", "quick", toy_data, 0, args.epochs), toy_data, device
+    toy = candidates.obtain_model(
+        candidates.model_spec("toy2d", "quick", toy_data, 0, args.epochs), toy_data, device
     )
     warm_up(toy.model, toy.spec.sample_shape, args.toy_batch, device)
     toy_row, _ = measure(
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         f"Command: `python benchmarks/solver_overhead.py {' '.join(argv or sys.argv[1:])}`",
         "",
         f"- machine: {env['processor']}, {env['cpu_count']} cores, torch {env['torch']}, "
-        f"{env['torch_threads']} threads; device {bench.device_label(device)}",
+        f"{env['torch_threads']} threads; device {runtime.device_label(device)}",
         f"- model: {trained.model_id} (quick preset), batch {args.batch}, "
         f"median of {args.repeats} timed solves after warm-up",
         f"- fixed-step solvers at {args.steps} steps; adaptive at rtol = atol = {args.tol:g}, "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfbench import bench
+from rfbench import candidates, runtime
 from rfbench.data import load_split
 from rfbench.results import environment
 from rfbench.sample import generate
@@ -67,12 +67,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    device = bench.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     rows = []
     for dataset in args.datasets.split(","):
         data = load_split(dataset, "train")
-        trained = bench.obtain_model(
-            bench.model_spec(dataset, "quick", data, 0, args.epochs), data, device
+        trained = candidates.obtain_model(
+            candidates.model_spec(dataset, "quick", data, 0, args.epochs), data, device
         )
         for solver in args.solvers.split(","):
             rows.append(compare(trained, solver, args.n, args.tol, device))
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             f"Command: `python benchmarks/stepping_modes.py {' '.join(argv or sys.argv[1:])}`",
             "",
             f"- machine: {env['processor']}, {env['cpu_count']} cores, torch {env['torch']}; "
-            f"device {bench.device_label(device)}; git commit {env['git_commit']}",
+            f"device {runtime.device_label(device)}; git commit {env['git_commit']}",
             "- the same noise (seed 0, samples 0..n-1) in both modes; batched = one batch of n",
             "- diff: |batched - per-sample| over all elements of the final samples",
             "",

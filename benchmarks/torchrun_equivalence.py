@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rfbench import bench
+from rfbench import candidates
 from rfbench.data import load_split
 from rfbench.results import cell_id, environment
 from rfbench.runtime import resolve_device
@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None:
         data = load_split(args.dataset, "train", args.data_root)
-        spec = bench.model_spec(args.dataset, "quick", data, 0)
-        bench.obtain_model(spec, data, resolve_device("cpu"))
-        checkpoint = str(bench.model_cache_path(spec))
+        spec = candidates.model_spec(args.dataset, "quick", data, 0)
+        candidates.obtain_model(spec, data, resolve_device("cpu"))
+        checkpoint = str(candidates.model_cache_path(spec))
     work = Path(args.work)
     if work.exists():
         sys.exit(f"{work} exists; remove it or pass another --work")

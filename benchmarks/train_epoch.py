@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from targets import target  # benchmarks/targets.py
 
-from rfbench import bench
+from rfbench import candidates
 from rfbench.data import load_split
 from rfbench.flow import sample_t
 from rfbench.models import build_model
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     data = load_split(args.dataset, "train", args.data_root)
-    spec = bench.model_spec(args.dataset, "quick", data, 0, 1)
+    spec = candidates.model_spec(args.dataset, "quick", data, 0, 1)
     spec = replace(spec, train=replace(spec.train, max_train_images=args.images))
     x = data.x[: args.images]
     times: dict[str, list[float]] = {"rfbench": [], "bare": []}

@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from rfbench import config as C
@@ -116,33 +117,85 @@ def _fmt(values) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rfbench.data import DATASETS
-    from rfbench.sample import STEPPING_MODES
-    from rfbench.solvers import GRIDS, SOLVERS
-
-    solvers, datasets, presets = list(SOLVERS), list(DATASETS), list(C.PRESETS)
-    grids = list(GRIDS)
-    fmt = DefaultsFormatter
+    """The command line: one subcommand per stage of the work, each built by its own
+    function below."""
     parser = OneLineParser(
         prog=PROG,
         description="Benchmark rectified-flow image generators: "
         "which ODE solver, at which NFE, gives which FID, in how much time.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    names = _Names.here()
+    for add in (
+        _add_run,
+        _add_train,
+        _add_reflow,
+        _add_data,
+        _add_report,
+        _add_figures,
+        _add_compare,
+        _add_solvers,
+        _add_presets,
+    ):
+        add(sub, names)
+    return parser
 
-    # rfbench run
+
+@dataclass(frozen=True)
+class _Names:
+    """The choices the options offer, from the registries."""
+
+    solvers: list[str]
+    datasets: list[str]
+    presets: list[str]
+    grids: list[str]
+    stepping: tuple[str, ...]
+
+    @classmethod
+    def here(cls) -> _Names:
+        from rfbench.data import DATASETS
+        from rfbench.solvers import GRIDS, SOLVERS, STEPPING_MODES
+
+        return cls(list(SOLVERS), list(DATASETS), list(C.PRESETS), list(GRIDS), STEPPING_MODES)
+
+
+def _add_run(sub, names: _Names) -> None:
     r = sub.add_parser(
         "run",
         help="train or load a model, sample it with each solver, measure",
-        formatter_class=fmt,
+        formatter_class=DefaultsFormatter,
     )
-    _dataset_arg(r, datasets)
+    r.add_argument(
+        "--dataset",
+        choices=names.datasets,
+        metavar="D",
+        help=f"dataset: {', '.join(names.datasets)} (required unless --config names it)",
+    )
+    r.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="replay a run: RUN_DIR/config.json gives every option not given here, into a "
+        "new run directory (--out, or the default)",
+    )
+    _run_grid_args(r, names)
+    _run_model_args(r, names)
+    _run_sample_args(r, names)
+    _run_metric_args(r, names)
+    _speed_args(r)
+    _external_args(r)
+    _common_data_args(r)
+    _run_output_args(r, names)
+    r.set_defaults(handler=_cmd_run)
+
+
+def _run_grid_args(r: argparse.ArgumentParser, names: _Names) -> None:
     r.add_argument(
         "--solvers",
-        type=_list_of(str, "solver", solvers),
+        type=_list_of(str, "solver", names.solvers),
         default=("euler", "rk45"),
         metavar="S1,S2",
-        help=f"solvers, from: {', '.join(solvers)}",
+        help=f"solvers, from: {', '.join(names.solvers)}",
     )
     r.add_argument(
         "--steps",
@@ -160,14 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--grids",
-        type=_list_of(str, "time grid", grids),
+        type=_list_of(str, "time grid", names.grids),
         default=C.DEFAULT_GRIDS,
         metavar="G1,G2",
-        help=f"time grids for fixed-step solvers, from: {', '.join(grids)}",
+        help=f"time grids for fixed-step solvers, from: {', '.join(names.grids)}",
     )
     r.add_argument(
         "--stepping",
-        type=_list_of(str, "stepping mode", STEPPING_MODES),
+        type=_list_of(str, "stepping mode", names.stepping),
         default=C.DEFAULT_STEPPING,
         metavar="M1,M2",
         help="adaptive solvers: batched (one error norm for the batch) and/or per-sample",
@@ -179,8 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="time every solve this many times and report the median",
     )
     r.add_argument(
+        "--max-nfe",
+        type=_positive_int,
+        default=C.DEFAULT_MAX_NFE,
+        help="per-batch guard: a solve needing more network calls fails its cell",
+    )
+
+
+def _run_model_args(r: argparse.ArgumentParser, names: _Names) -> None:
+    r.add_argument(
         "--preset",
-        choices=presets,
+        choices=names.presets,
         default=C.DEFAULT_PRESET,
         help="model size, training recipe and sample count: "
         + "; ".join(f"{p.name}: {p.description.rstrip('.')}" for p in C.PRESETS.values()),
@@ -194,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         "of training or reusing the cached model: rfbench checkpoints, torchcfm:PATH, or "
         "plugin:MODULE:CALLABLE",
     )
+    r.add_argument("--train-seed", type=_seed, default=0, help="seed of the trained model")
+    r.add_argument(
+        "--epochs", type=_positive_int, default=None, help="override the preset's training epochs"
+    )
+
+
+def _run_sample_args(r: argparse.ArgumentParser, names: _Names) -> None:
     r.add_argument(
         "--num-samples",
         type=_positive_int,
@@ -216,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="0,1,2",
         help="noise seeds; sample i of seed s always starts from the same noise",
     )
+
+
+def _run_metric_args(r: argparse.ArgumentParser, names: _Names) -> None:
     r.add_argument(
         "--metrics",
         type=_list_of(str, "metric", ("fid", "kid", "prc", "isc", "inversion")),
@@ -243,13 +315,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="weights-inception-2015-12-05-6726825d.pth (default: torch hub's checkpoints/)",
     )
+
+
+def _run_output_args(r: argparse.ArgumentParser, names: _Names) -> None:
     r.add_argument(
-        "--max-nfe",
-        type=_positive_int,
-        default=C.DEFAULT_MAX_NFE,
-        help="per-batch guard: a solve needing more network calls fails its cell",
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run directory (default: runs/<dataset>-<preset>-<time>)",
     )
-    _speed_args(r)
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out, skipping done cells and retrying failed ones",
+    )
+    r.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="with --resume: keep the failed cells as they are instead of retrying them",
+    )
+
+
+def _external_args(r: argparse.ArgumentParser) -> None:
     ext = r.add_argument_group(
         "external models (--checkpoint torchcfm:PATH or plugin:MODULE:CALLABLE)"
     )
@@ -275,35 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON file of keyword arguments: torchcfm's UNetModelWrapper (default: its "
         "CIFAR-10 settings) or the plugin callable",
     )
-    _common_data_args(r)
-    r.add_argument("--train-seed", type=_seed, default=0, help="seed of the trained model")
-    r.add_argument(
-        "--epochs", type=_positive_int, default=None, help="override the preset's training epochs"
-    )
-    r.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="run directory (default: runs/<dataset>-<preset>-<time>)",
-    )
-    r.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out, skipping done cells and retrying failed ones",
-    )
-    r.add_argument(
-        "--keep-failed",
-        action="store_true",
-        help="with --resume: keep the failed cells as they are instead of retrying them",
-    )
-    r.set_defaults(handler=_cmd_run)
 
-    # rfbench train
+
+def _add_train(sub, names: _Names) -> None:
     t = sub.add_parser(
-        "train", help="train a velocity model and write its checkpoint", formatter_class=fmt
+        "train",
+        help="train a velocity model and write its checkpoint",
+        formatter_class=DefaultsFormatter,
     )
-    _dataset_arg(t, datasets)
-    t.add_argument("--preset", choices=presets, default=C.DEFAULT_PRESET, help="recipe")
+    _dataset_arg(t, names.datasets)
+    t.add_argument("--preset", choices=names.presets, default=C.DEFAULT_PRESET, help="recipe")
     t.add_argument(
         "--epochs", type=_positive_int, default=None, help="override the preset's epochs"
     )
@@ -319,10 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(handler=_cmd_train)
 
-    # rfbench reflow
+
+def _add_reflow(sub, names: _Names) -> None:
     rf = sub.add_parser(
         "reflow",
-        formatter_class=fmt,
+        formatter_class=DefaultsFormatter,
         help="make (x0, ODE(x0)) pairs with a model, then train the next rectified flow (or "
         "a few-step distilled model) on them",
     )
@@ -336,10 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rf.add_argument(
         "--solver",
-        choices=solvers,
+        choices=names.solvers,
         default="rk45",
         metavar="S",
-        help=f"solver that makes the pairs, from: {', '.join(solvers)}",
+        help=f"solver that makes the pairs, from: {', '.join(names.solvers)}",
     )
     rf.add_argument(
         "--steps", type=_positive_int, default=None, help="its steps (fixed-step solvers)"
@@ -389,16 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rf.set_defaults(handler=_cmd_reflow)
 
-    # rfbench data
-    d = sub.add_parser("data", help="where each dataset comes from", formatter_class=fmt)
+
+def _add_data(sub, names: _Names) -> None:
+    d = sub.add_parser(
+        "data", help="where each dataset comes from", formatter_class=DefaultsFormatter
+    )
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     dl = dsub.add_parser("list", help="each dataset, its source and whether it is here")
     dl.add_argument("--data-root", default=None, metavar="DIR", help="also look here")
     dl.set_defaults(handler=_cmd_data_list)
     dc = dsub.add_parser(
-        "check", help="load a dataset and print what was found", formatter_class=fmt
+        "check", help="load a dataset and print what was found", formatter_class=DefaultsFormatter
     )
-    dc.add_argument("name", choices=datasets, metavar="D", help=f"one of: {', '.join(datasets)}")
+    dc.add_argument(
+        "name", choices=names.datasets, metavar="D", help=f"one of: {', '.join(names.datasets)}"
+    )
     dc.add_argument("--data-root", default=None, metavar="DIR", help="read from here")
     dc.add_argument(
         "--image-size",
@@ -408,11 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dc.set_defaults(handler=_cmd_data_check)
 
-    # rfbench report
+
+def _add_report(sub, names: _Names) -> None:
     rp = sub.add_parser(
         "report",
         help="tables of one or more run directories, for reading or a paper",
-        formatter_class=fmt,
+        formatter_class=DefaultsFormatter,
     )
     rp.add_argument(
         "run_dirs",
@@ -462,11 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.set_defaults(handler=_cmd_report)
 
-    # rfbench figures
+
+def _add_figures(sub, names: _Names) -> None:
     fg = sub.add_parser(
         "figures",
         help="publication figures of a run directory (PDF, PNG, SVG)",
-        formatter_class=fmt,
+        formatter_class=DefaultsFormatter,
     )
     fg.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `rfbench run`")
     fg.add_argument(
@@ -485,12 +561,13 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--out", default=None, metavar="DIR", help="default: RUN_DIR/figures")
     fg.set_defaults(handler=_cmd_figures)
 
-    # rfbench compare
+
+def _add_compare(sub, names: _Names) -> None:
     from rfbench.compare import DEFAULT_THRESHOLDS, GATED
 
     cp = sub.add_parser(
         "compare",
-        formatter_class=fmt,
+        formatter_class=DefaultsFormatter,
         help="gate a run against a baseline: exit 1 on a regression, 0 when all holds, 2 on "
         "bad input",
     )
@@ -532,14 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.set_defaults(handler=_cmd_compare)
 
-    # rfbench solvers
+
+def _add_solvers(sub, names: _Names) -> None:
     s = sub.add_parser("solvers", help="list every registered solver")
     s.set_defaults(handler=_cmd_solvers)
 
-    # rfbench presets
+
+def _add_presets(sub, names: _Names) -> None:
     ps = sub.add_parser("presets", help="list the presets: datasets, model, recipe, H100 time")
     ps.set_defaults(handler=_cmd_presets)
-    return parser
 
 
 def _batch_size(text: str) -> int | str:
@@ -622,17 +700,33 @@ def _common_data_args(p: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> C.RunConfig:
     """The RunConfig of parsed ``rfbench run`` arguments: every field from the option of
-    the same name."""
-    import dataclasses
+    the same name; with ``--config FILE``, the file's value for every option not given on
+    the command line (``C.RunConfig.replay``)."""
+    from rfbench.errors import UserError
 
-    return C.RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(C.RunConfig)})
+    given = {k: getattr(args, k) for k in C.RunConfig.field_names()}
+    if args.config is not None:
+        explicit = _explicit_options(args.argv, "run")
+        return C.RunConfig.replay(args.config, {k: v for k, v in given.items() if k in explicit})
+    if given["dataset"] is None:
+        raise UserError("the following arguments are required: --dataset")
+    return C.RunConfig(**given)
+
+
+def _explicit_options(argv: Sequence[str], command: str) -> set[str]:
+    """The destinations of the options given on the command line (not left at defaults)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[command]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "handler"}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rfbench import bench
+    from rfbench import runner
 
     cfg = run_config(args)
-    out = bench.run(cfg, world=args.world, argv=args.argv)
+    out = runner.run(cfg, world=args.world, argv=args.argv)
     if args.world.main:
         print(out)
     return 0
@@ -642,7 +736,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from rfbench import bench
+    from rfbench import candidates
     from rfbench.data import load_split
     from rfbench.runtime import resolve_device
     from rfbench.train import train
@@ -652,9 +746,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     world.on_main(lambda: _check_train_out(path, args.resume))
     device = resolve_device(world.device(args.device))
     preset = C.check_preset(args.preset, args.dataset)
-    image_size = bench.preset_image_size(preset, args.dataset, args.image_size)
+    image_size = candidates.preset_image_size(preset, args.dataset, args.image_size)
     data = load_split(args.dataset, "train", args.data_root, image_size=image_size)
-    spec = bench.model_spec(args.dataset, args.preset, data, args.seed, args.epochs)
+    spec = candidates.model_spec(args.dataset, args.preset, data, args.seed, args.epochs)
     spec = replace(spec, train=replace(spec.train, timesteps=args.timesteps))
     trained = train(
         spec,
@@ -685,50 +779,40 @@ def _check_train_out(path, resume: bool) -> None:
 
 
 def _cmd_reflow(args: argparse.Namespace) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
     from rfbench import reflow
     from rfbench.errors import UserError
     from rfbench.runtime import resolve_device
+    from rfbench.solvers import LABEL_PARTS, Setting
     from rfbench.train import load_model
 
-    if args.loss != "l2" and not args.distill:
-        raise UserError(f"--loss {args.loss} applies to distillation only (--distill K)")
-    if args.loss == "lpips":
-        from rfbench.metrics.lpips import lpips_network
-
-        lpips_network()  # its weights are here, or one clear message before any work
     out = Path(args.out)
     path = out / "checkpoint.pt"
     if (path.exists() or (out / "pairs").exists()) and not args.resume:
         raise UserError(f"{out} holds reflow work; pass --resume to continue it, or another --out")
     device = resolve_device(args.device)
     parent = load_model(args.checkpoint, device)
-    spec = reflow.pair_spec(
+    recipe = reflow.recipe(
         parent,
-        args.pairs,
-        args.solver,
-        steps=args.steps,
-        rtol=args.tols,
-        seed=args.seed,
-        shard_size=args.shard_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        timesteps=args.timesteps,
+        loss=args.loss,
+        distill_steps=args.distill,
     )
+    setting = Setting.from_options(args.solver, args.steps, args.tols)
+    spec = reflow.pair_spec(parent, args.pairs, setting, seed=args.seed, shard_size=args.shard_size)
     log = logging.getLogger("rfbench")
     log.info(
         "pairs: %d from %s with %s %s -> %s/pairs",
         spec.pairs,
         parent.model_id,
-        spec.solver,
-        spec.setting,
+        setting.solver,
+        setting.label(LABEL_PARTS),
         out,
     )
     store = reflow.generate_pairs(parent, spec, out, batch_size=args.batch_size, device=device)
-    recipe = replace(parent.spec.train, timesteps=args.timesteps, loss=args.loss)
-    if args.epochs is not None:
-        recipe = replace(recipe, epochs=args.epochs)
-    if args.lr is not None:
-        recipe = replace(recipe, lr=args.lr)
     trained = reflow.reflow(
         parent, store, recipe, path, distill_steps=args.distill, device=device, resume=args.resume
     )
@@ -787,19 +871,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rfbench import compare as K
     from rfbench.atomic import atomic_write_text
     from rfbench.errors import UserError
-    from rfbench.report import read_runs
 
     thresholds = {
         name: K.Threshold.parse(getattr(args, f"max_{name}_increase")) for name in K.GATED
     }
-    if args.current is None:
-        base, cur = K.within_run(read_runs([args.baseline]))
-        verdict = K.compare(base, cur, thresholds, True, args.fail_on_missing)
-        title = f"rfbench compare (within {args.baseline})"
-    else:
-        base, cur = read_runs([args.baseline]), read_runs([args.current])
-        verdict = K.compare(base, cur, thresholds, args.any_model, args.fail_on_missing)
-        title = f"rfbench compare {args.baseline} -> {args.current}"
+    verdict, title = K.compare_runs(
+        args.baseline, args.current, thresholds, args.any_model, args.fail_on_missing
+    )
     summary = K.to_markdown(verdict, title)
     for path, text in ((args.json, K.to_json(verdict)), (args.markdown, summary)):
         if path:
@@ -817,34 +895,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from rfbench import report as R
     from rfbench.atomic import atomic_write_text
     from rfbench.errors import UserError
+    from rfbench.results import read_runs
 
-    for option, view in (
-        ("baseline", "paired"),
-        ("nfe_budget", "budget"),
-        ("time_budget", "budget"),
-    ):
-        if getattr(args, option) is not None and args.view != view:
-            raise UserError(f"--{option.replace('_', '-')} applies to --view {view} only")
-    if args.view == "paired" and not args.baseline:
-        raise UserError("--view paired needs --baseline SOLVER")
-    frame = R.read_runs(args.run_dirs)
-    if args.view == "cells":
-        text = R.FORMATS[args.format](frame)
-    else:
-        R.check_metric(frame, args.metric)
-        table = {
-            "seeds": lambda: R.seed_summary(frame, args.metric),
-            "paired": lambda: R.paired_differences(frame, args.baseline, args.metric),
-            "pivot": lambda: R.pivot_table(frame, args.metric),
-            "budget": lambda: R.budget_table(
-                frame, args.metric, args.nfe_budget, args.time_budget or ()
-            ),
-        }[args.view]()
-        title = R.caption(args.view, args.metric, args.baseline)
-        text = R.render_view(frame, table, args.format, title)
-        if args.format == "csv":
-            for note in R.notes(frame):
-                logging.getLogger("rfbench").warning("note: %s", note)
+    R.check_view(args.view, args.baseline, args.nfe_budget, args.time_budget)
+    frame = read_runs(args.run_dirs)
+    text = R.view(
+        frame, args.view, args.format, args.metric, args.baseline, args.nfe_budget, args.time_budget
+    )
+    if args.format == "csv" and args.view != "cells":
+        for note in R.notes(frame):
+            logging.getLogger("rfbench").warning("note: %s", note)
     if args.out is None:
         print(text, end="")
         return 0
@@ -870,12 +930,10 @@ DISTRIBUTED_COMMANDS = ("run", "train")  # the commands torchrun may start sever
 
 
 def _cmd_presets(_args: argparse.Namespace) -> int:
-    from rfbench.models import build_model, count_parameters
+    from rfbench.models import preset_network
 
     for p in C.PRESETS.values():
-        size = p.image_size or 28
-        channels = 3 if p.datasets and set(p.datasets) & {"cifar10", "image-folder"} else 1
-        params = count_parameters(build_model((channels, size, size), p.unet, p.mlp))
+        (channels, size, _), params = preset_network(p)
         r = p.train
         print(f"{p.name}: {p.description}")
         print(

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from rfbench.errors import UserError
-from rfbench.results import STATUS_OK
+from rfbench.results import STATUS_OK, read_runs
+from rfbench.solvers import Setting
 
 MATCH = ("dataset", "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping", "seed")
 # metric option name -> results column; lower is better for every one of them.
@@ -102,12 +103,17 @@ def _key(any_model: bool) -> list[str]:
 
 
 def _normalise(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Every column compare reads, present (empty where the file lacks it), with the key
-    columns as comparable text (CSV reads integers with gaps as floats)."""
+    """Every column compare reads, present (empty where the file lacks it), with each row's
+    setting as its ``Setting`` normalises it (a fixed-step row without a grid is on the
+    uniform grid; atol defaults to rtol) and the key columns as comparable text."""
     wanted = [*frame.columns, *keys, *GATED.values(), *PROTOCOL_COLUMNS, "status", "error"]
-    out = frame.reindex(columns=list(dict.fromkeys(wanted)))
+    out = frame.reindex(columns=list(dict.fromkeys(wanted))).astype({k: object for k in keys})
+    for i, row in zip(out.index, out.to_dict("records")):
+        for column, value in Setting.from_row(row).columns().items():
+            if column in keys:
+                out.at[i, column] = value
     for k in keys:
-        out[k] = out[k].astype(object).map(_text)
+        out[k] = out[k].map(_text)
     for column in GATED.values():
         out[column] = pd.to_numeric(out[column], errors="coerce")
     return out
@@ -133,87 +139,88 @@ def compare(
     cells, ``ok``. The frames are typed results (``results.typed``). With
     ``fail_on_missing``, a baseline cell absent from the current run is a regression."""
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    if any_model:
-        for side, frame in (("baseline", baseline), ("current", current)):
-            if frame["model_id"].nunique() > 1:
-                raise UserError(f"--any-model needs one model per side; the {side} has several")
     keys = _key(any_model)
-    for side, frame in (("baseline", baseline), ("current", current)):
-        absent = [k for k in keys if k not in frame.columns]
-        if absent:
-            raise UserError(
-                f"the {side} has no {', '.join(absent)} column: cells cannot be matched (is it "
-                "an rfbench results.csv of this version?)"
-            )
+    _check_sides(baseline, current, keys, any_model)
     base, cur = _normalise(baseline, keys), _normalise(current, keys)
     merged = base.merge(cur, on=keys, how="outer", suffixes=("_b", "_c"), indicator=True)
     cell = lambda r: {k: r[k] for k in keys}  # noqa: E731
     missing = [cell(r) for _, r in merged[merged["_merge"] == "left_only"].iterrows()]
     new = [cell(r) for _, r in merged[merged["_merge"] == "right_only"].iterrows()]
     both = merged[merged["_merge"] == "both"]
-
-    regressions, improvements, checks, incomparable = [], [], [], []
+    verdict = {"regressions": [], "improvements": [], "checks": [], "incomparable": []}
     failed = both[(both["status_b"] == STATUS_OK) & (both["status_c"] != STATUS_OK)]
     for _, r in failed.iterrows():
-        regressions.append({**cell(r), "metric": "status", "error": _text(r.get("error_c"))})
+        verdict["regressions"].append(
+            {**cell(r), "metric": "status", "error": _text(r.get("error_c"))}
+        )
     ok = both[(both["status_b"] == STATUS_OK) & (both["status_c"] == STATUS_OK)]
-    setting = [k for k in keys if k != "seed"]
-    for name, column in GATED.items():
-        threshold = thresholds.get(name)
-        b_col, c_col = f"{column}_b", f"{column}_c"
-        if threshold is None or ok[b_col].isna().all():
-            continue
-        judged = ok[ok[b_col].notna()]
-        differs = _protocol_differs(judged, PROTOCOL[name])
-        for _, r in judged[differs].iterrows():
-            incomparable.append(
-                {
-                    **cell(r),
-                    "metric": name,
-                    **{
-                        f"{k}_{side}": _text(r[f"{k}_{suffix}"])
-                        for k in PROTOCOL[name]
-                        for side, suffix in (("baseline", "b"), ("current", "c"))
-                    },
-                }
-            )
-        judged = judged[~differs]
-        lost = judged[judged[c_col].isna()]
-        for _, r in lost.iterrows():
-            regressions.append(
-                {
-                    **cell(r),
-                    "metric": name,
-                    "baseline": float(r[b_col]),
-                    "current": None,
-                    "error": f"{column} is missing or NaN",
-                }
-            )
-        judged = judged[judged[c_col].notna()]
-        for key, g in judged.groupby(setting, dropna=False, sort=True):
-            row, regressed, improved = _judge(name, threshold, g[b_col], g[c_col])
-            row = {**dict(zip(setting, key if isinstance(key, tuple) else (key,))), **row}
-            checks.append(row)
-            if regressed:
-                regressions.append(row)
-            elif improved:
-                improvements.append(row)
+    for name in GATED:
+        if thresholds.get(name) is not None:
+            _gate_metric(name, thresholds[name], ok, keys, verdict)
     if fail_on_missing:
-        regressions += [{**c, "metric": "missing"} for c in missing]
+        verdict["regressions"] += [{**c, "metric": "missing"} for c in missing]
     if both.empty:  # nothing was compared: no gate passes on that
-        regressions.append(
+        verdict["regressions"].append(
             {"metric": "nothing compared", "error": "no cell of the baseline is in the current run"}
         )
     return {
-        "ok": not regressions and not incomparable,
-        "regressions": regressions,
-        "improvements": improvements,
-        "checks": checks,
-        "incomparable": incomparable,
+        "ok": not verdict["regressions"] and not verdict["incomparable"],
+        **verdict,
         "missing": missing,
         "new": new,
         "thresholds": {k: (str(v) if v is not None else None) for k, v in thresholds.items()},
     }
+
+
+def _check_sides(baseline: pd.DataFrame, current: pd.DataFrame, keys, any_model: bool) -> None:
+    for side, frame in (("baseline", baseline), ("current", current)):
+        if any_model and frame["model_id"].nunique() > 1:
+            raise UserError(f"--any-model needs one model per side; the {side} has several")
+        absent = [k for k in keys if k not in frame.columns]
+        if absent:
+            raise UserError(
+                f"the {side} has no {', '.join(absent)} column: cells cannot be matched (is it "
+                "an rfbench results.csv of this version?)"
+            )
+
+
+def _gate_metric(
+    name: str, threshold: Threshold, ok: pd.DataFrame, keys: list[str], verdict: dict
+) -> None:
+    """Gate one metric over the matched cells that succeeded on both sides: cells measured
+    otherwise are incomparable, a value lost is a regression, and each setting's seeds are
+    judged together (``_judge``)."""
+    column = GATED[name]
+    b_col, c_col = f"{column}_b", f"{column}_c"
+    judged = ok[ok[b_col].notna()]
+    differs = _protocol_differs(judged, PROTOCOL[name])
+    for _, r in judged[differs].iterrows():
+        sides = {
+            f"{k}_{side}": _text(r[f"{k}_{suffix}"])
+            for k in PROTOCOL[name]
+            for side, suffix in (("baseline", "b"), ("current", "c"))
+        }
+        verdict["incomparable"].append({**{k: r[k] for k in keys}, "metric": name, **sides})
+    judged = judged[~differs]
+    for _, r in judged[judged[c_col].isna()].iterrows():
+        verdict["regressions"].append(
+            {
+                **{k: r[k] for k in keys},
+                "metric": name,
+                "baseline": float(r[b_col]),
+                "current": None,
+                "error": f"{column} is missing or NaN",
+            }
+        )
+    setting = [k for k in keys if k != "seed"]
+    for key, g in judged[judged[c_col].notna()].groupby(setting, dropna=False, sort=True):
+        row, regressed, improved = _judge(name, threshold, g[b_col], g[c_col])
+        row = {**dict(zip(setting, key if isinstance(key, tuple) else (key,))), **row}
+        verdict["checks"].append(row)
+        if regressed:
+            verdict["regressions"].append(row)
+        elif improved:
+            verdict["improvements"].append(row)
 
 
 def _protocol_differs(pairs: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
@@ -253,6 +260,25 @@ def _judge(
         "allowed": allowed,
     }
     return row, regressed, improved
+
+
+def compare_runs(
+    baseline: str,
+    current: str | None = None,
+    thresholds: dict[str, Threshold | None] | None = None,
+    any_model: bool = False,
+    fail_on_missing: bool = False,
+) -> tuple[dict, str]:
+    """``compare`` on run directories (or results.csv files): ``current`` against
+    ``baseline``, or, without ``current``, the two models of the one run ``baseline``
+    (``within_run``). Returns the verdict and a title for its summary."""
+    if current is None:
+        base, cur = within_run(read_runs([baseline]))
+        verdict = compare(base, cur, thresholds, True, fail_on_missing)
+        return verdict, f"rfbench compare (within {baseline})"
+    base, cur = read_runs([baseline]), read_runs([current])
+    verdict = compare(base, cur, thresholds, any_model, fail_on_missing)
+    return verdict, f"rfbench compare {baseline} -> {current}"
 
 
 def within_run(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

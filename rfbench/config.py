@@ -249,6 +249,38 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def replay(cls, path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
+        """The config of an earlier run (its config.json), with ``overrides``: a new run
+        of the same grid. Its ``out`` and ``resume`` are not taken over (the replay goes
+        to a new directory unless ``overrides`` says otherwise)."""
+        import json
+
+        from rfbench.errors import UserError
+
+        try:
+            saved = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read --config {path}: {e}") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"--config {path} is not a run's config.json")
+        names = cls.field_names()
+        unknown = sorted(set(saved) - set(names) - {"measurement_version"})
+        if unknown:
+            raise UserError(
+                f"--config {path} holds options this rfbench lacks: {', '.join(unknown)}"
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names}
+        values.update({"out": None, "resume": False, **(overrides or {})})
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise UserError(f"--config {path} is not a run's config.json: {e}") from None
+
 
 def preset(name: str) -> Preset:
     return PRESETS[name]

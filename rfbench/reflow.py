@@ -31,8 +31,8 @@ from rfbench.data import DataSplit, content_hash
 from rfbench.errors import UserError
 from rfbench.flow import T_DATA, T_NOISE
 from rfbench.safeload import load_dict
-from rfbench.sample import integrate, noise
-from rfbench.solvers import get_solver
+from rfbench.sample import Batching, Measuring, integrate, noise
+from rfbench.solvers import Setting
 from rfbench.train import Lineage, ModelSpec, TrainedModel, train
 
 log = logging.getLogger("rfbench")
@@ -42,14 +42,15 @@ PAIRS_FORMAT = "rfbench-pairs-v1"
 
 @dataclass(frozen=True)
 class PairSpec:
-    """What a set of pairs is: any change means other pairs, never a mix."""
+    """What a set of pairs is: any change means other pairs, never a mix. The solver's
+    setting is kept field by field, as the manifest records it."""
 
     parent: str  # model_id
     solver: str
     steps: int | None
     rtol: float | None
     atol: float | None
-    grid: str
+    grid: str | None
     pairs: int
     seed: int
     shard_size: int
@@ -57,44 +58,35 @@ class PairSpec:
     stream: str = "pairs"  # the noise stream of x0 (sample.NOISE_STREAMS)
 
     @property
-    def setting(self) -> str:
-        if self.steps is not None:
-            return f"steps={self.steps}" + ("" if self.grid == "uniform" else f" grid={self.grid}")
-        return f"rtol={self.rtol:g} atol={self.atol:g}"
+    def setting(self) -> Setting:
+        return Setting(
+            self.solver, steps=self.steps, grid=self.grid, rtol=self.rtol, atol=self.atol
+        )
 
 
 def pair_spec(
     parent: TrainedModel,
     pairs: int,
-    solver: str,
+    setting: Setting | str,
     *,
-    steps: int | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    grid: str = "uniform",
     seed: int = 0,
     shard_size: int = 1000,
+    **fields,
 ) -> PairSpec:
-    """The spec of ``pairs`` pairs from ``parent``, checked: fixed-step solvers need
-    ``steps``, adaptive ones ``rtol`` (atol defaults to rtol)."""
+    """The spec of ``pairs`` pairs from ``parent`` made with ``setting`` (a Setting, or a
+    solver's name and the setting's ``fields``)."""
     if pairs < 1 or shard_size < 1:
         raise UserError("--pairs and the shard size must be >= 1")
-    spec = get_solver(solver)
-    if spec.adaptive:
-        if rtol is None:
-            raise UserError(f"{solver} is adaptive: give its tolerance (--tols)")
-        steps, atol = None, rtol if atol is None else atol
-    else:
-        if steps is None:
-            raise UserError(f"{solver} is a fixed-step solver: give --steps")
-        rtol = atol = None
+    if isinstance(setting, str):
+        setting = Setting(setting, **fields)
+    s = setting
     return PairSpec(
         parent.model_id,
-        solver,
-        steps,
-        rtol,
-        atol,
-        grid,
+        s.solver,
+        s.steps,
+        s.rtol,
+        s.atol,
+        s.grid,
         pairs,
         seed,
         shard_size,
@@ -198,20 +190,16 @@ def generate_pairs(
         lo, hi = i * spec.shard_size, min((i + 1) * spec.shard_size, spec.pairs)
         run = integrate(
             parent.model,
-            spec.solver,
+            spec.setting,
             hi - lo,
             lambda a, b, lo=lo: noise(
                 spec.seed, range(lo + a, lo + b), spec.sample_shape, spec.stream
             ),
             t0=T_NOISE,
             t1=T_DATA,
-            batch_size=batch_size,
-            steps=spec.steps,
-            rtol=spec.rtol,
-            atol=spec.atol,
-            grid=spec.grid,
             device=device,
-            progress=False,
+            batching=Batching(batch_size),
+            measuring=Measuring(progress=False),
         )
         if not torch.isfinite(run.x).all():
             raise UserError(f"the parent's solve gave NaN or Inf in pairs [{lo}, {hi})")
@@ -244,6 +232,32 @@ def pairs_split(parent: TrainedModel, x1: torch.Tensor, x0: torch.Tensor) -> Dat
     )
 
 
+def recipe(
+    parent: TrainedModel,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    timesteps: str = "uniform",
+    loss: str = "l2",
+    distill_steps: int | None = None,
+) -> TrainConfig:
+    """The recipe of the model trained on ``parent``'s pairs: the parent's, with these
+    changes (None keeps the parent's). A loss other than L2 applies to distillation only;
+    LPIPS needs its weights here, which is checked now, before any work."""
+    if loss != "l2" and not distill_steps:
+        raise UserError(f"--loss {loss} applies to distillation only (--distill K)")
+    if loss == "lpips":
+        from rfbench.metrics.lpips import lpips_network
+
+        lpips_network()  # its weights are here, or one clear message
+    out = replace(parent.spec.train, timesteps=timesteps, loss=loss)
+    if epochs is not None:
+        out = replace(out, epochs=epochs)
+    if lr is not None:
+        out = replace(out, lr=lr)
+    return out
+
+
 def reflow_spec(
     parent: TrainedModel,
     data: DataSplit,
@@ -266,7 +280,7 @@ def reflow_spec(
         parent=parent.model_id,
         parent_path=str(parent.path or ""),
         pair_solver=pairs.solver,
-        pair_setting=pairs.setting,
+        pair_setting=pairs.setting.lineage_text(),
         pairs=pairs.pairs,
         distill_steps=distill_steps,
         pair_seed=pairs.seed,

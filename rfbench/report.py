@@ -2,20 +2,20 @@
 
 Views: one row per cell (table.md); mean, spread and Student t CI over seeds; paired
 differences against a baseline solver; a pivot of solver x setting; and the best setting
-within budgets of NFE or wall time. ``read_runs`` merges the results of several runs.
+within budgets of NFE or wall time. ``results.read_runs`` merges the results of several
+runs into the one frame they read.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rfbench.errors import UserError
-from rfbench.results import CELL_KEY, COLUMNS, STATUS_OK, read_results_csv, typed
+from rfbench.results import STATUS_OK
+from rfbench.solvers import Setting
 
 # The columns a reader of table.md wants, in order; those that are all empty are dropped.
 SUMMARY_COLUMNS = (
@@ -189,47 +189,6 @@ def paired_differences(frame: pd.DataFrame, baseline: str, metric: str = "fid") 
     return out.rename(columns=lambda c: f"{metric}_minus_{baseline}_{c}").reset_index()
 
 
-# Several runs in one table.
-
-
-def read_runs(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """The results of several runs (run directories, or results.csv files) as one frame.
-
-    A cell (model, solver, setting, seed) that succeeded in more than one run is never
-    pooled: the frame then gets a ``run`` column (each run directory's name), which every
-    view keys on. Without such repeats there is no ``run`` column.
-
-    >>> read_runs(["results/quickstart-fashion"])["solver"].unique().tolist()
-    ['euler', 'rk45']
-    """
-    if not paths:
-        raise UserError("no run directory given")
-    frames, names, seen = [], [], set()
-    for given in paths:
-        path = Path(given)
-        csv = path / "results.csv" if path.is_dir() else path
-        if not csv.is_file():
-            raise UserError(f"{given} holds no results.csv: not a run directory")
-        if csv.resolve() in seen:
-            raise UserError(f"{given} is given twice")
-        seen.add(csv.resolve())
-        frame = read_results_csv(csv)
-        missing = [c for c in ("model_id", "solver", "seed", "nfe", "status") if c not in frame]
-        if missing:
-            raise UserError(f"{csv} is not an rfbench results.csv: no {', '.join(missing)}")
-        frames.append(frame)
-        names.append(csv.resolve().parent.name)
-    if len(set(names)) < len(names):
-        names = [str(p) for p in paths]
-    runs = [f.assign(run=n) for f, n in zip(frames, names) if len(f)]  # empty: no dtypes
-    merged = typed(pd.concat(runs or [frames[0].assign(run=names[0])], ignore_index=True))
-    merged = merged.reindex(columns=[*COLUMNS, *(c for c in merged if c not in COLUMNS)])
-    ok = merged[merged["status"] == STATUS_OK]
-    if not ok.duplicated([k for k in CELL_KEY if k in ok.columns]).any():
-        merged = merged.drop(columns="run")
-    return merged
-
-
 # Pivot and budget views: one row per setting, pooled over seeds.
 
 # Numeric columns a view can summarise; those with values are offered in error messages.
@@ -265,26 +224,37 @@ def check_metric(frame: pd.DataFrame, metric: str) -> None:
 
 
 def setting_labels(frame: pd.DataFrame) -> pd.Series:
-    """A label per row's setting: "4 steps" (and the grid, where grids vary) for fixed-step
-    solvers, "rtol 1e-05" (and atol and stepping, where they vary) for adaptive ones."""
-    get = lambda c: frame[c] if c in frame else pd.Series(np.nan, index=frame.index)
-    fixed, adaptive = frame["steps"].notna(), frame["steps"].isna() & frame["rtol"].notna()
-    show_grid = get("grid")[fixed].nunique() > 1
-    show_atol = frame[adaptive].groupby("rtol")["atol"].nunique().gt(1).any()
-    show_stepping = get("stepping")[adaptive].nunique() > 1
+    """A label per row's setting (``Setting.label``): "4 steps" (and the grid, where grids
+    vary) for fixed-step solvers, "rtol 1e-05" (and atol and stepping, where they vary) for
+    adaptive ones; "default" for a row with neither."""
+    settings = [_setting(r) for r in frame.to_dict("records")]
+    fixed = [s for s in settings if s is not None and not s.adaptive]
+    adaptive = [s for s in settings if s is not None and s.adaptive]
+    show = tuple(
+        part
+        for part, varies in (
+            ("grid", len({s.grid for s in fixed}) > 1),
+            (
+                "atol",
+                any(
+                    len({a.atol for a in adaptive if a.rtol == r}) > 1
+                    for r in {a.rtol for a in adaptive}
+                ),
+            ),
+            ("stepping", len({s.stepping for s in adaptive}) > 1),
+        )
+        if varies
+    )
+    labels = ["default" if s is None else s.label(show) for s in settings]
+    return pd.Series(labels, index=frame.index, dtype=object)
 
-    def label(steps, grid, rtol, atol, stepping) -> str:
-        if pd.notna(steps):
-            n = int(steps)
-            text = f"{n} step" + ("s" if n != 1 else "")
-            return text + (f" {grid}" if show_grid and pd.notna(grid) else "")
-        if pd.isna(rtol):
-            return "default"
-        text = f"rtol {rtol:g}" + (f" atol {atol:g}" if show_atol else "")
-        return text + (f" {stepping}" if show_stepping and pd.notna(stepping) else "")
 
-    cols = zip(frame["steps"], get("grid"), frame["rtol"], frame["atol"], get("stepping"))
-    return pd.Series([label(*c) for c in cols], index=frame.index, dtype=object)
+def _setting(row: dict) -> Setting | None:
+    """The row's setting, or None where it has neither steps nor rtol."""
+    missing = lambda v: v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))  # noqa: E731
+    if missing(row.get("steps")) and missing(row.get("rtol")):
+        return None
+    return Setting.from_row(row)
 
 
 def _model_keys(stats: pd.DataFrame) -> list[str]:
@@ -314,6 +284,7 @@ def pivot_table(frame: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
     """Rows: solver (model x solver for several models); columns: settings ("1 step",
     "rtol 1e-05"); cells: ``metric`` mean ± std over seeds with the mean NFE per sample.
 
+    >>> from rfbench.results import read_runs
     >>> pivot_table(read_runs(["results/quickstart-fashion"])).columns[:3].tolist()
     ['solver', '1 step', '2 steps']
     """
@@ -358,6 +329,7 @@ def budget_table(
     reach it. Lowest is best, except for ``HIGHER_IS_BETTER``; ties go to the cheaper.
     A budget that no setting fits gives a row with empty cells.
 
+    >>> from rfbench.results import read_runs
     >>> run = read_runs(["results/quickstart-fashion"])
     >>> budget_table(run, nfe_budgets=[4, 100])[["budget", "solver", "setting"]].values.tolist()
     [['NFE ≤ 4', 'euler', '4 steps'], ['NFE ≤ 100', 'rk45', 'rtol 1e-05']]
@@ -434,3 +406,43 @@ def render_view(frame: pd.DataFrame, table: pd.DataFrame, fmt: str, title: str) 
     if fmt == "latex":
         return "".join(f"% {line}\n" for line in [title, *notes(frame)]) + text
     return text
+
+
+VIEWS = ("cells", "seeds", "paired", "pivot", "budget")
+_VIEW_OPTIONS = {"baseline": "paired", "nfe_budget": "budget", "time_budget": "budget"}
+
+
+def check_view(name: str, baseline=None, nfe_budget=None, time_budget=None) -> None:
+    """A UserError for an option given to a view that does not take it, or missing."""
+    given = {"baseline": baseline, "nfe_budget": nfe_budget, "time_budget": time_budget}
+    for option, owner in _VIEW_OPTIONS.items():
+        if given[option] is not None and name != owner:
+            raise UserError(f"--{option.replace('_', '-')} applies to --view {owner} only")
+    if name == "paired" and not baseline:
+        raise UserError("--view paired needs --baseline SOLVER")
+
+
+def view(
+    frame: pd.DataFrame,
+    name: str = "cells",
+    fmt: str = "md",
+    metric: str = "fid",
+    baseline: str | None = None,
+    nfe_budget: Sequence[int] | None = None,
+    time_budget: Sequence[float] | None = None,
+) -> str:
+    """One view of a results frame as text in ``fmt`` (md, latex, csv): "cells" (one row
+    per cell), "seeds", "paired" (against the ``baseline`` solver), "pivot" or "budget"
+    (within ``nfe_budget`` and ``time_budget``), each of ``metric``. An option that the
+    view does not take is a UserError."""
+    check_view(name, baseline, nfe_budget, time_budget)
+    if name == "cells":
+        return FORMATS[fmt](frame)
+    check_metric(frame, metric)
+    table = {
+        "seeds": lambda: seed_summary(frame, metric),
+        "paired": lambda: paired_differences(frame, baseline, metric),
+        "pivot": lambda: pivot_table(frame, metric),
+        "budget": lambda: budget_table(frame, metric, nfe_budget, time_budget or ()),
+    }[name]()
+    return render_view(frame, table, fmt, caption(name, metric, baseline))

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 
 from rfbench.atomic import atomic_write, atomic_write_text
 from rfbench.errors import UserError
+from rfbench.solvers import Setting
 
 # The schema: every row has these columns, in this order (docs/design.md, "Results").
 COLUMNS: tuple[str, ...] = (
@@ -229,29 +231,19 @@ def _missing(v) -> bool:
 
 
 def cell_key(row: dict) -> tuple:
-    """The identity of a cell, normalised so that values read back from CSV compare equal."""
-
-    def norm(v):
-        if _missing(v):
-            return None
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
-            return int(v)
-        return v
-
-    return tuple(norm(row.get(k)) for k in CELL_KEY)
+    """The identity of a cell: its model, its setting's key (``Setting.key``) and its seed,
+    the same whether the row is new or read back from CSV."""
+    seed = row.get("seed")
+    seed = None if _missing(seed) else int(seed)
+    return (row.get("model_id"), *Setting.from_row(row).key(), seed)
 
 
 def cell_id(row: dict) -> str:
     """A file-name-safe name of a cell, unique within a run: the name of its saved samples
     (``samples/<cell_id>.npz``) and toy2d trajectories (``trajectories/<cell_id>.npz``)."""
-    model, solver, steps, grid, rtol, atol, stepping, seed = cell_key(row)
-    if steps is not None:
-        setting = f"steps{steps}-{grid or 'uniform'}"
-    else:
-        setting = f"rtol{rtol:g}-atol{rtol if atol is None else atol:g}-{stepping or 'batched'}"
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", f"{model}--{solver}-{setting}-seed{seed}")
+    setting = Setting.from_row(row)
+    name = f"{row.get('model_id')}--{setting.solver}-{setting.slug()}-seed{int(row['seed'])}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
 class RunDir:
@@ -483,3 +475,51 @@ def environment() -> dict:
         "git_dirty": _git_dirty(),
         "packages": versions,
     }
+
+
+def read_run(path: str | os.PathLike) -> pd.DataFrame:
+    """One run's results (a run directory, or its results.csv) as a DataFrame typed by the
+    schema: one row per cell.
+
+    >>> read_run("results/quickstart-fashion")["solver"].unique().tolist()
+    ['euler', 'rk45']
+    """
+    return read_runs([path])
+
+
+def read_runs(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """The results of several runs (run directories, or results.csv files) as one frame.
+
+    A cell (model, solver, setting, seed) that succeeded in more than one run is never
+    pooled: the frame then gets a ``run`` column (each run directory's name), which every
+    view keys on. Without such repeats there is no ``run`` column.
+
+    >>> read_runs(["results/quickstart-fashion"])["solver"].unique().tolist()
+    ['euler', 'rk45']
+    """
+    if not paths:
+        raise UserError("no run directory given")
+    frames, names, seen = [], [], set()
+    for given in paths:
+        path = Path(given)
+        csv = path / "results.csv" if path.is_dir() else path
+        if not csv.is_file():
+            raise UserError(f"{given} holds no results.csv: not a run directory")
+        if csv.resolve() in seen:
+            raise UserError(f"{given} is given twice")
+        seen.add(csv.resolve())
+        frame = read_results_csv(csv)
+        missing = [c for c in ("model_id", "solver", "seed", "nfe", "status") if c not in frame]
+        if missing:
+            raise UserError(f"{csv} is not an rfbench results.csv: no {', '.join(missing)}")
+        frames.append(frame)
+        names.append(csv.resolve().parent.name)
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    runs = [f.assign(run=n) for f, n in zip(frames, names) if len(f)]  # empty: no dtypes
+    merged = typed(pd.concat(runs or [frames[0].assign(run=names[0])], ignore_index=True))
+    merged = merged.reindex(columns=[*COLUMNS, *(c for c in merged if c not in COLUMNS)])
+    ok = merged[merged["status"] == STATUS_OK]
+    if not pd.Series([cell_key(r) for r in ok.to_dict("records")], dtype=object).duplicated().any():
+        merged = merged.drop(columns="run")
+    return merged

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -21,8 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rfbench.flow import T_DATA, T_NOISE
-from rfbench.solvers import get_solver, solve
-from rfbench.solvers.fixed import time_grid
+from rfbench.solvers import Setting, SolveResult, solve, time_grid
 
 
 class NFEBudgetExceeded(RuntimeError):
@@ -192,7 +191,35 @@ def noise(
     return out
 
 
-STEPPING_MODES = ("batched", "per-sample")
+@dataclass(frozen=True)
+class Batching:
+    """How a solve's samples are cut into batches and where they go.
+
+    ``batch_size`` samples per solve; ``ranges`` (lo, hi) restricts the work to these
+    sample ranges, in this order, each cut into solves of at most ``batch_size`` (the share
+    of one process among several; ``merge_runs`` puts shares together), by default all
+    samples; each finished batch goes to ``sink`` (in sample order, on the CPU, outside
+    the timed solves), and only the first ``keep`` samples (all by default) stay in
+    ``SampleRun.x``, so that with a sink memory does not grow with the sample count.
+    """
+
+    batch_size: int = 250
+    ranges: tuple[tuple[int, int], ...] | None = None
+    sink: Callable[[torch.Tensor], None] | None = None
+    keep: int | None = None
+
+
+@dataclass(frozen=True)
+class Measuring:
+    """What is measured around each solve: ``repeats`` timed solves (the median counts),
+    ``record`` the path statistics (straightness and curvature: 2B numbers per network
+    call, no trajectories), a ``max_nfe`` guard, and a ``progress`` bar (None: on a
+    terminal)."""
+
+    repeats: int = 1
+    record: bool = False
+    max_nfe: int | None = None
+    progress: bool | None = None
 
 
 @dataclass
@@ -247,120 +274,109 @@ class SampleRun:
 
 def integrate(
     model: nn.Module,
-    solver: str,
+    setting: Setting,
     num_samples: int,
     initial: Callable[[int, int], torch.Tensor],
     *,
-    t0: float = 0.0,
-    t1: float = 1.0,
-    batch_size: int = 250,
-    steps: int | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    grid: str = "uniform",
-    stepping: str = "batched",
-    repeats: int = 1,
+    t0: float = T_NOISE,
+    t1: float = T_DATA,
     device: str | torch.device = "cpu",
-    max_nfe: int | None = None,
-    record: bool = False,
-    progress: bool | None = None,
-    sink: Callable[[torch.Tensor], None] | None = None,
-    keep: int | None = None,
-    ranges: Sequence[tuple[int, int]] | None = None,
+    batching: Batching = Batching(),
+    measuring: Measuring = Measuring(),
 ) -> SampleRun:
     """Integrate dx/dt = model(x, t) from t0 to t1 for samples 0..num_samples-1, in batches.
 
-    ``initial(lo, hi)`` gives the start states of samples lo..hi-1 (on the CPU). Every solve
-    is counted by ``CountingVelocity`` and timed ``repeats`` times; the median counts. With
-    ``stepping="per-sample"`` an adaptive solver integrates each sample on its own, so its
-    steps (and NFE) do not depend on the other samples. ``record=True`` accumulates each
-    sample's straightness and curvature during the solve (2B numbers per network call, no
-    trajectories).
+    Args:
+        model: the velocity network, ``model(x, t)`` with t a [B] tensor.
+        setting: the solver and its setting. With per-sample stepping, an adaptive solver
+            integrates each sample on its own, so its steps (and NFE) do not depend on the
+            other samples.
+        num_samples: how many samples.
+        initial: ``initial(lo, hi)`` gives the start states of samples lo..hi-1 (CPU).
+        t0, t1: the interval (rfbench's convention: 0 noise, 1 data).
+        device: where the network and the solver's state run.
+        batching: batch size, sample ranges, sink and kept samples (``Batching``).
+        measuring: repeats, path statistics, NFE guard, progress (``Measuring``).
 
-    Each finished batch of final states goes to ``sink`` (in sample order, on the CPU,
-    outside the timed solves), and only the first ``keep`` samples (all by default) stay in
-    ``SampleRun.x``: with a sink that consumes them, memory does not grow with
-    ``num_samples``.
-
-    ``ranges`` restricts the work to these sample ranges (lo, hi), in this order, each cut
-    into solves of at most ``batch_size``: the share of one process among several
-    (``merge_runs`` puts the shares together). By default, all samples in consecutive
-    batches.
+    Returns:
+        ``SampleRun``: the kept final states and, per solve, the NFE counted by
+        ``CountingVelocity``, the solver's own count, and the median wall and model times.
     """
-    if stepping not in STEPPING_MODES:
-        raise ValueError(f"stepping must be one of {STEPPING_MODES}, got {stepping!r}")
     device = torch.device(device)
-    spec = get_solver(solver)  # fail on an unknown name before any work
-    sync = synchronizer(device)
-    counter = CountingVelocity(model, max_nfe=max_nfe, record=record)
-    run: SampleRun | None = None
-    per_sample = stepping == "per-sample" and spec.adaptive
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
-    if ranges is None:
-        ranges = [(0, num_samples)]
-    batches = [
-        (lo, min(lo + batch_size, hi)) for a, hi in ranges for lo in range(a, hi, batch_size)
-    ]
+    size = batching.batch_size
+    ranges = batching.ranges if batching.ranges is not None else [(0, num_samples)]
+    batches = [(lo, min(lo + size, hi)) for a, hi in ranges for lo in range(a, hi, size)]
     if any(not 0 <= lo < hi <= num_samples for lo, hi in batches):
         raise ValueError(f"sample ranges {list(ranges)} reach outside 0..{num_samples - 1}")
+    counter = CountingVelocity(model, max_nfe=measuring.max_nfe, record=measuring.record)
+    sync = synchronizer(device)
     bar = tqdm(
         batches,
-        desc=f"{solver} t={t0:g}->{t1:g}",
+        desc=f"{setting.solver} t={t0:g}->{t1:g}",
         leave=False,
-        disable=None if progress is None else not progress,
+        disable=None if measuring.progress is None else not measuring.progress,
     )
-    kept = num_samples if keep is None else min(keep, num_samples)
+    kept = num_samples if batching.keep is None else min(batching.keep, num_samples)
     pin = device.type == "cuda"
+    run: SampleRun | None = None
     for start, stop in bar:
         x_start = initial(start, stop)
         x_start = (x_start.pin_memory() if pin else x_start).to(device, non_blocking=pin)
         x_end = torch.empty(stop - start, *x_start.shape[1:])
         if run is None:
             run = SampleRun(x=torch.full((kept, *x_start.shape[1:]), torch.nan))
-            if record:
+            if measuring.record:
                 run.straightness = torch.full((num_samples,), torch.nan, dtype=torch.float64)
                 run.curvature = torch.full((num_samples,), torch.nan, dtype=torch.float64)
-        pieces = [(i, i + 1) for i in range(start, stop)] if per_sample else [(start, stop)]
+        pieces = [(i, i + 1) for i in range(start, stop)] if setting.per_sample else [(start, stop)]
         for lo, hi in pieces:
-            walls, models, records = [], [], []
-            for _ in range(repeats):
-                counter.reset()
-                sync()
-                t_start = time.perf_counter()
-                result = solve(
-                    spec.name,
-                    counter,
-                    x_start[lo - start : hi - start],
-                    steps=steps,
-                    rtol=rtol,
-                    atol=atol,
-                    t0=t0,
-                    t1=t1,
-                    grid=grid,
-                )
-                sync()
-                walls.append(time.perf_counter() - t_start - counter.record_time_s)
-                models.append(counter.model_time_s)
-                records.append(counter.record_time_s)
-            run.wall_time_s += float(np.median(walls))
-            run.model_time_s += float(np.median(models))
-            run.record_time_s += float(np.median(records))
+            x0 = x_start[lo - start : hi - start]
+            result = timed_solve(counter, setting, x0, t0, t1, measuring.repeats, sync, run)
             run.nfe_per_solve.append(counter.nfe)
             run.solver_nfe_per_solve.append(result.solver_nfe)
             run.solve_ranges.append((lo, hi))
             x_end[lo - start : hi - start] = result.x.detach().float().cpu()
-            if record:
-                x0 = x_start[lo - start : hi - start]
+            if measuring.record:
                 stats = path_statistics(counter.recorded(), result.weights, x0, result.x, (t0, t1))
                 run.straightness[lo:hi], run.curvature[lo:hi] = stats.straightness, stats.curvature
         if start < kept:
             run.x[start : min(stop, kept)] = x_end[: kept - start]
-        if sink is not None:
-            sink(x_end)
+        if batching.sink is not None:
+            batching.sink(x_end)
     if run is None:  # a share with no samples in it
         run = SampleRun(x=torch.empty(0))
     return run
+
+
+def timed_solve(
+    counter: CountingVelocity,
+    setting: Setting,
+    x0: torch.Tensor,
+    t0: float,
+    t1: float,
+    repeats: int,
+    sync: Callable[[], None],
+    run: SampleRun,
+) -> SolveResult:
+    """One solve, timed ``repeats`` times; the medians of wall time (rfbench's recording
+    taken out), model time and recording time are added to ``run``. The counter holds
+    the last repeat's NFE and recording (every repeat is the same solve)."""
+    walls, models, records = [], [], []
+    for _ in range(repeats):
+        counter.reset()
+        sync()
+        start = time.perf_counter()
+        result = solve(setting, counter, x0, t0=t0, t1=t1)
+        sync()
+        walls.append(time.perf_counter() - start - counter.record_time_s)
+        models.append(counter.model_time_s)
+        records.append(counter.record_time_s)
+    run.wall_time_s += float(np.median(walls))
+    run.model_time_s += float(np.median(models))
+    run.record_time_s += float(np.median(records))
+    return result
 
 
 def merge_runs(runs: Sequence[SampleRun]) -> SampleRun:
@@ -400,19 +416,63 @@ def merge_runs(runs: Sequence[SampleRun]) -> SampleRun:
     return merged
 
 
+def plan(setting: Setting | str, **options) -> tuple[Setting, Batching, Measuring, dict]:
+    """Sort keyword options into a Setting (from a solver's name and the setting's fields),
+    a Batching, a Measuring and the rest: what ``generate`` and ``reconstruct`` take.
+
+    >>> setting, batching, measuring, rest = plan("euler", steps=4, batch_size=8, device="cpu")
+    >>> setting.steps, batching.batch_size, measuring.repeats, rest
+    (4, 8, 1, {'device': 'cpu'})
+    """
+    group_of = {
+        **dict.fromkeys(_BATCHING_FIELDS, "batching"),
+        **dict.fromkeys(_MEASURING_FIELDS, "measuring"),
+    }
+    if isinstance(setting, str):
+        group_of.update(dict.fromkeys(_SETTING_FIELDS, "setting"))
+    groups = {name: {} for name in ("setting", "batching", "measuring", "rest")}
+    for key, value in options.items():
+        groups[group_of.get(key, "rest")][key] = value
+    if isinstance(setting, str):
+        setting = Setting(setting, **groups["setting"])
+    if groups["batching"].get("ranges") is not None:
+        groups["batching"]["ranges"] = tuple(map(tuple, groups["batching"]["ranges"]))
+    batching, measuring = Batching(**groups["batching"]), Measuring(**groups["measuring"])
+    return setting, batching, measuring, groups["rest"]
+
+
+_SETTING_FIELDS = frozenset(f.name for f in fields(Setting)) - {"solver"}
+_BATCHING_FIELDS = frozenset(f.name for f in fields(Batching))
+_MEASURING_FIELDS = frozenset(f.name for f in fields(Measuring))
+
+
 def generate(
     model: nn.Module,
-    solver: str,
+    setting: Setting | str,
     num_samples: int,
     sample_shape: tuple[int, ...],
     *,
     seed: int = 0,
+    stream: str = "samples",
+    device: str | torch.device = "cpu",
     **options,
 ) -> SampleRun:
-    """Draw ``num_samples`` samples by integrating the model from t=0 (noise) to t=1 (data).
+    """Draw samples by integrating the model from t=0 (noise) to t=1 (data).
 
-    Sample i's noise is ``noise(seed, [i])`` whatever the batch size. ``options`` are those
-    of ``integrate`` (batch_size, steps, rtol, atol, grid, stepping, repeats, device, ...).
+    Args:
+        model: the velocity network.
+        setting: a ``Setting``, or a solver's name with the setting's fields in
+            ``options`` (steps, grid, rtol, atol, stepping).
+        num_samples: how many samples; sample i starts from ``noise(seed, [i], stream)``,
+            whatever the batch size.
+        sample_shape: the shape of one sample.
+        seed, stream: the noise (``noise``).
+        device: where to run.
+        options: also the fields of ``Batching`` (batch_size, ranges, sink, keep) and of
+            ``Measuring`` (repeats, record, max_nfe, progress).
+
+    Returns:
+        ``SampleRun`` (``integrate``).
 
     >>> import torch
     >>> from rfbench.sample import generate
@@ -421,24 +481,24 @@ def generate(
     >>> run.nfe_per_solve, run.solve_sizes
     ([3, 3, 3], [4, 4, 2])
     """
+    setting, batching, measuring, rest = plan(setting, **options)
+    if rest:
+        raise TypeError(f"generate() got unexpected options: {', '.join(rest)}")
     return integrate(
         model,
-        solver,
+        setting,
         num_samples,
-        lambda lo, hi: noise(seed, range(lo, hi), sample_shape),
-        t0=T_NOISE,
-        t1=T_DATA,
-        **options,
+        lambda lo, hi: noise(seed, range(lo, hi), sample_shape, stream),
+        device=device,
+        batching=batching,
+        measuring=measuring,
     )
 
 
 def trajectory(
     model: nn.Module,
-    solver: str,
+    setting: Setting,
     x0: torch.Tensor,
-    *,
-    steps: int,
-    grid: str = "uniform",
     t0: float = T_NOISE,
     t1: float = T_DATA,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -447,14 +507,14 @@ def trajectory(
     Every fixed-step solver is a one-step method, so solving one step at a time is the same
     solve, node for node.
     """
-    spec = get_solver(solver)
-    if spec.adaptive:
-        raise ValueError(f"trajectory() traces fixed-step solvers, not {solver}")
-    ts = time_grid(steps, t0, t1, grid)
+    if setting.adaptive:
+        raise ValueError(f"trajectory() traces fixed-step solvers, not {setting.solver}")
+    ts = time_grid(setting.steps, t0, t1, setting.grid)
     velocity = CountingVelocity(model)
+    one_step = replace(setting, steps=1, grid=None)
     xs = [x0]
     for a, b in zip(ts[:-1].tolist(), ts[1:].tolist()):
-        xs.append(solve(solver, velocity, xs[-1], steps=1, t0=a, t1=b).x)
+        xs.append(solve(one_step, velocity, xs[-1], t0=a, t1=b).x)
     return ts, torch.stack(xs)
 
 
@@ -467,18 +527,27 @@ class Reconstruction:
     decode: SampleRun  # t = 0 -> 1
 
 
-def reconstruct(model: nn.Module, solver: str, data: torch.Tensor, **options) -> Reconstruction:
-    """Invert ``data`` to noise (integrating from t=1 to t=0), then sample it back.
+def reconstruct(
+    model: nn.Module,
+    setting: Setting | str,
+    data: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    **options,
+) -> Reconstruction:
+    """Invert ``data`` to noise (integrating from t=1 to t=0), then sample it back; the
+    options are ``generate``'s.
 
     The round-trip error measures the solver's accuracy on the real model: an exact solver
     returns the data exactly, whatever the model.
     """
-    n = len(data)
-    encode = integrate(
-        model, solver, n, lambda lo, hi: data[lo:hi], t0=T_DATA, t1=T_NOISE, **options
-    )
+    setting, batching, measuring, rest = plan(setting, **options)
+    if rest:
+        raise TypeError(f"reconstruct() got unexpected options: {', '.join(rest)}")
+    n, kw = len(data), dict(device=device, batching=batching, measuring=measuring)
+    encode = integrate(model, setting, n, lambda lo, hi: data[lo:hi], t0=T_DATA, t1=T_NOISE, **kw)
     decode = integrate(
-        model, solver, n, lambda lo, hi: encode.x[lo:hi], t0=T_NOISE, t1=T_DATA, **options
+        model, setting, n, lambda lo, hi: encode.x[lo:hi], t0=T_NOISE, t1=T_DATA, **kw
     )
     per_sample = (decode.x - data.float()).flatten(1).pow(2).mean(1).sqrt()
     return Reconstruction(float(per_sample.mean()), encode, decode)

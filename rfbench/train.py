@@ -175,14 +175,25 @@ def train(
 ) -> TrainedModel:
     """Train a velocity model with the rectified-flow loss; checkpoint after every epoch.
 
-    By default x0 is fresh noise for every batch (1-RF). Reflow passes the noise ``x0`` that
-    the parent model carried to ``data.x`` (pairs, row for row), and the parent as ``init``,
-    whose weights the training starts from. A spec whose lineage has ``distill_steps`` k
-    trains only at the k Euler times, so that k Euler steps map x0 to its x1.
+    Args:
+        spec: the network and its recipe (``ModelSpec``: UNet or MLP config, TrainConfig,
+            the training data's hash, and for a reflowed model its lineage).
+        data: the training split, in [-1, 1]; its content hash must be the spec's.
+        device: where to train.
+        out_path: the checkpoint, written atomically after every epoch (None: none).
+        resume: continue the checkpoint at ``out_path`` from its last finished epoch; the
+            data shuffle of every epoch depends only on (seed, epoch), so a resumed run
+            sees the same batches as an uninterrupted one.
+        progress: progress bars (None: on a terminal).
+        x0, init: reflow passes the noise ``x0`` that the parent model carried to
+            ``data.x`` (pairs, row for row), and the parent as ``init``, whose weights the
+            training starts from. By default x0 is fresh noise for every batch (1-RF). A
+            spec whose lineage has ``distill_steps`` k trains only at the k Euler times.
+        world: the processes of a torchrun launch (DDP); rank 0 writes the checkpoint.
+        workers: DataLoader worker processes.
 
-    With ``resume=True`` and an existing checkpoint at ``out_path``, training continues
-    from its last finished epoch; the data shuffle of every epoch depends only on
-    (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+    Returns:
+        ``TrainedModel``: the EMA network, ready to sample, with its spec and losses.
 
     >>> from rfbench.config import PRESETS
     >>> from rfbench.data import load_split
@@ -199,109 +210,170 @@ def train(
         raise UserError("the training data does not match the data hash in the model spec")
     if x0 is not None and x0.shape != data.x.shape:
         raise ValueError(f"x0 {list(x0.shape)} does not pair with the data {list(data.x.shape)}")
-    torch.manual_seed(cfg.seed)
-    model = build_model(spec.sample_shape, spec.unet, spec.mlp).to(device)
-    if init is not None:
-        model.load_state_dict(init.state_dict())
-    distill = spec.lineage.distill_steps if spec.lineage else None
-    if cfg.loss not in LOSSES:
-        raise UserError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}")
-    if cfg.loss != "l2" and not distill:
-        raise UserError(f"the {cfg.loss} loss applies to distillation only (--distill K)")
-    lpips = None
-    if cfg.loss == "lpips":
-        from rfbench.metrics.lpips import lpips_network
-
-        lpips = lpips_network().to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epoch, step, losses = 0, 0, []
-
-    if resume and out_path is not None and Path(out_path).exists():
-        ckpt = read_checkpoint(out_path)
-        if ModelSpec.from_dict(ckpt["spec"]) != spec:
-            raise UserError(f"cannot resume {out_path}: it was trained with another config or data")
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        epoch, step, losses = ckpt["epoch"], ckpt["step"], list(ckpt["losses"])
-
+    state = _TrainState.start(spec, device, init, out_path if resume else None)
     x_all = data.x if cfg.max_train_images is None else data.x[: cfg.max_train_images]
-    n = len(x_all)
-    batches_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
-    net = model
+    tensors = (x_all,) if x0 is None else (x_all, x0[: len(x_all)])
+    net = state.model
     if world.distributed:
         net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            state.model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    tensors = (x_all,) if x0 is None else (x_all, x0[: len(x_all)])
-    pin = device.type == "cuda"
-    model.train()
-    while epoch < cfg.epochs:
-        # Section: one epoch, its randomness a function of (seed, epoch) only.
-        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-        perm = torch.randperm(n, generator=g)
-        batches = perm.split(cfg.batch_size)
-        shares = [_share(len(idx), world) for idx in batches]
-        loader = DataLoader(
-            _Rows(*tensors),
-            batch_sampler=[idx[pos].tolist() for idx, (pos, _) in zip(batches, shares)],
-            num_workers=workers,
-            pin_memory=pin,
-            collate_fn=_as_is,
-        )
-        total, bar = (
-            0.0,
-            tqdm(
-                zip(batches, shares, loader),
-                total=batches_per_epoch,
-                desc=f"train {spec.dataset} epoch {epoch + 1}/{cfg.epochs}",
-                disable=True if not world.main else None if progress is None else not progress,
-                leave=False,
-            ),
-        )
-        for idx, (pos, weight), rows in bar:
-            full = len(idx)  # noise and t of the whole global batch, drawn alike on every rank
-            x1 = rows[0].to(device, non_blocking=pin)
-            noise = torch.randn(full, *x_all.shape[1:], generator=g)[pos] if x0 is None else rows[1]
-            if distill:
-                t = sample_grid_t(full, distill, generator=g)[pos]
-            else:
-                t = sample_t(full, generator=g, dist=cfg.timesteps)[pos]
-            if cfg.random_flip and x1.dim() == 4:
-                flip = (torch.rand(full, generator=g) < 0.5)[pos].to(device)
-                x1 = torch.where(flip[:, None, None, None], x1.flip(-1), x1)
-            noise, t = noise.to(device, non_blocking=pin), t.to(device)
-            if cfg.warmup_steps:
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-            loss = train_step(net, ema, opt, noise, x1, t, cfg, step, lpips, weight)
-            step += 1
-            value = float(loss)  # this rank's; the epoch's mean below is the global batches'
-            total += value * weight / world.size
-            bar.set_postfix(loss=f"{value:.4f}")
-        bar.close()
-        epoch += 1
-        losses.append(world.sum(total) / batches_per_epoch)
-        # Section: checkpoint the finished epoch, atomically (rank 0; the others wait).
-        if out_path is not None and world.main:
-            write_checkpoint(
-                out_path,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "spec": spec.to_dict(),
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "losses": losses,
-                    "ema_sha256": weights_hash(ema),
-                },
-            )
+    state.model.train()
+    while state.epoch < cfg.epochs:
+        total = _train_epoch(state, net, tensors, world, device, workers, progress)
+        state.epoch += 1
+        state.losses.append(world.sum(total) / -(-len(x_all) // cfg.batch_size))
+        if out_path is not None and world.main:  # atomically; the other ranks wait
+            write_checkpoint(out_path, state.checkpoint())
         world.barrier()
-    ema.eval()
-    return TrainedModel(ema, spec, epoch, losses, str(out_path) if out_path else None)
+    state.ema.eval()
+    return TrainedModel(
+        state.ema, spec, state.epoch, state.losses, str(out_path) if out_path else None
+    )
+
+
+@dataclass
+class _TrainState:
+    """What training carries from step to step, and what a checkpoint holds."""
+
+    spec: ModelSpec
+    model: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    lpips: nn.Module | None  # distillation with the LPIPS loss
+    epoch: int = 0
+    step: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        spec: ModelSpec,
+        device: torch.device,
+        init: nn.Module | None,
+        resume_from: str | os.PathLike | None,
+    ) -> _TrainState:
+        """A fresh state (from ``init``'s weights, if given), or the checkpoint at
+        ``resume_from`` where one exists, which must be of this spec."""
+        cfg = spec.train
+        torch.manual_seed(cfg.seed)
+        model = build_model(spec.sample_shape, spec.unet, spec.mlp).to(device)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        distill = spec.lineage.distill_steps if spec.lineage else None
+        if cfg.loss not in LOSSES:
+            raise UserError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}")
+        if cfg.loss != "l2" and not distill:
+            raise UserError(f"the {cfg.loss} loss applies to distillation only (--distill K)")
+        lpips = None
+        if cfg.loss == "lpips":
+            from rfbench.metrics.lpips import lpips_network
+
+            lpips = lpips_network().to(device)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        state = cls(spec, model, ema, opt, lpips)
+        if resume_from is not None and Path(resume_from).exists():
+            ckpt = read_checkpoint(resume_from)
+            if ModelSpec.from_dict(ckpt["spec"]) != spec:
+                raise UserError(
+                    f"cannot resume {resume_from}: it was trained with another config or data"
+                )
+            model.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["ema"])
+            opt.load_state_dict(ckpt["optimizer"])
+            state.epoch, state.step, state.losses = (
+                ckpt["epoch"],
+                ckpt["step"],
+                list(ckpt["losses"]),
+            )
+        return state
+
+    def checkpoint(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "spec": self.spec.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "losses": self.losses,
+            "ema_sha256": weights_hash(self.ema),
+        }
+
+
+def _train_epoch(
+    state: _TrainState,
+    net: nn.Module,
+    tensors: tuple[torch.Tensor, ...],
+    world: World,
+    device: torch.device,
+    workers: int,
+    progress: bool | None,
+) -> float:
+    """One epoch over ``tensors`` (x1, and x0 for reflow): its batches, their noise, times
+    and flips drawn from a generator of (seed, epoch) alone, each rank a share of every
+    global batch. Returns this rank's weighted sum of batch losses."""
+    cfg, spec = state.spec.train, state.spec
+    n, pin = len(tensors[0]), device.type == "cuda"
+    g = torch.Generator().manual_seed(epoch_seed(cfg.seed, state.epoch))
+    batches = torch.randperm(n, generator=g).split(cfg.batch_size)
+    shares = [_share(len(idx), world) for idx in batches]
+    loader = DataLoader(
+        _Rows(*tensors),
+        batch_sampler=[idx[pos].tolist() for idx, (pos, _) in zip(batches, shares)],
+        num_workers=workers,
+        pin_memory=pin,
+        collate_fn=_as_is,
+    )
+    bar = tqdm(
+        zip(batches, shares, loader),
+        total=len(batches),
+        desc=f"train {spec.dataset} epoch {state.epoch + 1}/{cfg.epochs}",
+        disable=True if not world.main else None if progress is None else not progress,
+        leave=False,
+    )
+    distill = spec.lineage.distill_steps if spec.lineage else None
+    total = 0.0
+    for idx, (pos, weight), rows in bar:
+        x0, x1, t = _batch_inputs(rows, len(idx), pos, g, cfg, distill, tensors[0].shape[1:])
+        x0, x1, t = (v.to(device, non_blocking=pin) for v in (x0, x1, t))
+        if cfg.warmup_steps:
+            for group in state.opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (state.step + 1) / cfg.warmup_steps)
+        loss = train_step(
+            net, state.ema, state.opt, x0, x1, t, cfg, state.step, state.lpips, weight
+        )
+        state.step += 1
+        value = float(loss)  # this rank's; the epoch's mean is the global batches'
+        total += value * weight / world.size
+        bar.set_postfix(loss=f"{value:.4f}")
+    bar.close()
+    return total
+
+
+def _batch_inputs(
+    rows: tuple[torch.Tensor, ...],
+    full: int,
+    pos: torch.Tensor,
+    g: torch.Generator,
+    cfg: TrainConfig,
+    distill: int | None,
+    shape: torch.Size,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0, x1, t) of this rank's share ``pos`` of a global batch of ``full`` rows: noise,
+    times and flips are drawn for the whole batch, in this order, alike on every rank."""
+    x1 = rows[0]
+    x0 = torch.randn(full, *shape, generator=g)[pos] if len(rows) == 1 else rows[1]
+    if distill:
+        t = sample_grid_t(full, distill, generator=g)[pos]
+    else:
+        t = sample_t(full, generator=g, dist=cfg.timesteps)[pos]
+    if cfg.random_flip and x1.dim() == 4:
+        flip = (torch.rand(full, generator=g) < 0.5)[pos]
+        x1 = torch.where(flip[:, None, None, None], x1.flip(-1), x1)
+    return x0, x1, t
 
 
 def train_step(

@@ -453,3 +453,46 @@ def test_figures_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["figures", str(out), "--format", "png,gif"])
     assert e.value.code == 2 and "unknown figure format 'gif'" in capsys.readouterr().err
+
+
+def test_a_run_replays_from_its_config(tmp_path, capsys):
+    """``run --config RUN_DIR/config.json`` runs the same grid into a new directory; options
+    given beside it override the file's."""
+    first = tmp_path / "first"
+    argv = [*TOY, "--solvers", "euler", "--steps", "1,2", "--seeds", "0", "--out", str(first)]
+    assert main(argv) == 0
+    again = tmp_path / "again"
+    assert main(["run", "--config", str(first / "config.json"), "--out", str(again)]) == 0
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, again))
+    assert {k: v for k, v in a.items() if k != "out"} == {k: v for k, v in b.items() if k != "out"}
+    drop = ["wall_time_s", "model_time_s", "overhead_time_s", "record_time_s", "images_per_s"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(first / "results.csv").drop(columns=drop),
+        pd.read_csv(again / "results.csv").drop(columns=drop),
+    )
+    other = tmp_path / "other"
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(first / "config.json"),
+                "--seeds",
+                "1",
+                "--steps",
+                "2",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
+    c = json.loads((other / "config.json").read_text())
+    assert c["seeds"] == [1] and c["steps"] == [2] and c["num_samples"] == a["num_samples"]
+    (tmp_path / "bad.json").write_text("{ nope")
+    capsys.readouterr()
+    code, _, err = _run(["run", "--config", str(tmp_path / "bad.json")], capsys)
+    assert code == 2 and "cannot read --config" in err and err.count("\n") == 1
+    (tmp_path / "odd.json").write_text(json.dumps({**a, "warp_drive": True}))
+    code, _, err = _run(["run", "--config", str(tmp_path / "odd.json")], capsys)
+    assert code == 2 and "warp_drive" in err

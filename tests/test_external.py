@@ -21,7 +21,8 @@ from rfbench.models.external import (
     load_torchcfm,
     state_sha256,
 )
-from rfbench.sample import generate, integrate, noise
+from rfbench.sample import Measuring, generate, integrate, noise
+from rfbench.solvers import Setting
 
 SHAPE = (1, 8, 8)
 # The smallest torchcfm UNet worth the name: 32 channels (GroupNorm needs 32), two levels.
@@ -206,7 +207,13 @@ EXTERNAL_FIELDS = {
 
 
 def _solve_rk4(model, x0: torch.Tensor) -> torch.Tensor:
-    run = integrate(model, "rk4", len(x0), lambda lo, hi: x0[lo:hi], steps=32, progress=False)
+    run = integrate(
+        model,
+        Setting("rk4", steps=32),
+        len(x0),
+        lambda lo, hi: x0[lo:hi],
+        measuring=Measuring(progress=False),
+    )
     assert run.nfe_per_solve == [128]
     return run.x
 

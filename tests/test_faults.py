@@ -136,13 +136,15 @@ def test_out_of_memory_halves_the_batch_and_says_so():
     import torch
     from torch import nn
 
-    from rfbench import bench
+    from rfbench import candidates, runner
     from rfbench.config import RunConfig
     from rfbench.data import load_split
+    from rfbench.metrics.quality import build_quality
+    from rfbench.solvers import Setting
     from rfbench.train import train
 
     data = load_split("toy2d")
-    trained = train(bench.model_spec("toy2d", "quick", data, 0, 1), data, progress=False)
+    trained = train(candidates.model_spec("toy2d", "quick", data, 0, 1), data, progress=False)
 
     class FitsFifty(nn.Module):  # a GPU that holds 50 samples at a time
         def __init__(self):
@@ -155,23 +157,16 @@ def test_out_of_memory_halves_the_batch_and_says_so():
             return self.net(x, t)
 
     cpu = torch.device("cpu")
-    quality = bench.build_quality("toy2d", data, data, (), cpu, 200)
+    quality = build_quality("toy2d", data, data, (), cpu, 200)
     cfg = RunConfig(dataset="toy2d", solvers=("euler",))
-    cell = dict(
-        solver="euler",
-        family="fixed",
-        seed=0,
-        steps=4,
-        grid="uniform",
-        rtol=None,
-        atol=None,
-        stepping="batched",
-    )
-    fits_fifty = bench.Candidate.of(replace(trained, model=FitsFifty()))
-    row = bench.run_cell(cell, fits_fifty, quality, cfg, 200, 200, cpu, progress=False)
+    cell = runner.Cell(Setting("euler", steps=4), seed=0)
+    fits_fifty = candidates.Candidate.of(replace(trained, model=FitsFifty()))
+    row = runner.run_cell(cell, fits_fifty, runner.GridContext(cfg, quality, 200, 200, cpu, False))
     assert row["status"] == "ok" and row["batch_size"] == 50 and row["oom_retries"] == 2
-    direct = bench.run_cell(
-        cell, bench.Candidate.of(trained), quality, cfg, 200, 50, cpu, progress=False
+    direct = runner.run_cell(
+        cell,
+        candidates.Candidate.of(trained),
+        runner.GridContext(cfg, quality, 200, 50, cpu, False),
     )
     assert row["swd"] == direct["swd"] and row["nfe_per_batch"] == "4;4;4;4"
 

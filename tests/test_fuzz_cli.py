@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rfbench.bench import plan
 from rfbench.cli import build_parser, run_config
 from rfbench.compare import Threshold
 from rfbench.errors import UserError
+from rfbench.runner import plan
 from rfbench.sample import noise
 from rfbench.solvers import time_grid
 
@@ -71,9 +71,9 @@ def _plan_and_draw(args) -> None:
         assert "\n" not in str(e)
         return
     for cell in cells:
-        assert noise(cell["seed"], [0, 1], (2,)).shape == (2, 2)
-        if cell["steps"] is not None:
-            ts = time_grid(cell["steps"], grid=cell["grid"])
+        assert noise(cell.seed, [0, 1], (2,)).shape == (2, 2)
+        if cell.setting.steps is not None:
+            ts = time_grid(cell.setting.steps, grid=cell.setting.grid)
             assert ts[0] == 0 and ts[-1] == 1
 
 

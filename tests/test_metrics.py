@@ -296,3 +296,15 @@ def test_the_fashion_mnist_classifier_ships_with_rfbench():
     assert classifier.classifier_path(train).name in classifier.PINNED
     info = get_classifier(train, train, progress=False)
     assert info.name == "classifier-426cd998" and info.test_accuracy > 0.9
+
+
+def test_both_metrics_follow_the_metric_protocol(mnist_like):
+    from rfbench.metrics.fidelity import FidelityMetrics
+    from rfbench.metrics.quality import QualityMetric, SampleStream, build_quality
+
+    train, _, _, extractor = mnist_like
+    toy = build_quality("toy2d", None, None, (), torch.device("cpu"), 10).metric
+    images = FidelityMetrics(train, extractor, ("fid",))
+    for metric in (toy, images):
+        assert isinstance(metric, QualityMetric)
+        assert isinstance(metric.stream(10), SampleStream)

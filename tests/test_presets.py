@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rfbench import bench
+from rfbench import candidates
 from rfbench import train as train_module
 from rfbench.cli import main
 from rfbench.config import PRESETS, TrainConfig, check_preset
@@ -61,9 +61,9 @@ def test_a_preset_for_another_dataset_stops_run_and_train(capsys, tmp_path):
 
 def test_afhq_presets_default_to_128_px():
     afhq = PRESETS["blog-afhq"]
-    assert bench.preset_image_size(afhq, "image-folder", None) == 128
-    assert bench.preset_image_size(afhq, "image-folder", 64) == 64
-    assert bench.preset_image_size(PRESETS["quick"], "image-folder", None) is None
+    assert candidates.preset_image_size(afhq, "image-folder", None) == 128
+    assert candidates.preset_image_size(afhq, "image-folder", 64) == 64
+    assert candidates.preset_image_size(PRESETS["quick"], "image-folder", None) is None
     assert PRESETS["blog-afhq"].train.epochs == 100 and PRESETS["blog-afhq-300"].train.epochs == 300
     assert PRESETS["blog-afhq-300"].unet == afhq.unet
     unet = build_model((3, 128, 128), afhq.unet, afhq.mlp)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rfbench import bench, reflow
+from rfbench import candidates, reflow
 from rfbench.cli import main
 from rfbench.data import load_split, toy2d_sample
 from rfbench.errors import UserError
@@ -50,7 +50,7 @@ def flows(tmp_path_factory):
     """1-RF, its pairs (rk4, 16 steps), the 2-RF and the 1-RF distilled to one step."""
     root = tmp_path_factory.mktemp("reflow")
     data = load_split("toy2d")
-    rf1 = train(bench.model_spec("toy2d", "quick", data, 0, EPOCHS_1RF), data, progress=False)
+    rf1 = train(candidates.model_spec("toy2d", "quick", data, 0, EPOCHS_1RF), data, progress=False)
     rf1.path = str(root / "1rf.pt")
     spec = reflow.pair_spec(rf1, PAIRS, "rk4", steps=16, shard_size=1000)
     store = reflow.generate_pairs(rf1, spec, root, batch_size=1000, progress=False)

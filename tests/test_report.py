@@ -18,12 +18,11 @@ from rfbench.report import (
     notes,
     paired_differences,
     pivot_table,
-    read_runs,
     render_view,
     seed_summary,
     setting_stats,
 )
-from rfbench.results import records_to_frame
+from rfbench.results import read_runs, records_to_frame
 
 
 def _frame():

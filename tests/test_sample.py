@@ -13,9 +13,19 @@ from rfbench.sample import (
     generate,
     integrate,
     noise,
+    plan,
     sample_seed,
     trajectory,
 )
+from rfbench.solvers import Setting
+
+
+def _integrate(model, solver, n, initial, t0=0.0, t1=1.0, **options):
+    """``integrate`` with its options given as keywords (``plan`` sorts them)."""
+    setting, batching, measuring, rest = plan(solver, **options)
+    return integrate(
+        model, setting, n, initial, t0=t0, t1=t1, batching=batching, measuring=measuring, **rest
+    )
 
 
 def _model():
@@ -69,14 +79,14 @@ def test_sink_streams_every_sample_in_order_and_keep_bounds_memory():
 @pytest.mark.parametrize("solver,grid", [("euler", "uniform"), ("heun", "cosine")])
 def test_trajectory_nodes_end_where_the_solve_ends(solver, grid):
     model = _model()
-    ts, xs = trajectory(model, solver, noise(3, range(6), (2,)), steps=5, grid=grid)
+    ts, xs = trajectory(model, Setting(solver, steps=5, grid=grid), noise(3, range(6), (2,)))
     run = generate(model, solver, 6, (2,), seed=3, steps=5, grid=grid, progress=False)
     assert ts.shape == (6,) and xs.shape == (6, 6, 2)
     assert ts[0] == 0.0 and ts[-1] == 1.0 and (ts.diff() > 0).all()
     assert torch.equal(xs[0], noise(3, range(6), (2,)))
     assert torch.equal(xs[-1], run.x)  # the same solve, node for node
     with pytest.raises(ValueError, match="fixed-step"):
-        trajectory(model, "rk45", xs[0], steps=5)
+        trajectory(model, Setting("rk45", rtol=1e-3), xs[0])
 
 
 def test_adaptive_solver_records_its_own_count():
@@ -206,7 +216,7 @@ def _straight(x, t):
 )
 def test_straightness_of_a_straight_field_is_zero(solver, options, tol):
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(
+    run = _integrate(
         _straight,
         solver,
         2,
@@ -229,7 +239,7 @@ def test_straightness_of_a_straight_field_is_zero(solver, options, tol):
 )
 def test_straightness_of_a_curved_field_fixed_step(solver, options, rel):
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(
+    run = _integrate(
         _curved,
         solver,
         2,
@@ -252,7 +262,7 @@ def _oscillating(x, t):
 def test_straightness_of_a_curved_field_adaptive(solver):
     """Adaptive solvers: the trapezoid rule over their calls, an estimate."""
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(
+    run = _integrate(
         _oscillating,
         solver,
         2,
@@ -290,7 +300,7 @@ def _rotation(x, t):
 )
 def test_curvature_of_a_quarter_circle(solver, options, rel):
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    run = integrate(
+    run = _integrate(
         _rotation,
         solver,
         1,
@@ -307,7 +317,7 @@ def test_curvature_of_a_quarter_circle(solver, options, rel):
 def test_curvature_is_geometry_and_straightness_is_also_speed():
     """x = x0 + c t^2 moves along a line at a changing speed: curvature 0, straightness > 0."""
     x0 = torch.zeros(2, 3, dtype=torch.float64)
-    run = integrate(
+    run = _integrate(
         _curved,
         "rk4",
         2,
@@ -326,7 +336,7 @@ def test_path_statistics_do_not_depend_on_the_direction(solver, options):
     """Encoding (t from 1 to 0) walks the same kind of path with negative steps: its
     integrals are over absolute time, so straightness and curvature keep their sign."""
     x1 = C.clone()
-    forward = integrate(
+    forward = _integrate(
         _curved,
         solver,
         2,
@@ -336,7 +346,7 @@ def test_path_statistics_do_not_depend_on_the_direction(solver, options):
         progress=False,
         **options,
     )
-    backward = integrate(
+    backward = _integrate(
         _curved,
         solver,
         2,
@@ -359,7 +369,7 @@ def test_path_statistics_do_not_depend_on_the_direction(solver, options):
 
 def test_quarter_circle_backwards_has_the_same_curvature():
     x1 = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
-    run = integrate(
+    run = _integrate(
         _rotation,
         "rk4",
         1,

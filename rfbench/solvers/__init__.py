@@ -22,10 +22,15 @@ from rfbench.solvers.base import (
     register_solver,
 )
 from rfbench.solvers.fixed import GRIDS, time_grid
+from rfbench.solvers.setting import LABEL_PARTS, STEPPING_MODES, InvalidSetting, Setting
 
 __all__ = [
     "GRIDS",
     "time_grid",
+    "LABEL_PARTS",
+    "STEPPING_MODES",
+    "InvalidSetting",
+    "Setting",
     "SOLVERS",
     "SolveResult",
     "SolverFailed",
@@ -38,29 +43,30 @@ __all__ = [
 
 
 def solve(
-    name: str,
+    setting: Setting | str,
     velocity: Velocity,
     x0: torch.Tensor,
     *,
-    steps: int | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
     t0: float = 0.0,
     t1: float = 1.0,
-    grid: str = "uniform",
+    **fields,
 ) -> SolveResult:
     """Integrate dx/dt = velocity(x, t) from t0 to t1 with a registered solver.
 
-    Fixed-step solvers need ``steps`` (and take a named time ``grid``); adaptive ones need
-    ``rtol`` and ``atol``.
+    Args:
+        setting: a ``Setting``, or a solver's name with the setting's ``fields``: fixed-step
+            solvers need ``steps`` (and take a named time ``grid``); adaptive ones need
+            ``rtol`` (``atol`` defaults to it).
+        velocity: ``v(x, t)``, t a float or a 0-dim tensor.
+        x0: the state at t0, any shape (a batch is one state).
+        t0, t1: the interval; t1 < t0 integrates backwards.
+
+    Returns:
+        ``SolveResult``: the state at t1, the solver's own call count where it keeps one,
+        and for fixed-step solvers each call's quadrature weight.
     """
-    spec = get_solver(name)
-    if spec.adaptive:
-        if grid != "uniform":
-            raise ValueError(f"time grids apply to fixed-step solvers, not to {name}")
-        if rtol is None or atol is None:
-            raise ValueError(f"solver {name} needs rtol and atol")
-        return spec.fn(velocity, x0, rtol=rtol, atol=atol, t0=t0, t1=t1)
-    if steps is None:
-        raise ValueError(f"solver {name} needs steps")
-    return spec.fn(velocity, x0, steps=steps, t0=t0, t1=t1, grid=grid)
+    if isinstance(setting, str):
+        setting = Setting(setting, **fields)
+    elif fields:
+        raise TypeError(f"give {', '.join(fields)} in the Setting, not beside it")
+    return setting.spec.fn(velocity, x0, setting, t0=t0, t1=t1)

@@ -2,10 +2,12 @@
 
 Every solver is a plain function
 
-    fn(velocity, x0, *, t0, t1, **options) -> SolveResult
+    fn(velocity, x0, setting, *, t0, t1) -> SolveResult
 
-where ``velocity(x, t)`` takes a state batch and a scalar time (float or 0-dim tensor).
-The registry's keys are the CLI's choices; adding a solver is adding an entry.
+where ``velocity(x, t)`` takes a state batch and a scalar time (float or 0-dim tensor) and
+``setting`` is a checked ``rfbench.solvers.setting.Setting`` (steps and grid, or
+tolerances, and the options of the solver's family). The registry's keys are the CLI's
+choices; adding a solver is adding an entry.
 """
 
 from __future__ import annotations

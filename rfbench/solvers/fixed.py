@@ -63,16 +63,9 @@ def _make(name: str):
     tableau = TABLEAUX[name]
 
     def solve(
-        velocity: Velocity,
-        x0: torch.Tensor,
-        *,
-        steps: int,
-        t0: float = 0.0,
-        t1: float = 1.0,
-        grid: str = "uniform",
-        **_ignored,
+        velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
     ) -> SolveResult:
-        ts = time_grid(steps, t0, t1, grid)
+        ts = time_grid(setting.steps, t0, t1, setting.grid)
         x, weights = x0, []
         for i in range(len(ts) - 1):
             t, h = float(ts[i]), float(ts[i + 1] - ts[i])

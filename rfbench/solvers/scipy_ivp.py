@@ -36,14 +36,7 @@ INCOMPLETE_NFEV = frozenset({Radau, BDF})
 
 def _make(method: type):
     def solve(
-        velocity: Velocity,
-        x0: torch.Tensor,
-        *,
-        rtol: float,
-        atol: float,
-        t0: float = 0.0,
-        t1: float = 1.0,
-        **_ignored,
+        velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
     ) -> SolveResult:
         shape, dtype, device = x0.shape, x0.dtype, x0.device
 
@@ -52,7 +45,7 @@ def _make(method: type):
             return velocity(x, float(t)).detach().to("cpu", torch.float64).numpy().ravel()
 
         y0 = x0.detach().to("cpu", torch.float64).numpy().ravel()
-        solver = method(fun, t0, y0, t1, rtol=rtol, atol=atol)
+        solver = method(fun, t0, y0, t1, rtol=setting.rtol, atol=setting.atol)
         while solver.status == "running":
             message = solver.step()
         if solver.status == "failed":

@@ -46,19 +46,12 @@ def _make(method: str):
     stages = _stages(method)
 
     def solve(
-        velocity: Velocity,
-        x0: torch.Tensor,
-        *,
-        rtol: float,
-        atol: float,
-        t0: float = 0.0,
-        t1: float = 1.0,
-        **_ignored,
+        velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
     ) -> SolveResult:
         ts = torch.tensor([t0, t1], dtype=x0.dtype, device=x0.device)
         func = _StepCounter(velocity)
         try:
-            xs = odeint(func, x0, ts, method=method, rtol=rtol, atol=atol)
+            xs = odeint(func, x0, ts, method=method, rtol=setting.rtol, atol=setting.atol)
         except AssertionError as e:  # torchdiffeq signals underflow with assert
             raise SolverFailed(f"torchdiffeq {method}: {e}") from None
         # torchdiffeq's own accounting: f(t0) and one initial-step probe, then `stages`

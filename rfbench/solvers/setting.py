@@ -1,0 +1,209 @@
+"""A solve's setting: what one solve needs besides the model and the noise.
+
+A ``Setting`` is made once, from the command line, a grid, a results row or the API, and
+checked once, against its solver's ``SolverSpec``, when it is made. Everything downstream
+takes it as it is: the solvers, the sampler, the grid runner, the results' cell identity,
+the tables and the regression gate.
+
+>>> Setting("euler", steps=4).label()
+'4 steps'
+>>> Setting("rk45", rtol=1e-5).key()
+('rk45', None, None, 1e-05, 1e-05, 'batched')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rfbench.errors import UserError
+from rfbench.solvers.base import SolverSpec, get_solver
+
+STEPPING_MODES = ("batched", "per-sample")  # adaptive solvers: one error norm, or one each
+DEFAULT_GRID = "uniform"
+LABEL_PARTS = ("grid", "atol", "stepping")  # what Setting.label may add to steps or rtol
+
+
+class InvalidSetting(UserError, ValueError):
+    """A setting that its solver cannot take (one line for the CLI, a ValueError for code)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Solver, steps and time grid (fixed-step), or tolerances and stepping (adaptive).
+
+    Fixed-step solvers take ``steps`` >= 1 and a named ``grid`` (uniform by default);
+    adaptive ones take ``rtol`` > 0, ``atol`` (rtol by default) and ``stepping`` (batched:
+    the batch is one state with one error norm; per-sample: each sample alone).
+    ``options`` holds what new solver families need beyond these, as sorted (name, value)
+    pairs, so that the setting stays hashable.
+    """
+
+    solver: str
+    steps: int | None = None
+    grid: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    stepping: str = "batched"
+    options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        spec = get_solver(self.solver)
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        if self.stepping not in STEPPING_MODES:
+            raise InvalidSetting(
+                f"stepping must be one of {', '.join(STEPPING_MODES)}, got {self.stepping!r}"
+            )
+        if spec.adaptive:
+            if self.steps is not None:
+                raise InvalidSetting(f"{self.solver} is adaptive: it takes tolerances, not steps")
+            if self.grid not in (None, DEFAULT_GRID):
+                raise InvalidSetting(
+                    f"time grids apply to fixed-step solvers, not to {self.solver}"
+                )
+            if self.rtol is None:
+                raise InvalidSetting(f"solver {self.solver} needs rtol and atol")
+            rtol = _tolerance(self.rtol, "rtol")
+            put("rtol", rtol)
+            put("atol", rtol if self.atol is None else _tolerance(self.atol, "atol"))
+            put("grid", None)
+        else:
+            if self.steps is None:
+                raise InvalidSetting(f"solver {self.solver} needs steps")
+            if self.rtol is not None or self.atol is not None:
+                raise InvalidSetting(
+                    f"{self.solver} is a fixed-step solver: it takes steps, not tolerances"
+                )
+            if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
+                raise InvalidSetting(f"steps must be an integer >= 1, got {self.steps!r}")
+            put("steps", int(self.steps))
+            from rfbench.solvers.fixed import GRIDS
+
+            grid = DEFAULT_GRID if self.grid is None else self.grid
+            if grid not in GRIDS:
+                raise InvalidSetting(f"unknown time grid {grid!r}; choose from: {', '.join(GRIDS)}")
+            put("grid", grid)
+            put("stepping", "batched")  # one step size for all: nothing to couple
+        put("options", tuple(sorted(dict(self.options).items())))
+
+    @property
+    def spec(self) -> SolverSpec:
+        return get_solver(self.solver)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def adaptive(self) -> bool:
+        return self.spec.adaptive
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether each sample is integrated on its own (adaptive, per-sample stepping)."""
+        return self.adaptive and self.stepping == "per-sample"
+
+    def key(self) -> tuple:
+        """The setting's identity: equal keys, the same solve (cells, resume, compare)."""
+        return (
+            self.solver,
+            self.steps,
+            self.grid,
+            self.rtol,
+            self.atol,
+            self.stepping,
+            *self.options,
+        )
+
+    def columns(self) -> dict:
+        """The results columns that hold the setting (``options`` by their own names)."""
+        return dict(
+            solver=self.solver,
+            family=self.family,
+            steps=self.steps,
+            grid=self.grid,
+            rtol=self.rtol,
+            atol=self.atol,
+            stepping=self.stepping,
+            **dict(self.options),
+        )
+
+    def label(self, show: tuple[str, ...] = ()) -> str:
+        """The setting for people, without the solver's name: "4 steps", "rtol 1e-05", and
+        with ``show`` (any of grid, atol, stepping; ``LABEL_PARTS`` for all) those parts
+        too: "1 step cosine", "rtol 0.001 atol 1e-06 per-sample". A table shows the parts
+        that vary between its columns; a log line shows them all."""
+        if self.steps is not None:
+            text = f"{self.steps} step" + ("s" if self.steps != 1 else "")
+            text += f" {self.grid}" if "grid" in show else ""
+        else:
+            text = f"rtol {self.rtol:g}"
+            text += f" atol {self.atol:g}" if "atol" in show else ""
+            text += f" {self.stepping}" if "stepping" in show else ""
+        return text + "".join(f" {k}={v}" for k, v in self.options)
+
+    def slug(self) -> str:
+        """The key as a file-name part: "steps4-uniform", "rtol1e-05-atol1e-05-batched"
+        (the names of the saved samples of every run written so far)."""
+        if self.steps is not None:
+            text = f"steps{self.steps}-{self.grid}"
+        else:
+            text = f"rtol{self.rtol:g}-atol{self.atol:g}-{self.stepping}"
+        return text + "".join(f"-{k}{v}" for k, v in self.options)
+
+    def lineage_text(self) -> str:
+        """The key as checkpoints' lineage records it: "steps=16", "steps=8 grid=cosine",
+        "rtol=0.001 atol=0.001"."""
+        if self.steps is not None:
+            text = f"steps={self.steps}" + (
+                "" if self.grid == DEFAULT_GRID else f" grid={self.grid}"
+            )
+        else:
+            text = f"rtol={self.rtol:g} atol={self.atol:g}"
+        return text + "".join(f" {k}={v}" for k, v in self.options)
+
+    @classmethod
+    def from_options(cls, solver: str, steps: int | None, tol: float | None) -> Setting:
+        """The setting a command's --steps and --tols give one solver: steps for a
+        fixed-step solver, rtol = atol = tol for an adaptive one (the other is ignored)."""
+        if get_solver(solver).adaptive:
+            if tol is None:
+                raise InvalidSetting(f"{solver} is adaptive: give its tolerance (--tols)")
+            return cls(solver, rtol=tol)
+        if steps is None:
+            raise InvalidSetting(f"{solver} is a fixed-step solver: give --steps")
+        return cls(solver, steps=steps)
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> Setting:
+        """The setting of a results row (read back from CSV: empty cells, floats for ints)."""
+
+        def get(name):
+            v = row.get(name)
+            if v is None or v is _NA or (isinstance(v, float) and math.isnan(v)):
+                return None
+            return v.item() if hasattr(v, "item") else v
+
+        steps = get("steps")
+        return cls(
+            str(get("solver")),
+            steps=None if steps is None else int(steps),
+            grid=get("grid"),
+            rtol=get("rtol"),
+            atol=get("atol"),
+            stepping=get("stepping") or "batched",
+        )
+
+
+def _tolerance(value, name: str) -> float:
+    v = float(value)
+    if not (v > 0 and math.isfinite(v)):
+        raise InvalidSetting(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+try:  # pandas' missing value, where pandas is present
+    from pandas import NA as _NA
+except ImportError:  # pragma: no cover
+    _NA = object()
