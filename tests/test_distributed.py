@@ -121,8 +121,11 @@ def test_torchrun_sampling_equals_one_process(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_torchrun_fid_equals_one_process(mnist_root, tmp_path):
-    """Images: features computed on each rank, gathered in sample order, FID and KID once."""
+    """Images: features computed on each rank, gathered in sample order, FID and KID once.
+    Slow (minutes on a 2-core CPU: two trainings, a classifier, two processes); the toy2d
+    test above checks the same sharding and gathering in the default suite."""
     root = str(mnist_root)
     assert (
         main(
