@@ -171,17 +171,23 @@ PRESETS["blog-afhq-300"] = dataclasses.replace(
 DEFAULT_PRESET = "quick"
 
 
-def cache_dir() -> Path:
-    """rfbench's cache (models, classifiers, reference statistics): $RFBENCH_CACHE or
-    ~/.cache/rfbench. A path that exists and is not a directory is a UserError."""
-    from rfbench.errors import UserError
-
+def cache_path() -> Path:
+    """Where rfbench's cache is: $RFBENCH_CACHE or ~/.cache/rfbench (unchecked: for text
+    that names it; ``cache_dir`` for a cache about to be used)."""
     env = os.environ.get("RFBENCH_CACHE")
     if env:
-        path, named = Path(env), f"RFBENCH_CACHE={env}"
-    else:
-        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfbench"
-        named = f"the cache {path}"
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfbench"
+
+
+def cache_dir() -> Path:
+    """rfbench's cache (models, classifiers, reference statistics): ``cache_path``, where a
+    path that exists and is not a directory, or a broken link, is a UserError."""
+    from rfbench.errors import UserError
+
+    path = cache_path()
+    env = os.environ.get("RFBENCH_CACHE")
+    named = f"RFBENCH_CACHE={env}" if env else f"the cache {path}"
     for p in (path, *path.parents):
         if p.is_symlink() and not p.exists():
             raise UserError(f"{named} cannot be a cache directory: {p} is a broken link")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfbench.config import cache_dir
+from rfbench.config import cache_dir, cache_path
 from rfbench.errors import DataFormatError, DatasetUnavailable, UserError
 
 
@@ -201,7 +201,7 @@ class _IdxSource:
         if self.torchvision_class:
             ways.append(
                 "go online once, and torchvision downloads it to "
-                f"{cache_dir() / 'data' / self.name}"
+                f"{cache_path() / 'data' / self.name}"
             )
         return "; or ".join(ways)
 
@@ -292,7 +292,7 @@ def _cifar_locate(data_root: str | None) -> str | None:
 
 _CIFAR_HINT = (
     "pass --data-root DIR holding cifar-10-batches-py/ (torchvision's format); or go online "
-    "once, and torchvision downloads it to " + str(cache_dir() / "data" / "cifar10")
+    "once, and torchvision downloads it to " + str(cache_path() / "data" / "cifar10")
 )
 
 

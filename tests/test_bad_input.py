@@ -291,3 +291,24 @@ def test_env_json_records_the_command_that_ran(copy_of, capsys):
     argv = [*TOY, "--out", str(run), "--resume"]
     assert main(argv) == 0
     assert json.loads((run / "env.json").read_text())["invocations"][-1]["argv"] == argv
+
+
+def test_a_cache_that_is_a_file_is_one_line_from_a_fresh_process(tmp_path):
+    """The dataset registry names the cache in its help text when rfbench starts: a cache
+    path that is a file must not break that (found by benchmarks/reliability.py)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "cache").write_text("")
+    env = {**os.environ, "RFBENCH_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "rfbench", *TOY, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "is not a directory" in done.stderr
+    assert not out.exists()
