@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from rfbench.errors import UserError, first_line
 from rfbench.flow import endpoint, interpolate, rf_loss, sample_grid_t, sample_t
 from rfbench.models import build_model
 from rfbench.safeload import load_dict
+
+log = logging.getLogger("rfbench")
 
 CHECKPOINT_FORMAT = "rfbench-checkpoint-v1"
 LOSSES = ("l2", "lpips")
@@ -220,9 +224,19 @@ def train(
         )
     state.model.train()
     while state.epoch < cfg.epochs:
+        start = time.perf_counter()
         total = _train_epoch(state, net, tensors, world, device, workers, progress)
         state.epoch += 1
         state.losses.append(world.sum(total) / -(-len(x_all) // cfg.batch_size))
+        if world.main:  # a line per epoch, also where no progress bar shows (logs, CI)
+            log.info(
+                "train %s epoch %d/%d: mean loss %.5f, %.1f s",
+                spec.dataset,
+                state.epoch,
+                cfg.epochs,
+                state.losses[-1],
+                time.perf_counter() - start,
+            )
         if out_path is not None and world.main:  # atomically; the other ranks wait
             write_checkpoint(out_path, state.checkpoint())
         world.barrier()
