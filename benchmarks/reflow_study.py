@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--note", default=None, help="a line for the README, e.g. on the machine")
+    p.add_argument("--device", default="cpu", help="every step's --device")
+    p.add_argument("--data-root", default=None, help="the dataset's files (train and run)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     out = Path(args.out or f"results/reflow-{args.dataset}")
@@ -84,12 +86,28 @@ def main(argv=None) -> int:
 
     rf1, rf2, d1 = (work / name / "checkpoint.pt" for name in ("1rf", "2rf", "2rf-d1"))
     epochs = ["--epochs", str(args.train_epochs)] if args.train_epochs else []
-    _step(["train", "--dataset", args.dataset, *epochs, "--out", str(rf1.parent)], rf1, log, times)
+    dev = ["--device", args.device]
+    root = ["--data-root", args.data_root] if args.data_root else []
+    _step(
+        ["train", "--dataset", args.dataset, *epochs, *dev, *root, "--out", str(rf1.parent)],
+        rf1,
+        log,
+        times,
+    )
     setting = ["--steps", args.pair_steps] if args.pair_steps else ["--tols", args.pair_tol]
     pairs = ["--pairs", str(args.pairs), "--solver", args.pair_solver, *setting]
     reflow_epochs = ["--epochs", str(args.reflow_epochs)] if args.reflow_epochs else []
     _step(
-        ["reflow", "--checkpoint", str(rf1), *pairs, *reflow_epochs, "--out", str(rf2.parent)],
+        [
+            "reflow",
+            "--checkpoint",
+            str(rf1),
+            *pairs,
+            *reflow_epochs,
+            *dev,
+            "--out",
+            str(rf2.parent),
+        ],
         rf2,
         log,
         times,
@@ -103,6 +121,7 @@ def main(argv=None) -> int:
             *reflow_epochs,
             "--distill",
             "1",
+            *dev,
             "--out",
             str(d1.parent),
         ],
@@ -128,6 +147,8 @@ def main(argv=None) -> int:
             "--seeds",
             args.seeds,
             *n,
+            *dev,
+            *root,
             "--out",
             str(run_dir),
         ],
@@ -156,7 +177,6 @@ def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> 
     target = out / "in-sample.csv"
     if target.exists():
         return pd.read_csv(target)
-    import torch
 
     from rfbench.data import load_split
     from rfbench.metrics.quality import build_quality
@@ -167,12 +187,15 @@ def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> 
 
     pairs = PairStore(work / "2rf").manifest()["spec"]
     n = int(frame["n_samples"].iloc[0])
-    device = torch.device("cpu")
-    train, test = load_split(args.dataset, "train"), load_split(args.dataset, "test")
+    from rfbench.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    train = load_split(args.dataset, "train", args.data_root)
+    test = load_split(args.dataset, "test", args.data_root)
     quality = build_quality(args.dataset, train, test, ("fid", "kid"), device, n, False)
     rows = []
     for path in checkpoints:
-        trained = load_model(path)
+        trained = load_model(path, device)
         shape = trained.spec.sample_shape
         for solver, options in (
             ("euler", {"steps": 1}),
@@ -184,6 +207,7 @@ def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> 
                 Setting(solver, **options),
                 n,
                 lambda lo, hi, shape=shape: noise(pairs["seed"], range(lo, hi), shape, "pairs"),
+                device=device,
                 batching=Batching(int(frame["batch_size"].iloc[0]), sink=stream.add),
                 measuring=Measuring(progress=False),
             )
