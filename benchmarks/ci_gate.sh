@@ -5,8 +5,9 @@
 #   bash benchmarks/ci_gate.sh --update        # rewrite the baseline (commit it with a reason)
 #
 # NFE must not grow at all (fixed-step counts are exact; RK45's is deterministic on one
-# torch build); sliced W2 and energy distance may move 2% (float differences between
-# CPUs); time is not gated (absolute times from another machine are noise).
+# torch build); sliced W2 may move 2% (float differences between CPUs); energy distance
+# is reported but not gated; time is not gated (absolute times from another machine are
+# noise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

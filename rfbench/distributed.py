@@ -6,8 +6,8 @@ NCCL for CUDA tensors (DDP's gradients) and gloo for CPU tensors (every gather b
 that several processes sharing one GPU, or a CPU-only machine, still work.
 
 What is split, and how the pieces come back together, is decided by the stages themselves
-(train.py: each rank takes its slice of every global batch; bench.py: each rank takes every
-N-th batch of samples). This module only moves Python objects between processes; it holds
+(train.py: each rank takes its slice of every global batch; runner.py: each rank takes
+every N-th batch of samples). This module only moves Python objects between processes; it holds
 no scheduler of its own.
 """
 

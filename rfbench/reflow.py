@@ -32,7 +32,7 @@ from rfbench.errors import UserError
 from rfbench.flow import T_DATA, T_NOISE
 from rfbench.safeload import load_dict
 from rfbench.sample import Batching, Measuring, integrate, noise
-from rfbench.solvers import Setting
+from rfbench.solvers import LABEL_PARTS, Setting
 from rfbench.train import Lineage, ModelSpec, TrainedModel, train
 
 log = logging.getLogger("rfbench")
@@ -80,6 +80,12 @@ def pair_spec(
     if isinstance(setting, str):
         setting = Setting(setting, **fields)
     s = setting
+    if s.stepping != "batched" or s.options:
+        raise UserError(
+            f"reflow pairs are made with batched stepping and no solver options; got "
+            f"{s.solver} {s.label(LABEL_PARTS)} (the pairs' manifest records solver, steps, "
+            "grid and tolerances only)"
+        )
     return PairSpec(
         parent.model_id,
         s.solver,

@@ -15,7 +15,7 @@ import pandas as pd
 
 from rfbench.errors import UserError
 from rfbench.results import STATUS_OK
-from rfbench.solvers import Setting
+from rfbench.solvers import KEY_COLUMNS, Setting
 
 # The columns a reader of table.md wants, in order; those that are all empty are dropped.
 SUMMARY_COLUMNS = (
@@ -111,18 +111,7 @@ FORMATS = {"md": frame_to_markdown, "latex": frame_to_latex, "csv": frame_to_csv
 
 # Uncertainty over seeds.
 
-SETTING_KEYS = (
-    "run",
-    "dataset",
-    "model_id",
-    "solver",
-    "steps",
-    "grid",
-    "rtol",
-    "atol",
-    "stepping",
-    "n_samples",
-)
+SETTING_KEYS = ("run", "dataset", "model_id", *KEY_COLUMNS, "n_samples")
 
 
 def _settings(frame: pd.DataFrame) -> list[str]:
@@ -307,7 +296,11 @@ def pivot_table(frame: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
 
 
 def default_nfe_budgets(nfe: pd.Series) -> list[int]:
-    """Powers of two from the first that some setting fits to the first that all fit."""
+    """Powers of two from the first that some setting fits to the first that all fit
+    (settings of infinite or unknown NFE fit none)."""
+    nfe = nfe[np.isfinite(nfe.astype(float))]
+    if nfe.empty:
+        return []
     budgets, k = [], 1
     while True:
         if k >= nfe.min():

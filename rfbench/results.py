@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rfbench.atomic import atomic_write, atomic_write_text
+from rfbench.atomic import atomic_write, atomic_write_text, ensure_writable_dir
 from rfbench.errors import UserError
-from rfbench.solvers import Setting
+from rfbench.solvers import KEY_COLUMNS, Setting
 
 # The schema: every row has these columns, in this order (docs/design.md, "Results").
 COLUMNS: tuple[str, ...] = (
@@ -195,16 +195,7 @@ def read_results_csv(path: str | os.PathLike) -> pd.DataFrame:
 
 
 # The columns that identify a cell; a resumed run skips rows whose key is done.
-CELL_KEY: tuple[str, ...] = (
-    "model_id",
-    "solver",
-    "steps",
-    "grid",
-    "rtol",
-    "atol",
-    "stepping",
-    "seed",
-)
+CELL_KEY: tuple[str, ...] = ("model_id", *KEY_COLUMNS, "seed")
 
 # Config keys that may differ between a run and its resumption.
 _RESUMABLE = frozenset({"resume", "out", "keep_failed", "measurement_version"})
@@ -265,13 +256,7 @@ class RunDir:
         default this process's)."""
         config = {**config, "measurement_version": MEASUREMENT_VERSION}
         self._made = not self.path.exists()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"cannot write to output directory {self.path}: {e.strerror}") from None
+        ensure_writable_dir(self.path, "output directory")
         self._lock()
         try:
             return self._start(config, resume, sys.argv[1:] if argv is None else argv)

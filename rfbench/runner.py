@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rfbench import data as datamod
+from rfbench.atomic import atomic_write_text
 from rfbench.candidates import (
     Candidate,
     load_candidates,
@@ -500,7 +501,7 @@ def run(
         rows = _run_cells(grid, inputs.cells, candidates, rows)
         if world.main:
             frame = run_dir.write_rows(rows)
-            (run_dir.path / "table.md").write_text(frame_to_markdown(frame))
+            atomic_write_text(run_dir.path / "table.md", frame_to_markdown(frame))
             if (frame["status"] == STATUS_OK).any():  # PNG for a first look; `rfbench
                 make_all(run_dir.path, formats=("png",))  # figures` writes PDF and SVG
             log.info("run finished in %.1f s: %s", time.perf_counter() - start, run_dir.path)

@@ -86,7 +86,10 @@ class CountingVelocity:
         if self._device != x.device:
             self._device, self._sync = x.device, synchronizer(x.device)
         self.nfe += 1
+        # a contiguous [B] vector, like the warm-up's: a compiled model sees one stride only
+        # (an expanded t, stride 0, would recompile it inside the first timed cell)
         tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
+        tb = tb.contiguous()
         self._sync()
         start = time.perf_counter()
         out = self.model(x, tb)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from rfbench.cli import main
+from rfbench.config import RunConfig
 from rfbench.results import COLUMNS, cell_id
 
 TOY = ["run", "--dataset", "toy2d", "--epochs", "2", "--num-samples", "300", "--batch-size", "100"]
@@ -496,3 +497,37 @@ def test_a_run_replays_from_its_config(tmp_path, capsys):
     (tmp_path / "odd.json").write_text(json.dumps({**a, "warp_drive": True}))
     code, _, err = _run(["run", "--config", str(tmp_path / "odd.json")], capsys)
     assert code == 2 and "warp_drive" in err
+
+
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("preset", "nope", "unknown preset"),
+        ("max_nfe", "x", "--max-nfe must be"),
+        ("steps", ["a"], "--steps must be"),
+        ("steps", [float("nan")], "--steps must be"),
+        ("tols", ["a"], "--tols must be"),
+        ("tols", [-1e-3], "--tols must be"),
+        ("epochs", 0, "--epochs must be"),
+        ("repeats", 0, "--repeats must be"),
+        ("num_samples", 0, "--num-samples must be"),
+        ("batch_size", 0, "--batch-size must be"),
+        ("seeds", [0, 0], "repeats a seed"),
+        ("solvers", 5, "--solvers must be a list"),
+        ("checkpoint", 5, "--checkpoint must be a list"),
+        ("metrics", ["nope"], "--metrics must be one of"),
+        ("stepping", ["nope"], "--stepping must be one of"),
+        ("reference", "bogus", "--reference must be one of"),
+        ("workers", -1, "--workers must be"),
+    ],
+)
+def test_a_config_with_a_bad_value_is_one_line(tmp_path, capsys, key, value, needle):
+    """Configs reach RunConfig from --config and the API without the command line's checks:
+    RunConfig makes them itself, so a hand-edited config.json ends in one line and exit 2."""
+    good = RunConfig(dataset="toy2d", solvers=("euler",), steps=(1,)).to_dict()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**good, key: value}))
+    out = tmp_path / "out"
+    code, _, err = _run(["run", "--config", str(path), "--out", str(out)], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -304,3 +304,15 @@ def test_malformed_inputs_end_in_one_line(tmp_path, capsys):
     assert main(["compare", str(base), str(words)]) == 2
     err = capsys.readouterr().err
     assert "column nfe" in err and "'many' is not a number" in err and len(err.splitlines()) == 1
+
+
+def test_the_summary_counts_regressed_checks_apart_from_passed_ones():
+    base = _frame(fid=(100.0, 101.0), nfe=38.0)
+    grown = base.copy()
+    grown["nfe"] = 48.0  # one regressed check (nfe), the other (fid) passes
+    verdict = compare(base, grown)
+    checks = len(verdict["checks"])
+    assert checks >= 2 and len(verdict["regressions"]) == 1
+    text = to_markdown(verdict)
+    assert f"{checks - 1} of {checks} checks passed or improved, 1 regressed" in text
+    assert f"{checks} of {checks} checks passed" in to_markdown(compare(base, base))

@@ -192,3 +192,29 @@ def test_sigkill_during_training_loses_at_most_the_epoch_in_flight(tmp_path):
     assert main([*argv, "--out", str(out), "--resume"]) == 0
     whole, resumed = load_model(tmp_path / "whole" / "checkpoint.pt"), load_model(ckpt)
     assert resumed.model_id == whole.model_id and resumed.losses == whole.losses
+
+
+def test_sigterm_during_training_in_a_run_leaves_no_half_run(tmp_path):
+    """SIGTERM (a timeout, a cancelled CI job) cleans up as Ctrl-C does: a run stopped
+    before its first cell leaves no directory that the same command would refuse."""
+    out = tmp_path / "run"
+    argv = ["run", "--dataset", "toy2d", "--epochs", "400", "--solvers", "euler"]
+    argv += ["--steps", "1", "--out", str(out)]
+    env = {**os.environ, "RFBENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rfbench", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists():  # the run has started: now it trains
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and "terminated" in err, err[-2000:]
+    assert not out.exists()

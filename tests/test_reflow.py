@@ -130,6 +130,9 @@ def test_pair_generation_resumes_without_duplicates_or_gaps(flows, tmp_path, mon
     other = reflow.pair_spec(rf1, 2500, "euler", steps=8, seed=3, shard_size=1000)
     with pytest.raises(UserError, match="another steps"):
         reflow.generate_pairs(rf1, other, tmp_path / "cut", progress=False)
+    # a setting the manifest could not record is refused, not silently made batched
+    with pytest.raises(UserError, match="batched stepping"):
+        reflow.pair_spec(rf1, 10, "rk45", rtol=1e-3, stepping="per-sample")
 
 
 def test_timestep_distributions():

@@ -49,7 +49,9 @@ def test_seed_summary():
 @pytest.mark.parametrize("seeds", [2, 3, 5])
 def test_seed_interval_covers_the_mean_at_its_level(seeds):
     """Simulated: 4000 settings, each with `seeds` normal draws around a known mean; the 95%
-    interval must hold the true mean 95% of the time (binomial SE 0.0034 at 4000)."""
+    interval must hold the true mean 95% of the time (binomial SE 0.0034 at 4000). The
+    percentile bootstrap that report used before held it about 50% of the time at 2 seeds
+    and 72% at 3, and fails this test."""
     rng = np.random.default_rng(seeds)
     true_mean, settings = 10.0, 4000
     values = rng.normal(true_mean, 3.0, size=(settings, seeds))
@@ -74,18 +76,6 @@ def test_seed_interval_covers_the_mean_at_its_level(seeds):
     s = seed_summary(frame)
     covered = ((s["fid_ci_low"] <= true_mean) & (true_mean <= s["fid_ci_high"])).mean()
     assert len(s) == settings and abs(covered - 0.95) < 0.015
-
-
-def test_percentile_bootstrap_would_undercover_at_two_seeds():
-    """Why not the bootstrap: at 2 seeds its percentile interval is the range of the two
-    bootstrap means, which holds the true mean only half the time."""
-    rng = np.random.default_rng(0)
-    values = rng.normal(0.0, 1.0, size=(4000, 2))
-    means = rng.choice(2, size=(4000, 2000, 2))
-    boot = np.take_along_axis(values[:, None, :], means, axis=2).mean(axis=2)
-    lo, hi = np.quantile(boot, [0.025, 0.975], axis=1)
-    covered = ((lo <= 0) & (hi >= 0)).mean()
-    assert 0.45 < covered < 0.55
 
 
 def test_paired_differences_use_the_same_seed():
@@ -210,6 +200,11 @@ def test_budget_uses_seed_means_and_defaults():
     assert (best["solver"], best["nfe"], best["fid"]) == ("rk45", 39.0, 60.75)
     assert best["fid_std"] == pytest.approx(np.std([60, 61.5], ddof=1))
     assert default_nfe_budgets(pd.Series([3.0, 8.0])) == [4, 8]
+    # a setting whose NFE is infinite (or unknown) fits no budget, and ends no loop
+    assert default_nfe_budgets(pd.Series([3.0, np.inf, np.nan])) == [4]
+    assert default_nfe_budgets(pd.Series([np.inf])) == []
+    endless = records_to_frame([dict(r, nfe=np.inf) for r in _cells()])
+    assert budget_table(endless, time_budgets=()).empty
     higher = records_to_frame([dict(r, precision=r["nfe"]) for r in _cells()])
     assert budget_table(higher, "precision", (4,)).loc[0, "precision"] == 4
 

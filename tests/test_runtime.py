@@ -298,3 +298,38 @@ def test_convention_options_without_an_external_model_are_refused(tmp_path, caps
     err = capsys.readouterr().err
     assert "--noise-at apply to external models only" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_timed_calls_reuse_the_graph_the_warm_up_compiled():
+    """The solver's calls give the model t as the warm-up did (a contiguous [B] vector): a
+    stride-0 t once recompiled the model inside the first timed cell."""
+    import torch._dynamo
+
+    from rfbench.sample import CountingVelocity, warm_up
+
+    class V(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x, t):
+            return self.lin(x) * t[:, None]
+
+    torch._dynamo.reset()
+    compiles = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(1)
+        return gm.forward
+
+    model, _ = accelerate(
+        V().eval(), Acceleration(compile=True, compile_backend=counting_backend), CPU, (2,)
+    )
+    warm_up(model, (2,), 8, CPU)
+    before = len(compiles)
+    assert before >= 1
+    velocity = CountingVelocity(model)
+    x = torch.randn(8, 2)
+    velocity(x, 0.25)
+    velocity(x, torch.tensor(0.75))
+    assert len(compiles) == before

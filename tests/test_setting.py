@@ -88,3 +88,38 @@ def test_settings_from_command_options():
 
 def test_settings_are_hashable_and_equal_by_value():
     assert len({Setting("euler", steps=4), Setting("euler", steps=4, grid="uniform")}) == 1
+
+
+def test_options_a_solver_does_not_take_are_refused_and_declared_ones_round_trip(monkeypatch):
+    """An option no solver reads would be ignored while still splitting cells apart (or,
+    dropped by from_row, merging them): Setting takes only the options its solver declares,
+    and a results row gives them back."""
+    import dataclasses
+
+    from rfbench.solvers import base
+
+    with pytest.raises(InvalidSetting, match="takes no option foo"):
+        Setting("euler", steps=4, options=(("foo", 1),))
+    spec = dataclasses.replace(base.SOLVERS["euler"], options=("shift",))
+    monkeypatch.setitem(base.SOLVERS, "euler", spec)
+    s = Setting("euler", steps=4, options=(("shift", 3.0),))
+    assert Setting.from_row(s.columns()) == s
+    assert s.key() != Setting("euler", steps=4).key()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        Setting("euler", steps=4),
+        Setting("heun", steps=2, grid="cosine"),
+        Setting("rk45", rtol=1e-3, atol=1e-6),
+        Setting("dopri5", rtol=1e-5, stepping="per-sample"),
+    ],
+)
+def test_the_key_columns_hold_the_key(setting):
+    """results, compare and report identify a setting by KEY_COLUMNS: they must be the
+    columns of Setting.key(), in its order."""
+    from rfbench.solvers import KEY_COLUMNS
+
+    columns = setting.columns()
+    assert tuple(columns[c] for c in KEY_COLUMNS) == setting.key()

@@ -60,14 +60,17 @@ class Quality:
 def resolve_extractor(
     dataset: str, choice: str, weights: str | None, train_split: datamod.DataSplit
 ):
-    """Check the extractor ``choice`` before any work: "auto" is the classifier where the
-    data has labels, else Inception; Inception's ``weights`` are located and verified here.
+    """Check the extractor ``choice`` before any work: "auto" is Inception for RGB data
+    (the papers' FID) and for unlabelled data, the classifier for grayscale data with labels
+    (fast on a CPU, where ImageNet features fit 28x28 digits poorly and cost most);
+    Inception's ``weights`` are located and verified here.
     Returns the Inception Extractor, or None for the classifier (trained later) and for
     toy2d."""
     if datamod.get_dataset(dataset).kind == "toy":
         return None
     if choice == "auto":
-        choice = "classifier" if train_split.labels is not None else "inception"
+        rgb = train_split.x.shape[1] == 3
+        choice = "classifier" if train_split.labels is not None and not rgb else "inception"
     if choice == "classifier":
         if train_split.labels is None:
             raise UserError(

@@ -22,11 +22,18 @@ from rfbench.solvers.base import (
     register_solver,
 )
 from rfbench.solvers.fixed import GRIDS, time_grid
-from rfbench.solvers.setting import LABEL_PARTS, STEPPING_MODES, InvalidSetting, Setting
+from rfbench.solvers.setting import (
+    KEY_COLUMNS,
+    LABEL_PARTS,
+    STEPPING_MODES,
+    InvalidSetting,
+    Setting,
+)
 
 __all__ = [
     "GRIDS",
     "time_grid",
+    "KEY_COLUMNS",
     "LABEL_PARTS",
     "STEPPING_MODES",
     "InvalidSetting",

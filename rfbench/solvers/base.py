@@ -46,6 +46,7 @@ class SolverSpec:
     adaptive: bool  # True: takes rtol/atol; False: takes steps
     description: str
     nfe_per_step: int | None = None  # fixed-step methods: network calls per step
+    options: tuple[str, ...] = ()  # names of the Setting options it takes (results columns)
 
 
 SOLVERS: dict[str, SolverSpec] = {}

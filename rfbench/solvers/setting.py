@@ -23,6 +23,10 @@ from rfbench.solvers.base import SolverSpec, get_solver
 STEPPING_MODES = ("batched", "per-sample")  # adaptive solvers: one error norm, or one each
 DEFAULT_GRID = "uniform"
 LABEL_PARTS = ("grid", "atol", "stepping")  # what Setting.label may add to steps or rtol
+# The results columns of Setting.key(), in its order: what identifies a solve in results.py
+# (cells, resume), compare.py and report.py. A solver's options follow them by their own
+# names; no registered solver declares any yet (tests check the two agree).
+KEY_COLUMNS = ("solver", "steps", "grid", "rtol", "atol", "stepping")
 
 
 class InvalidSetting(UserError, ValueError):
@@ -85,7 +89,14 @@ class Setting:
                 raise InvalidSetting(f"unknown time grid {grid!r}; choose from: {', '.join(GRIDS)}")
             put("grid", grid)
             put("stepping", "batched")  # one step size for all: nothing to couple
-        put("options", tuple(sorted(dict(self.options).items())))
+        options = dict(self.options)
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            takes = ", ".join(spec.options) or "none"
+            raise InvalidSetting(
+                f"{self.solver} takes no option {', '.join(unknown)} (its options: {takes})"
+            )
+        put("options", tuple(sorted(options.items())))
 
     @property
     def spec(self) -> SolverSpec:
@@ -186,13 +197,16 @@ class Setting:
             return v.item() if hasattr(v, "item") else v
 
         steps = get("steps")
+        solver = str(get("solver"))
+        options = {k: get(k) for k in get_solver(solver).options if get(k) is not None}
         return cls(
-            str(get("solver")),
+            solver,
             steps=None if steps is None else int(steps),
             grid=get("grid"),
             rtol=get("rtol"),
             atol=get("atol"),
             stepping=get("stepping") or "batched",
+            options=tuple(options.items()),
         )
 
 
