@@ -64,3 +64,22 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to {what} {path}: {e.strerror or e}") from None
     return path
+
+
+def check_can_write(path: str | os.PathLike, what: str) -> Path:
+    """Prove, without making anything, that directory ``path`` could be made and written:
+    its nearest existing ancestor must be a directory that takes a probe file. Otherwise a
+    UserError naming ``what``. For a check before long work that writes there later."""
+    from rfbench.errors import UserError
+
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot write to {what} {path}: {existing} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {what} {path}: {e.strerror or e}") from None
+    return path

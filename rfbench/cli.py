@@ -778,19 +778,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_train_out(path, resume: bool) -> None:
-    from rfbench.atomic import ensure_writable_dir
+    from rfbench.atomic import check_can_write
     from rfbench.errors import UserError
 
     if path.exists() and not resume:
         raise UserError(f"{path} exists; pass --resume to continue it, or choose another --out")
-    ensure_writable_dir(path.parent, "--out")
+    check_can_write(path.parent, "--out")
 
 
 def _cmd_reflow(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rfbench import reflow
-    from rfbench.atomic import ensure_writable_dir
+    from rfbench.atomic import check_can_write
     from rfbench.errors import UserError
     from rfbench.runtime import resolve_device
     from rfbench.solvers import LABEL_PARTS, Setting
@@ -800,7 +800,7 @@ def _cmd_reflow(args: argparse.Namespace) -> int:
     path = out / "checkpoint.pt"
     if (path.exists() or (out / "pairs").exists()) and not args.resume:
         raise UserError(f"{out} holds reflow work; pass --resume to continue it, or another --out")
-    ensure_writable_dir(out, "--out")
+    check_can_write(out, "--out")
     device = resolve_device(args.device)
     parent = load_model(args.checkpoint, device)
     recipe = reflow.recipe(

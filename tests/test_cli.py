@@ -531,3 +531,17 @@ def test_a_config_with_a_bad_value_is_one_line(tmp_path, capsys, key, value, nee
     code, _, err = _run(["run", "--config", str(path), "--out", str(out)], capsys)
     assert code == 2 and needle in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_train_and_reflow_refuse_an_out_they_cannot_write_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    for argv in (
+        ["train", "--dataset", "toy2d", "--epochs", "50", "--out", str(blocker)],
+        ["train", "--dataset", "toy2d", "--epochs", "50", "--out", str(blocker / "sub")],
+        ["reflow", "--checkpoint", str(tmp_path / "none.pt"), "--pairs", "8"]
+        + ["--out", str(blocker)],
+    ):
+        code, _, err = _run(argv, capsys)
+        assert code == 2 and "is not a directory" in err and err.count("\n") == 1, err
+    assert blocker.read_text() == "not a directory"
