@@ -14,12 +14,7 @@ OUT=${OUT:-/tmp/gpu-train-out}
 LIMIT_S=${1:-240}
 shift || true
 mkdir -p "$OUT"
-if ls .gpu-carry/wheels/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .gpu-carry/wheels/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source benchmarks/gpu_carried.sh
 work=/tmp/blog-train
 rm -rf "$work"
 device=cuda

@@ -58,11 +58,9 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write to {what} {path}: {e.strerror or e}") from None
+    check_can_write(path, what)  # now the nearest existing directory is path itself
     return path
 
 

