@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run,
         _add_train,
         _add_reflow,
+        _add_eval,
+        _add_stats,
         _add_data,
         _add_report,
         _add_figures,
@@ -321,6 +323,17 @@ def _run_metric_args(r: argparse.ArgumentParser, names: _Names) -> None:
         "default: torch hub's checkpoints/, then what scripts/setup.sh put in the cache, "
         "then a download",
     )
+    _reference_stats_arg(r)
+
+
+def _reference_stats_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reference-stats",
+        default=None,
+        metavar="FILE.npz",
+        help="FID against these statistics (mu and sigma: pytorch-fid, clean-fid, ADM and "
+        "`rfbench stats` files) instead of a split's features; FID only",
+    )
 
 
 def _run_output_args(r: argparse.ArgumentParser, names: _Names) -> None:
@@ -334,6 +347,13 @@ def _run_output_args(r: argparse.ArgumentParser, names: _Names) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out, skipping done cells and retrying failed ones",
+    )
+    r.add_argument(
+        "--save-samples",
+        choices=C.SAMPLE_LAYOUTS,
+        default=None,
+        help="write every sample of each cell, as the uint8 images the metric saw, to "
+        "RUN_DIR/all-samples/: npz (ADM's arr_0, NHWC) or a folder of PNGs",
     )
     r.add_argument(
         "--keep-failed",
@@ -368,6 +388,78 @@ def _external_args(r: argparse.ArgumentParser) -> None:
         help="a JSON file of keyword arguments: torchcfm's UNetModelWrapper (default: its "
         "CIFAR-10 settings) or the plugin callable",
     )
+
+
+def _extractor_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--feature-extractor",
+        choices=("auto", "classifier", "inception"),
+        default="auto",
+        help=f"{what}: the standard Inception-v3 (auto: for RGB data and without --dataset) "
+        "or the dataset's offline classifier (auto: for labelled grayscale data)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        metavar="PATH",
+        help="as for `rfbench run`: torch-fidelity's .pth or a TorchScript port",
+    )
+
+
+def _add_eval(sub, names: _Names) -> None:
+    e = sub.add_parser(
+        "eval",
+        help="score saved samples (.npz, image folder, or a run's --save-samples) like run",
+        formatter_class=DefaultsFormatter,
+    )
+    e.add_argument(
+        "samples",
+        nargs="+",
+        metavar="SAMPLES",
+        help="an .npz of arr_0 [N, H, W, C] uint8 (ADM's layout), a folder of images, or a "
+        "run directory written with --save-samples (one row per saved cell)",
+    )
+    e.add_argument(
+        "--dataset",
+        choices=names.datasets,
+        default=None,
+        metavar="D",
+        help="score against this dataset's --split (or give --reference-stats)",
+    )
+    e.add_argument(
+        "--split", choices=("train", "test"), default=None, help="with --dataset (default: train)"
+    )
+    _reference_stats_arg(e)
+    e.add_argument(
+        "--metrics",
+        type=_list_of(str, "metric", ("fid", "kid", "prc")),
+        default=("fid", "kid"),
+        metavar="M1,M2",
+        help="fid, kid, prc (precision/recall); with --reference-stats, fid only",
+    )
+    _extractor_args(e, "features")
+    e.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where the rows go: results.csv and table.md (default: runs/eval-<time>)",
+    )
+    _common_data_args(e)
+    e.set_defaults(handler=_cmd_eval)
+
+
+def _add_stats(sub, names: _Names) -> None:
+    st = sub.add_parser(
+        "stats",
+        help="write a split's FID statistics (mu, sigma) as an .npz for --reference-stats",
+        formatter_class=DefaultsFormatter,
+    )
+    st.add_argument("dataset", choices=names.datasets, metavar="DATASET", help="the dataset")
+    st.add_argument("--split", choices=("train", "test"), default="train", help="its split")
+    st.add_argument("--out", required=True, metavar="FILE.npz", help="the statistics file")
+    _extractor_args(st, "features")
+    _common_data_args(st)
+    st.set_defaults(handler=_cmd_stats)
 
 
 def _add_train(sub, names: _Names) -> None:
@@ -835,6 +927,62 @@ def _cmd_reflow(args: argparse.Namespace) -> int:
         _fmt(round(v, 5) for v in trained.losses),
     )
     print(path)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from rfbench import evaluate as E
+    from rfbench.errors import UserError
+    from rfbench.runtime import resolve_device
+
+    if args.dataset is None and args.reference_stats is None:
+        raise UserError("give --dataset (score against its --split) or --reference-stats")
+    if args.reference_stats is not None and args.split is not None:
+        raise UserError("--split chooses a split of --dataset; --reference-stats replaces it")
+    out = args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    reference = E.Reference(
+        args.dataset, args.split or "train", args.reference_stats, args.data_root, args.image_size
+    )
+    path = E.evaluate(
+        args.samples,
+        reference,
+        args.metrics,
+        args.feature_extractor,
+        args.inception_weights,
+        out,
+        resolve_device(args.device),
+    )
+    print(path)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from rfbench import evaluate as E
+    from rfbench.runtime import resolve_device
+
+    stats = E.write_reference_stats(
+        args.dataset,
+        args.split,
+        args.out,
+        args.feature_extractor,
+        args.inception_weights,
+        args.data_root,
+        args.image_size,
+        resolve_device(args.device),
+    )
+    meta = stats.meta
+    logging.getLogger("rfbench").info(
+        "%s %s, n=%d, %s: %d-dimensional mu and sigma, sha256 %s",
+        meta["dataset"],
+        meta["split"],
+        meta["n"],
+        meta["feature_extractor"],
+        stats.dim,
+        stats.sha256[:16],
+    )
+    print(args.out)
     return 0
 
 

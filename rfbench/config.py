@@ -19,6 +19,7 @@ DEFAULT_SEEDS: tuple[int, ...] = (0,)
 DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid")
 METRIC_NAMES: tuple[str, ...] = ("fid", "kid", "prc", "isc", "inversion")
 DEFAULT_REFERENCE: str = "train"
+SAMPLE_LAYOUTS: tuple[str, ...] = ("npz", "png")  # --save-samples: ADM's arr_0, or PNG files
 DEFAULT_GRIDS: tuple[str, ...] = ("uniform",)
 DEFAULT_STEPPING: tuple[str, ...] = ("batched",)
 DEFAULT_REPEATS: int = 1
@@ -242,6 +243,8 @@ class RunConfig:
     reference: str = DEFAULT_REFERENCE  # the split FID compares with: train or test
     feature_extractor: str = "auto"  # auto, classifier or inception
     inception_weights: str | None = None  # path of weights-inception-2015-12-05-6726825d.pth
+    reference_stats: str | None = None  # an .npz of mu and sigma: FID against it, not a split
+    save_samples: str | None = None  # write every sample of each cell: npz or png
     checkpoint: tuple[str, ...] | None = None  # models to evaluate; None = train or reuse
     data_root: str | None = None
     device: str = "auto"
@@ -280,6 +283,7 @@ class RunConfig:
             *((m, "each of --stepping", ("batched", "per-sample")) for m in self.stepping),
             (self.reference, "--reference", ("train", "test")),
             (self.feature_extractor, "--feature-extractor", ("auto", "classifier", "inception")),
+            (self.save_samples, "--save-samples", (None, *SAMPLE_LAYOUTS)),
         ):
             if value not in choices:
                 raise UserError(f"{what} must be one of {', '.join(choices)}, got {value!r}")

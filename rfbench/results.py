@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -206,6 +207,7 @@ MEASUREMENT_VERSION = 2
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+ALL_SAMPLES = "all-samples"  # --save-samples: every sample of each cell, <cell_id>.npz or /
 
 
 def records_to_frame(records: list[dict]) -> pd.DataFrame:
@@ -226,6 +228,8 @@ def cell_key(row: dict) -> tuple:
     the same whether the row is new or read back from CSV."""
     seed = row.get("seed")
     seed = None if _missing(seed) else int(seed)
+    if _missing(row.get("steps")) and _missing(row.get("rtol")):  # samples scored by eval
+        return (row.get("model_id"), row.get("solver"), None, None, None, None, None, seed)
     return (row.get("model_id"), *Setting.from_row(row).key(), seed)
 
 
@@ -292,9 +296,13 @@ class RunDir:
                     )
         rows = self.read_rows() if resume else []
         invocations = self._invocations()
-        for folder in (self.path, self.path / "samples", self.path / "trajectories"):
-            for stale in folder.glob(".*.tmp"):  # left by a killed writer; the lock is ours
-                stale.unlink(missing_ok=True)
+        folders = ("", "samples", "trajectories", ALL_SAMPLES)
+        for folder in folders:
+            for stale in (self.path / folder).glob(".*.tmp"):  # a killed writer's; the lock
+                if stale.is_dir():  # is ours
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
         self.fresh = not existing  # this invocation made the run: discard() may undo it
         atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         entry = {

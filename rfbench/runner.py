@@ -32,9 +32,15 @@ from rfbench.data import to_uint8
 from rfbench.distributed import World, batch_ranges, shard
 from rfbench.errors import UserError
 from rfbench.figures import make_all
-from rfbench.metrics.quality import Quality, SampleStream, build_quality, resolve_extractor
+from rfbench.metrics.quality import (
+    Quality,
+    SampleStream,
+    build_quality,
+    load_reference_stats,
+    resolve_extractor,
+)
 from rfbench.report import frame_to_markdown
-from rfbench.results import STATUS_FAILED, STATUS_OK, RunDir, cell_key
+from rfbench.results import ALL_SAMPLES, STATUS_FAILED, STATUS_OK, RunDir, cell_id, cell_key
 from rfbench.runtime import (
     Acceleration,
     accelerate,
@@ -52,6 +58,7 @@ from rfbench.sample import (
     reconstruct,
     trajectory,
 )
+from rfbench.samples_io import SavingStream, sample_writer
 from rfbench.solvers import LABEL_PARTS, Setting, get_solver
 
 log = logging.getLogger("rfbench")
@@ -267,11 +274,20 @@ def _solve_share(cell: Cell, candidate: Candidate, grid: GridContext) -> _Share:
         repeats=grid.cfg.repeats, record=True, max_nfe=grid.cfg.max_nfe, progress=grid.progress
     )
     b, retries = grid.batch_size, 0
-    stream, nonfinite = None, []
+    stream, nonfinite, writer = None, [], None
     try:
         while True:
             stream = grid.quality.metric.stream(sum(hi - lo for lo, hi in ranges) or 1)
             nonfinite = []
+            if grid.cfg.save_samples and grid.run_dir is not None:
+                if writer is not None:
+                    writer.abort()
+                name = cell_id({"model_id": candidate.model_id, **cell.columns()})
+                folder = grid.run_dir.path / ALL_SAMPLES
+                writer = sample_writer(
+                    grid.cfg.save_samples, folder, name, grid.n, candidate.sample_shape
+                )
+                stream = SavingStream(stream, writer)
 
             def sink(x: torch.Tensor, stream=stream, nonfinite=nonfinite) -> None:
                 finite = torch.isfinite(x.flatten(1)).all(1)  # each batch into the metric
@@ -298,9 +314,16 @@ def _solve_share(cell: Cell, candidate: Candidate, grid: GridContext) -> _Share:
                 log.warning("out of memory: %s retried at batch size %d", cell.setting.solver, b)
                 if grid.device.type == "cuda":
                     torch.cuda.empty_cache()
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - reported in the cell's row
+        if writer is not None:
+            if nonfinite:
+                writer.abort()
+            else:
+                log.debug("samples written to %s", writer.close())
+    except BaseException as e:
+        if writer is not None:
+            writer.abort()
+        if isinstance(e, UserError) or not isinstance(e, Exception):
+            raise
         log.debug("cell failed:\n%s", traceback.format_exc())
         return _Share(None, None, {}, 0, b, retries, f"{type(e).__name__}: {e}")
     rows = stream.rows() if grid.world.distributed and not nonfinite else {}
@@ -371,6 +394,7 @@ class _Inputs:
     spec: object  # ModelSpec of the model the run trains where no --checkpoint is given
     candidates: list[Candidate]
     extractor: object  # the Inception Extractor, or None
+    stats: object = None  # ReferenceStats of --reference-stats, or None
 
 
 def _inputs(cfg: RunConfig, world: World) -> _Inputs:
@@ -386,8 +410,18 @@ def _inputs(cfg: RunConfig, world: World) -> _Inputs:
     extractor = resolve_extractor(
         cfg.dataset, cfg.feature_extractor, cfg.inception_weights, train_split
     )
+    stats = None
+    if cfg.reference_stats is not None:
+        stats = load_reference_stats(cfg.reference_stats, cfg.dataset, extractor, cfg.metrics)
+    if cfg.save_samples is not None:
+        if datamod.get_dataset(cfg.dataset).kind == "toy":
+            raise UserError("--save-samples writes images; toy2d's points are not images")
+        if world.distributed:
+            raise UserError("--save-samples needs one process: each rank holds only its share")
     n = cfg.num_samples or p.num_samples
-    return _Inputs(p, cells, device, n, out, train_split, test_split, spec, candidates, extractor)
+    return _Inputs(
+        p, cells, device, n, out, train_split, test_split, spec, candidates, extractor, stats
+    )
 
 
 def _context(
@@ -412,6 +446,7 @@ def _context(
             progress,
             cfg.reference,
             inputs.extractor,
+            inputs.stats,
         )
     inversion = None
     if "inversion" in cfg.metrics:

@@ -32,6 +32,7 @@ from rfbench.config import cache_dir
 from rfbench.data import DataSplit, content_hash, to_uint8
 from rfbench.errors import UserError
 from rfbench.metrics.classifier import ClassifierFeatureExtractor
+from rfbench.metrics.refstats import STATS_ONLY_METRICS, ReferenceStats
 from rfbench.safeload import load_dict
 
 CLASSIFIER_EXTRACTOR = "rfbench-classifier"
@@ -75,18 +76,25 @@ class FidelityMetrics:
 
     ``stream(n)`` returns a ``FeatureStream`` that takes samples in batches. The reference's
     features and FID statistics are computed (or read from the cache) once per object.
+    With ``stats`` (a file's mu and sigma) in place of a reference split, FID is the one
+    metric: its FID statistics are those.
     """
 
     def __init__(
         self,
-        reference: DataSplit,
+        reference: DataSplit | None,
         extractor: Extractor,
         metrics: tuple[str, ...] = ("fid", "kid"),
         *,
         device: str | torch.device = "cpu",
+        stats: ReferenceStats | None = None,
     ):
-        self.reference, self.extractor = reference, extractor
+        if (reference is None) == (stats is None):
+            raise ValueError("give a reference split or reference statistics, one of the two")
+        self.reference, self.extractor, self.stats = reference, extractor, stats
         self.metrics = tuple(m for m in FIDELITY_METRICS if m in metrics)
+        if stats is not None and set(self.metrics) - set(STATS_ONLY_METRICS):
+            raise ValueError(f"reference statistics give {', '.join(STATS_ONLY_METRICS)} only")
         self.device = torch.device(device)
         self.layers = {}  # metric -> feature layer
         cls = FEATURE_EXTRACTORS_REGISTRY[extractor.registry_name]
@@ -111,8 +119,9 @@ class FidelityMetrics:
 
     def kwargs(self, n: int) -> dict:
         """The torch-fidelity options of a set of n samples (its defaults otherwise)."""
+        reference_rows = n if self.reference is None else len(self.reference.x)
         return dict(
-            kid_subset_size=min(KID_SUBSET_SIZE, n, len(self.reference.x)),
+            kid_subset_size=min(KID_SUBSET_SIZE, n, reference_rows),
             save_cpu_ram=True,
             verbose=False,
         )
@@ -158,6 +167,8 @@ class FidelityMetrics:
         return out
 
     def reference_fid_statistics(self) -> dict:
+        if self.stats is not None:
+            return self.stats.as_fidelity()
         if self._reference_fid_stats is None:
             feats = self.reference_features()[self.layers["fid"]]
             self._reference_fid_stats = fid_features_to_statistics(feats)
@@ -177,10 +188,14 @@ class FeatureStream:
     _features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, x: torch.Tensor) -> None:
+        self.add_uint8(to_uint8(x))
+
+    def add_uint8(self, images: torch.Tensor) -> None:
+        """The next batch as uint8 images [B, C, H, W] (samples read from files)."""
         if not self.metrics.metrics:
-            self.add_rows({}, len(x))
+            self.add_rows({}, len(images))
             return
-        self.add_rows(self.metrics.features(to_uint8(x)), len(x))
+        self.add_rows(self.metrics.features(images), len(images))
 
     def add_rows(self, rows: dict[str, torch.Tensor], count: int) -> None:
         """Append the features of ``count`` samples computed elsewhere (another process)."""
@@ -209,6 +224,8 @@ class FeatureStream:
         kwargs = fm.kwargs(self.n)
         if "fid" in fm.metrics:
             stats = fid_features_to_statistics(self._features[fm.layers["fid"]])
+            if fm.stats is not None:  # a file's float64 statistics: compare in float64
+                stats = {k: v.astype("float64") for k, v in stats.items()}
             out = fid_statistics_to_metric(stats, fm.reference_fid_statistics(), verbose=False)
             row["fid"] = out[KEY_METRIC_FID]
         if "kid" in fm.metrics:

@@ -93,31 +93,31 @@ def build_quality(
     progress: bool | None = None,
     reference: str = "train",
     extractor=None,
+    stats=None,
 ) -> Quality:
     """The quality metric of a run: exact distances for toy2d; torch-fidelity for images,
-    against the ``reference`` split, with ``extractor`` (from ``resolve_extractor``) or
-    else the offline classifier."""
+    against the ``reference`` split or else ``stats`` (from ``load_reference_stats``:
+    FID only), with ``extractor`` (from ``resolve_extractor``) or else the offline
+    classifier."""
     if datamod.get_dataset(dataset).kind == "toy":
         from rfbench.metrics.toy import ToyDistances
 
         ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
         return Quality(ToyDistances(ref), {"reference": f"toy2d-true-n{n}"})
-    from rfbench.metrics.classifier import FEATURE_DIM, get_classifier
-    from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor, FidelityMetrics
+    from rfbench.metrics.fidelity import FidelityMetrics
 
-    feature_dim = INCEPTION_FEATURE_DIM
-    if extractor is None:
-        info = get_classifier(train_split, test_split, device=device, progress=progress)
-        log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
-        extractor, feature_dim = Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path), FEATURE_DIM
+    extractor, feature_dim = ready_extractor(extractor, train_split, test_split, device, progress)
+    if stats is not None:
+        from rfbench.metrics.refstats import STATS_ONLY_METRICS, check_compatible
+
+        check_compatible(stats, extractor.label, feature_dim, "--reference-stats")
+        metrics = tuple(m for m in metrics if m in STATS_ONLY_METRICS)
+        metric = FidelityMetrics(None, extractor, metrics, device=device, stats=stats)
+        columns = {"feature_extractor": extractor.label, "reference": stats.label}
+        _warn_rank(n, feature_dim)
+        return Quality(metric, columns)
     ref = train_split if reference == "train" else test_split
-    if n < feature_dim:
-        log.warning(
-            "%d samples < %d feature dimensions: the sample covariance is rank-deficient and "
-            "FID is strongly biased; compare only rows of equal n_samples",
-            n,
-            feature_dim,
-        )
+    _warn_rank(n, feature_dim)
     return Quality(
         FidelityMetrics(ref, extractor, metrics, device=device),
         {
@@ -125,3 +125,60 @@ def build_quality(
             "reference": f"{dataset}-{ref.split}-{ref.content_hash[:8]}",
         },
     )
+
+
+def ready_extractor(extractor, train_split, test_split, device, progress=None):
+    """The Extractor that ``resolve_extractor`` chose (Inception), or else the dataset's
+    classifier, trained now or read from its cache; and its feature dimension."""
+    if extractor is not None:
+        return extractor, INCEPTION_FEATURE_DIM
+    from rfbench.metrics.classifier import FEATURE_DIM, get_classifier
+    from rfbench.metrics.fidelity import CLASSIFIER_EXTRACTOR, Extractor
+
+    info = get_classifier(train_split, test_split, device=device, progress=progress)
+    log.info("feature extractor %s (test accuracy %.4f)", info.name, info.test_accuracy)
+    return Extractor(CLASSIFIER_EXTRACTOR, info.name, info.path), FEATURE_DIM
+
+
+def load_reference_stats(path: str, dataset: str, extractor, metrics: tuple[str, ...]):
+    """Read ``--reference-stats`` and check, before any work, that the run's features can
+    be compared with it (their dimension); returns the ``ReferenceStats``. Only FID needs
+    nothing but mu and sigma: other metrics asked for are left out, and the log says so."""
+    from rfbench.metrics.classifier import FEATURE_DIM
+    from rfbench.metrics.refstats import STATS_ONLY_METRICS, read_stats
+
+    if datamod.get_dataset(dataset).kind == "toy":
+        raise UserError("--reference-stats holds image features; toy2d uses exact distances")
+    stats = read_stats(path)
+    dim = FEATURE_DIM if extractor is None else INCEPTION_FEATURE_DIM
+    label = "classifier" if extractor is None else extractor.label
+    if stats.dim != dim:
+        raise UserError(
+            f"--reference-stats {path} holds {stats.dim}-dimensional statistics, but the "
+            f"{label} features are {dim}-dimensional"
+        )
+    left_out = [m for m in metrics if m in ("kid", "prc", "isc")]
+    if left_out:
+        log.warning(
+            "--reference-stats holds mu and sigma only: %s left out (%s only)",
+            ", ".join(left_out),
+            ", ".join(STATS_ONLY_METRICS),
+        )
+    log.info(
+        "reference statistics %s: %s layout, %d dimensions, sha256 %s",
+        path,
+        stats.layout,
+        stats.dim,
+        stats.sha256[:16],
+    )
+    return stats
+
+
+def _warn_rank(n: int, feature_dim: int) -> None:
+    if n < feature_dim:
+        log.warning(
+            "%d samples < %d feature dimensions: the sample covariance is rank-deficient and "
+            "FID is strongly biased; compare only rows of equal n_samples",
+            n,
+            feature_dim,
+        )
