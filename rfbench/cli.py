@@ -159,8 +159,10 @@ class _Names:
     def here(cls) -> _Names:
         from rfbench.data import DATASETS
         from rfbench.solvers import GRIDS, SOLVERS, STEPPING_MODES
+        from rfbench.solvers.fixed import PARAM_GRIDS
 
-        return cls(list(SOLVERS), list(DATASETS), list(C.PRESETS), list(GRIDS), STEPPING_MODES)
+        grids = [*GRIDS, *(f"{b}[-{p}<v>] ({p} {d:g})" for b, (p, d, _) in PARAM_GRIDS.items())]
+        return cls(list(SOLVERS), list(DATASETS), list(C.PRESETS), grids, STEPPING_MODES)
 
 
 def _add_run(sub, names: _Names) -> None:
@@ -217,10 +219,32 @@ def _run_grid_args(r: argparse.ArgumentParser, names: _Names) -> None:
     )
     r.add_argument(
         "--grids",
-        type=_list_of(str, "time grid", names.grids),
+        type=_list_of(_grid_name, "time grid"),
         default=C.DEFAULT_GRIDS,
         metavar="G1,G2",
-        help=f"time grids for fixed-step solvers, from: {', '.join(names.grids)}",
+        help=f"time grids for fixed-step and multistep solvers, from: {', '.join(names.grids)}",
+    )
+    r.add_argument(
+        "--grid-times",
+        type=_grid_times,
+        default=None,
+        metavar="T0,T1,...",
+        help="fixed-step and multistep solvers step on these times (a list, or a file of "
+        "them) instead of --grids x --steps; they run from --t-start to --t-end",
+    )
+    r.add_argument(
+        "--t-start",
+        type=_unit_time,
+        default=0.0,
+        metavar="T",
+        help="every solve starts here (0 = noise); the official RectifiedFlow sampler: 1e-3",
+    )
+    r.add_argument(
+        "--t-end",
+        type=_unit_time,
+        default=1.0,
+        metavar="T",
+        help="every solve ends here (1 = data)",
     )
     r.add_argument(
         "--stepping",
@@ -718,6 +742,48 @@ def _add_presets(sub, names: _Names) -> None:
     ps.set_defaults(handler=_cmd_presets)
 
 
+def _grid_name(text: str) -> str:
+    """An argparse type for one time grid, parametrised ones in their canonical name."""
+    from rfbench.errors import UserError
+    from rfbench.solvers.fixed import canonical_grid
+
+    try:
+        return canonical_grid(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _grid_times(text: str) -> tuple[float, ...]:
+    """An argparse type for --grid-times: "0,0.1,0.5,1", or a file holding such times."""
+    from pathlib import Path
+
+    from rfbench.errors import UserError
+    from rfbench.solvers.setting import parse_times
+
+    path = Path(text)
+    try:
+        if path.is_file():
+            text = path.read_text()
+        times = parse_times(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e}") from None
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if len(times) < 2 or any(b <= a for a, b in zip(times, times[1:])):
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: give two or more increasing times")
+    return times
+
+
+def _unit_time(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a time in [0, 1], got {text}")
+    return v
+
+
 def _batch_size(text: str) -> int | str:
     return "auto" if text == "auto" else _positive_int(text)
 
@@ -1077,10 +1143,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_solvers(_args: argparse.Namespace) -> int:
     from rfbench.solvers import SOLVERS
 
-    print(f"{'solver':<14} {'family':<12} {'option':<11} description")
+    print(
+        f"{'solver':<14} {'family':<11} {'order':<6} {'NFE/step':<9} {'multistep':<10} description"
+    )
     for s in SOLVERS.values():
-        option = "--tols" if s.adaptive else f"--steps ({s.nfe_per_step} NFE/step)"
-        print(f"{s.name:<14} {s.family:<12} {option:<11} {s.description}")
+        nfe = "adaptive" if s.adaptive else str(s.nfe_per_step)
+        order = "var" if s.order is None else str(s.order)
+        multistep = "yes" if s.multistep else "no"
+        print(f"{s.name:<14} {s.family:<11} {order:<6} {nfe:<9} {multistep:<10} {s.description}")
+    print(
+        "fixed-step and multistep solvers take --steps, --grids or --grid-times; adaptive "
+        "ones --tols and --stepping; every one --t-start and --t-end"
+    )
     return 0
 
 

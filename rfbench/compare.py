@@ -42,6 +42,10 @@ from rfbench.results import STATUS_OK, read_runs
 from rfbench.solvers import KEY_COLUMNS, Setting
 
 MATCH = ("dataset", "model_id", *KEY_COLUMNS, "seed")
+# Key columns that a results file may lack: they came with the multistep solvers' custom
+# grids and solve intervals, and a row without them has the Setting's default (no custom
+# times, the interval 0 to 1), as every file written before them does.
+DEFAULTED = ("grid_times", "t_start", "t_end")
 # metric option name -> results column; lower is better for every one of them.
 GATED = {"fid": "fid", "kid": "kid_mean", "swd": "swd", "nfe": "nfe", "time": "wall_time_s"}
 EXACT = frozenset({"nfe"})  # deterministic: judged seed by seed, with no noise allowance
@@ -176,7 +180,7 @@ def _check_sides(baseline: pd.DataFrame, current: pd.DataFrame, keys, any_model:
     for side, frame in (("baseline", baseline), ("current", current)):
         if any_model and frame["model_id"].nunique() > 1:
             raise UserError(f"--any-model needs one model per side; the {side} has several")
-        absent = [k for k in keys if k not in frame.columns]
+        absent = [k for k in keys if k not in frame.columns and k not in DEFAULTED]
         if absent:
             raise UserError(
                 f"the {side} has no {', '.join(absent)} column: cells cannot be matched (is it "

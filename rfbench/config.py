@@ -234,6 +234,9 @@ class RunConfig:
     steps: tuple[int, ...] | None = None  # None = the preset's steps
     tols: tuple[float, ...] = DEFAULT_TOLS  # rtol values; atol = rtol
     grids: tuple[str, ...] = DEFAULT_GRIDS  # time grids of the fixed-step solvers
+    grid_times: tuple[float, ...] | None = None  # fixed-step solvers step on these instead
+    t_start: float = 0.0  # every solve runs from t_start (noise side) to t_end
+    t_end: float = 1.0
     stepping: tuple[str, ...] = DEFAULT_STEPPING  # adaptive solvers: batched, per-sample
     repeats: int = DEFAULT_REPEATS  # timed repeats of every solve; the median counts
     seeds: tuple[int, ...] = DEFAULT_SEEDS
@@ -304,6 +307,16 @@ class RunConfig:
         ):
             if value is not None:
                 _check_count(value, what)
+        if self.grid_times is not None:
+            if not isinstance(self.grid_times, tuple) or not self.grid_times:
+                raise UserError(f"--grid-times must be a list of times, got {self.grid_times!r}")
+            if self.steps is not None:
+                raise UserError("--grid-times set the steps themselves; leave out --steps")
+        for value, what in ((self.t_start, "--t-start"), (self.t_end, "--t-end")):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise UserError(f"{what} must be a number in [0, 1], got {value!r}")
+        if not self.t_start < self.t_end:
+            raise UserError(f"--t-start {self.t_start:g} must be below --t-end {self.t_end:g}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise UserError(f"--workers must be an integer >= 0, got {self.workers!r}")
 

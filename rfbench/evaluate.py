@@ -115,6 +115,9 @@ def evaluate(
     from rfbench.report import frame_to_markdown
 
     jobs = find_jobs(paths)
+    for job in jobs:
+        if job.source.n < 2:
+            raise UserError(f"{job.source.path} holds {job.source.n} image: FID needs at least 2")
     train = test = None
     if reference.dataset is not None:
         spec = datamod.get_dataset(reference.dataset)
@@ -230,7 +233,7 @@ def write_reference_stats(
 ):
     """Compute (or read from the feature cache) a split's features and write its FID
     statistics to ``out``; returns the ``ReferenceStats`` read back from the file."""
-    from rfbench.atomic import check_can_write
+    from rfbench.atomic import ensure_writable_dir
     from rfbench.metrics.fidelity import FidelityMetrics
     from rfbench.metrics.quality import ready_extractor, resolve_extractor
     from rfbench.metrics.refstats import write_stats
@@ -240,7 +243,7 @@ def write_reference_stats(
     path = Path(out)
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file name such as stats.npz")
-    check_can_write(path.parent, "--out")
+    ensure_writable_dir(path.parent, "--out")
     load = lambda s: datamod.load_split(dataset, s, data_root, image_size=image_size)  # noqa: E731
     train, test = load("train"), load("test")
     extractor = resolve_extractor(dataset, feature_extractor, inception_weights, train)

@@ -40,7 +40,18 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 LINESTYLES = ("-", "--", ":", "-.")  # variants of one solver (model, grid, stepping)
 QUALITY_LABELS = {"fid": "FID", "swd": "sliced Wasserstein-2", "energy_distance": "energy distance"}
 # A setting; seeds are averaged over. VARIANT: what tells apart two lines of one solver.
-SETTING = ("model_id", "solver", "grid", "stepping", "steps", "rtol", "atol")
+SETTING = (
+    "model_id",
+    "solver",
+    "grid",
+    "grid_times",
+    "stepping",
+    "steps",
+    "rtol",
+    "atol",
+    "t_start",
+    "t_end",
+)
 VARIANT = ("model_id", "grid", "stepping")
 
 STYLE = {

@@ -59,6 +59,9 @@ COLUMNS: tuple[str, ...] = (
 # Further columns rfbench fills where they apply.
 EXTRA_COLUMNS: tuple[str, ...] = (
     "grid",
+    "grid_times",
+    "t_start",
+    "t_end",
     "stepping",
     "nfe_std",
     "curvature",
@@ -98,6 +101,7 @@ COLUMN_TYPES: dict[str, str] = {
             "status",
             "error",
             "grid",
+            "grid_times",
             "stepping",
             "solver_nfe",
             "compute_dtype",

@@ -101,17 +101,20 @@ def grid_cells(cfg: RunConfig, default_steps: tuple[int, ...]) -> list[Cell]:
     """Every (setting, seed) cell, in a stable order: seeds, then solvers; fixed-step
     solvers over grids x steps, adaptive ones over tolerances x stepping modes."""
     cells = []
+    span = dict(t_start=cfg.t_start, t_end=cfg.t_end)
     for seed in cfg.seeds:
         for name in cfg.solvers:
             if get_solver(name).adaptive:
                 settings = [
-                    Setting(name, rtol=tol, atol=tol, stepping=mode)
+                    Setting(name, rtol=tol, atol=tol, stepping=mode, **span)
                     for tol in cfg.tols
                     for mode in cfg.stepping
                 ]
+            elif cfg.grid_times is not None:  # the given times, instead of grids x steps
+                settings = [Setting(name, grid_times=cfg.grid_times, **span)]
             else:
                 settings = [
-                    Setting(name, steps=s, grid=g)
+                    Setting(name, steps=s, grid=g, **span)
                     for g in cfg.grids
                     for s in (cfg.steps or default_steps)
                 ]
@@ -125,7 +128,8 @@ def plan(cfg: RunConfig) -> tuple[Preset, list[Cell]]:
     it writes anything."""
     datamod.get_dataset(cfg.dataset)
     p = check_preset(cfg.preset, cfg.dataset)
-    check_nfe_guard(cfg.solvers, cfg.steps or p.steps, cfg.max_nfe)
+    steps = (len(cfg.grid_times) - 1,) if cfg.grid_times else cfg.steps or p.steps
+    check_nfe_guard(cfg.solvers, steps, cfg.max_nfe)
     return p, grid_cells(cfg, p.steps)
 
 
@@ -350,7 +354,8 @@ def _save_arrays(run_dir: RunDir, row: dict, x: torch.Tensor, candidate: Candida
         run_dir.save_arrays("samples", row, x=to_uint8(x).numpy())
         return
     run_dir.save_arrays("samples", row, x=x.numpy())
-    if not cell.setting.adaptive:  # toy2d, fixed-step: trace its paths
+    if not (cell.setting.adaptive or cell.setting.spec.multistep):  # toy2d, one-step
+        # fixed-step solvers: trace their paths (multistep ones cannot restart mid-path)
         x0 = noise(cell.seed, range(TRAJECTORIES), candidate.sample_shape)
         ts, xs = trajectory(candidate.raw, cell.setting, x0)
         run_dir.save_arrays("trajectories", row, t=ts.numpy(), x=xs.float().numpy())

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rfbench.flow import T_DATA, T_NOISE
-from rfbench.solvers import Setting, SolveResult, solve, time_grid
+from rfbench.solvers import Setting, SolveResult, solve
+from rfbench.solvers.fixed import setting_grid
 
 
 class NFEBudgetExceeded(RuntimeError):
@@ -281,8 +281,8 @@ def integrate(
     num_samples: int,
     initial: Callable[[int, int], torch.Tensor],
     *,
-    t0: float = T_NOISE,
-    t1: float = T_DATA,
+    t0: float | None = None,
+    t1: float | None = None,
     device: str | torch.device = "cpu",
     batching: Batching = Batching(),
     measuring: Measuring = Measuring(),
@@ -296,7 +296,8 @@ def integrate(
             other samples.
         num_samples: how many samples.
         initial: ``initial(lo, hi)`` gives the start states of samples lo..hi-1 (CPU).
-        t0, t1: the interval (rfbench's convention: 0 noise, 1 data).
+        t0, t1: the interval (rfbench's convention: 0 noise, 1 data); by default the
+            setting's, from ``t_start`` to ``t_end``.
         device: where the network and the solver's state run.
         batching: batch size, sample ranges, sink and kept samples (``Batching``).
         measuring: repeats, path statistics, NFE guard, progress (``Measuring``).
@@ -308,6 +309,8 @@ def integrate(
     device = torch.device(device)
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
+    t0 = setting.t_start if t0 is None else t0
+    t1 = setting.t_end if t1 is None else t1
     size = batching.batch_size
     ranges = batching.ranges if batching.ranges is not None else [(0, num_samples)]
     batches = [(lo, min(lo + size, hi)) for a, hi in ranges for lo in range(a, hi, size)]
@@ -502,19 +505,21 @@ def trajectory(
     model: nn.Module,
     setting: Setting,
     x0: torch.Tensor,
-    t0: float = T_NOISE,
-    t1: float = T_DATA,
+    t0: float | None = None,
+    t1: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The states of a fixed-step solve at its steps + 1 grid times: (t [m], x [m, B, ...]).
 
-    Every fixed-step solver is a one-step method, so solving one step at a time is the same
-    solve, node for node.
+    Every fixed-step Runge-Kutta solver is a one-step method, so solving one step at a time
+    is the same solve, node for node. (Multistep solvers are not: they are not traced.)
     """
-    if setting.adaptive:
-        raise ValueError(f"trajectory() traces fixed-step solvers, not {setting.solver}")
-    ts = time_grid(setting.steps, t0, t1, setting.grid)
+    if setting.adaptive or setting.spec.multistep:
+        raise ValueError(f"trajectory() traces one-step fixed-step solvers, not {setting.solver}")
+    t0 = setting.t_start if t0 is None else t0
+    t1 = setting.t_end if t1 is None else t1
+    ts = setting_grid(setting, t0, t1)
     velocity = CountingVelocity(model)
-    one_step = replace(setting, steps=1, grid=None)
+    one_step = replace(setting, steps=1, grid=None, grid_times=None, t_start=0.0, t_end=1.0)
     xs = [x0]
     for a, b in zip(ts[:-1].tolist(), ts[1:].tolist()):
         xs.append(solve(one_step, velocity, xs[-1], t0=a, t1=b).x)
@@ -548,10 +553,9 @@ def reconstruct(
     if rest:
         raise TypeError(f"reconstruct() got unexpected options: {', '.join(rest)}")
     n, kw = len(data), dict(device=device, batching=batching, measuring=measuring)
-    encode = integrate(model, setting, n, lambda lo, hi: data[lo:hi], t0=T_DATA, t1=T_NOISE, **kw)
-    decode = integrate(
-        model, setting, n, lambda lo, hi: encode.x[lo:hi], t0=T_NOISE, t1=T_DATA, **kw
-    )
+    start, end = setting.t_start, setting.t_end  # the setting's interval, both ways
+    encode = integrate(model, setting, n, lambda lo, hi: data[lo:hi], t0=end, t1=start, **kw)
+    decode = integrate(model, setting, n, lambda lo, hi: encode.x[lo:hi], t0=start, t1=end, **kw)
     per_sample = (decode.x - data.float()).flatten(1).pow(2).mean(1).sqrt()
     return Reconstruction(float(per_sample.mean()), encode, decode)
 

@@ -375,3 +375,47 @@ def test_torchrun_equivalence_script(mnist_root, tmp_path):
         if line.startswith("| euler") or line.startswith("| dopri5")
     ]
     assert len(rows) == 2 and all(row.split(" | ")[8] == "yes" for row in rows)
+
+
+def test_inception_fashion_small(tmp_path, monkeypatch):
+    """The evidence script of the Inception FID on small digits with a random Inception
+    (the real weights are not downloaded here), and its rank agreement on made-up runs."""
+    import pandas as pd
+    import torch
+
+    from rfbench.metrics import inception
+    from tests.conftest import write_mnist_like
+    from tests.test_inception import _random_inception
+
+    root = write_mnist_like(tmp_path / "digits", n_train=60, n_test=20)
+    weights = tmp_path / "tf.pth"
+    torch.save(_random_inception().state_dict(), weights)
+    monkeypatch.setattr(inception, "INCEPTION_SHA256_PREFIX", inception.sha256_of(weights)[:8])
+    monkeypatch.setenv("RFBENCH_CACHE", str(tmp_path / "cache"))
+    runs = {}
+    for name, fids in (("clf", [1.0, 2.0, 3.0, 4.0]), ("inc", [10.0, 20.0, 40.0, 30.0])):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        pd.DataFrame(
+            {
+                "model_id": "m",
+                "solver": ["euler", "euler", "euler", "rk45"],
+                "steps": [1, 2, 4, None],
+                "rtol": [None, None, None, 1e-5],
+                "seed": 0,
+                "nfe": [1, 2, 4, 50],
+                "status": "ok",
+                "fid": fids,
+            }
+        ).to_csv(runs[name] / "results.csv", index=False)
+    out = tmp_path / "report.md"
+    argv = ["--dataset", "mnist", "--data-root", str(root), "--inception-weights", str(weights)]
+    argv += ["--n-real", "12", "--ladder-n", "6", "--sigmas", "0.3,0.9"]
+    argv += ["--run", str(runs["clf"]), "--eval", str(runs["inc"]), "--out", str(out)]
+    code = _load("inception_fashion").main(argv)
+    text = out.read_text()
+    found = _targets(text, 3)
+    assert code == (0 if all(t["met"] for t in found) else 1)
+    assert found[2]["value"] == pytest.approx(4 / 6, abs=1e-4)  # 5 concordant, 1 discordant
+    assert len(re.findall(r"^\| (0|0\.3|0\.9) \|", text, re.M)) == 3  # the ladder's rows
+    assert "12 training images" in text and "images/s" in text

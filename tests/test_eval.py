@@ -165,7 +165,7 @@ def test_statistics_readers_take_each_layout(layout, tmp_path):
 def test_stats_file_gives_the_fid_of_the_split_it_describes(
     saved_run, mnist_root, tmp_path, capsys
 ):
-    stats = tmp_path / "mnist-test.npz"
+    stats = tmp_path / "new" / "folder" / "mnist-test.npz"  # its folder is made
     root = ["--data-root", mnist_root]
     code, out, err = _run(
         ["stats", "mnist", "--split", "test", "--out", str(stats), *map(str, root)], capsys
@@ -246,6 +246,7 @@ def _bad_files(tmp_path):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(mixed / "a.png")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(mixed / "b.png")
     np.savez(tmp_path / "rgb32.npz", arr_0=np.zeros((4, 32, 32, 3), np.uint8))
+    np.savez(tmp_path / "one.npz", arr_0=np.zeros((1, 28, 28, 1), np.uint8))
     (tmp_path / "garbage.pth").write_bytes(b"not a weights file")
     (tmp_path / "out-is-dir.npz").mkdir()
 
@@ -259,6 +260,7 @@ def _bad_files(tmp_path):
         (["{run}", "--reference-stats", "{t}/missing.npz"], "no such file"),
         (["{t}/corrupt.npz"], "not a readable .npz"),
         (["{t}/float.npz"], "takes uint8"),
+        (["{t}/one.npz"], "FID needs at least 2"),
         (["{t}/empty"], "holds no images"),
         (["{t}/mixed"], "share one size"),
         (["{t}/rgb32.npz"], "the classifier extractor takes the dataset's shape"),

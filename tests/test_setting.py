@@ -72,7 +72,11 @@ def test_the_key_is_the_same_for_a_row_read_back_from_csv(tmp_path):
     pd.DataFrame([row]).to_csv(tmp_path / "r.csv", index=False)
     back = pd.read_csv(tmp_path / "r.csv").iloc[0].to_dict()
     assert isinstance(back["steps"], int | float) and math.isnan(back["rtol"])
-    assert Setting.from_row(back).key() == s.key() == ("rk4", 8, "cosine", None, None, "batched")
+    assert (
+        Setting.from_row(back).key()
+        == s.key()
+        == ("rk4", 8, "cosine", None, None, None, "batched", 0.0, 1.0)
+    )
     assert s.slug() == "steps8-cosine"
     assert Setting("rk45", rtol=1e-5).slug() == "rtol1e-05-atol1e-05-batched"
     assert Setting("rk4", steps=16).lineage_text() == "steps=16"

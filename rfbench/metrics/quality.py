@@ -156,6 +156,11 @@ def load_reference_stats(path: str, dataset: str, extractor, metrics: tuple[str,
         raise UserError(
             f"--reference-stats {path} holds {stats.dim}-dimensional statistics, but the "
             f"{label} features are {dim}-dimensional"
+            + (
+                "; for Inception statistics give --feature-extractor inception"
+                if extractor is None
+                else ""
+            )
         )
     left_out = [m for m in metrics if m in ("kid", "prc", "isc")]
     if left_out:

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from rfbench.solvers import fixed, scipy_ivp, torchdiffeq_adaptive  # noqa: F401 - registers
+from rfbench.solvers import (  # noqa: F401 - registers
+    fixed,
+    multistep,
+    scipy_ivp,
+    torchdiffeq_adaptive,
+)
 from rfbench.solvers.base import (
     SOLVERS,
     SolveResult,
@@ -54,8 +59,8 @@ def solve(
     velocity: Velocity,
     x0: torch.Tensor,
     *,
-    t0: float = 0.0,
-    t1: float = 1.0,
+    t0: float | None = None,
+    t1: float | None = None,
     **fields,
 ) -> SolveResult:
     """Integrate dx/dt = velocity(x, t) from t0 to t1 with a registered solver.
@@ -66,7 +71,8 @@ def solve(
             ``rtol`` (``atol`` defaults to it).
         velocity: ``v(x, t)``, t a float or a 0-dim tensor.
         x0: the state at t0, any shape (a batch is one state).
-        t0, t1: the interval; t1 < t0 integrates backwards.
+        t0, t1: the interval; t1 < t0 integrates backwards. By default the setting's,
+            ``t_start`` to ``t_end`` (0 to 1 unless it says otherwise).
 
     Returns:
         ``SolveResult``: the state at t1, the solver's own call count where it keeps one,
@@ -76,4 +82,6 @@ def solve(
         setting = Setting(setting, **fields)
     elif fields:
         raise TypeError(f"give {', '.join(fields)} in the Setting, not beside it")
+    t0 = setting.t_start if t0 is None else t0
+    t1 = setting.t_end if t1 is None else t1
     return setting.spec.fn(velocity, x0, setting, t0=t0, t1=t1)

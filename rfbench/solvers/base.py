@@ -41,21 +41,24 @@ class SolverSpec:
     """A registered solver."""
 
     name: str
-    family: str  # "fixed", "scipy" or "torchdiffeq"
+    family: str  # one of FAMILIES
     fn: Callable[..., SolveResult]
     adaptive: bool  # True: takes rtol/atol; False: takes steps
     description: str
     nfe_per_step: int | None = None  # fixed-step methods: network calls per step
     options: tuple[str, ...] = ()  # names of the Setting options it takes (results columns)
+    order: int | None = None  # the method's order (None: variable, as BDF and LSODA)
+    multistep: bool = False  # reuses earlier steps' calls
 
 
 SOLVERS: dict[str, SolverSpec] = {}
+FAMILIES = ("fixed", "multistep", "scipy", "torchdiffeq")
 
 
 def register_solver(spec: SolverSpec) -> None:
     if spec.name in SOLVERS:
         raise ValueError(f"solver {spec.name!r} is already registered")
-    if spec.family not in ("fixed", "scipy", "torchdiffeq"):
+    if spec.family not in FAMILIES:
         raise ValueError(f"unknown solver family {spec.family!r}")
     SOLVERS[spec.name] = spec
 

@@ -27,6 +27,9 @@ SCIPY_METHODS = {
     "bdf": (BDF, "backward differentiation formulas, implicit (finite-difference Jacobian)"),
     "lsoda": (LSODA, "Adams/BDF switching (ODEPACK)"),
 }
+# The order of each method's solution (scipy's error_estimator_order + 1); BDF and LSODA
+# vary theirs (1 to 5, 1 to 12).
+SCIPY_ORDERS = {"rk45": 5, "rk23": 3, "dop853": 8, "radau": 5, "bdf": None, "lsoda": None}
 # scipy's nfev leaves out the calls of Radau's and BDF's finite-difference Jacobians, and
 # their number is not n per Jacobian: scipy's num_jac evaluates some columns again where
 # the difference was too small. scipy keeps no count of those, so these methods report
@@ -70,5 +73,6 @@ for _name, (_method, _desc) in SCIPY_METHODS.items():
             fn=_make(_method),
             adaptive=True,
             description=f"scipy {_method.__name__}: {_desc}",
+            order=SCIPY_ORDERS[_name],
         )
     )

@@ -17,6 +17,7 @@ TORCHDIFFEQ_METHODS = {
     "fehlberg2": "Runge-Kutta-Fehlberg 2(1)",
     "adaptive_heun": "Heun-Euler 2(1)",
 }
+TORCHDIFFEQ_ORDERS = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
 
 
 class _StepCounter:
@@ -75,5 +76,6 @@ for _name, _desc in TORCHDIFFEQ_METHODS.items():
             fn=_make(_name),
             adaptive=True,
             description=f"torchdiffeq {_name}: {_desc}",
+            order=TORCHDIFFEQ_ORDERS[_name],
         )
     )
