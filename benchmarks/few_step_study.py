@@ -1,0 +1,241 @@
+"""Few-step study: every fixed-step and multistep solver on every schedule at 1 to 10 NFE.
+
+For toy2d (1-RF and 2-RF models, exact distances) and, given their run directories,
+Fashion-MNIST (the quick model, classifier FID), it makes:
+
+- a budget table: the best solver and schedule at each NFE budget (``rfbench report
+  --view budget``);
+- a table and a figure of each solver's best schedule at each exact NFE;
+- the verdicts the numbers give: does a multistep solver beat Euler and Heun at 4-8 NFE,
+  and by how much against the seed-to-seed spread, for each model;
+- the multistep solvers' overhead (solver time outside the network) as a share of network
+  time, from the rows' ``overhead_time_s`` and ``model_time_s``: target <= 5% on the image
+  model (a toy2d MLP call costs microseconds, so any bookkeeping is a large share there).
+
+    rfbench run --dataset fashion-mnist --solvers euler,ab2,ab3,ab4,dpmpp-2m,dpmpp-3m,\\
+        unipc-bh1,unipc-bh2 --steps 1,2,3,4,5,6,8,10 --grids uniform,edm,sd3 --seeds 0,1 \\
+        --out results/few-step-fashion/multistep
+    rfbench run --dataset fashion-mnist --solvers heun --steps 1,2,3,4,5 \\
+        --grids uniform,edm,sd3 --seeds 0,1 --out results/few-step-fashion/heun
+    python benchmarks/few_step_study.py --work runs/few-step --out results/few-step \\
+        --fashion results/few-step-fashion/multistep,results/few-step-fashion/heun
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reflow_study import _step  # noqa: E402
+from targets import target  # noqa: E402
+
+from rfbench.report import budget_table, setting_stats  # noqa: E402
+from rfbench.results import read_runs  # noqa: E402
+from rfbench.solvers import SOLVERS  # noqa: E402
+
+MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
+SOLVERS_A = ["euler", *MULTISTEP]  # 1 NFE per step
+STEPS_A = "1,2,3,4,5,6,8,10"
+STEPS_HEUN = "1,2,3,4,5"  # 2 NFE per step: 2 to 10 NFE
+GRIDS = "uniform,edm,sd3"
+BUDGETS = (1, 2, 3, 4, 5, 6, 8, 10)
+MAX_OVERHEAD = 0.05
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("runs/few-step"))
+    ap.add_argument("--out", type=Path, default=Path("results/few-step"))
+    ap.add_argument("--fashion", default=None, help="run directories of the Fashion runs, a,b")
+    ap.add_argument("--toy-samples", type=int, default=1000)
+    ap.add_argument("--toy-epochs", type=int, default=None, help="default: the toy recipe's")
+    ap.add_argument("--pairs", type=int, default=10000, help="reflow pairs for the 2-RF model")
+    ap.add_argument("--seeds", default="0,1")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log: list[str] = []
+    times = args.work / "step-times.json"
+    one, two = args.work / "1rf", args.work / "2rf"
+    epochs = ["--epochs", str(args.toy_epochs)] if args.toy_epochs else []
+    _step(
+        ["train", "--dataset", "toy2d", *epochs, "--out", str(one)],
+        one / "checkpoint.pt",
+        log,
+        times,
+    )
+    reflow = ["reflow", "--checkpoint", str(one / "checkpoint.pt"), "--pairs", str(args.pairs)]
+    reflow += ["--solver", "rk45", "--tols", "1e-5", *epochs, "--out", str(two)]
+    _step(reflow, two / "checkpoint.pt", log, times)
+    models = f"{one / 'checkpoint.pt'},{two / 'checkpoint.pt'}"
+    toy_runs = []
+    for name, solvers, steps in (("multistep", SOLVERS_A, STEPS_A), ("heun", ["heun"], STEPS_HEUN)):
+        out = args.out / f"toy2d-{name}"
+        grid = ["run", "--dataset", "toy2d", "--checkpoint", models, "--solvers", ",".join(solvers)]
+        grid += ["--steps", steps, "--grids", GRIDS, "--seeds", args.seeds]
+        grid += ["--num-samples", str(args.toy_samples), "--out", str(out)]
+        _step(grid, out / "table.md", log, times)
+        toy_runs.append(out)
+    sections = [_section("toy2d", read_runs(toy_runs), "swd", args.out, overhead=False)]
+    if args.fashion:
+        runs = [Path(p) for p in args.fashion.split(",")]
+        sections.append(_section("fashion-mnist", read_runs(runs), "fid", args.out, overhead=True))
+    ok = all(s[1] for s in sections)
+    lines = [
+        "# Few-step solvers and schedules",
+        "",
+        f"Command: `python benchmarks/few_step_study.py {' '.join(argv or sys.argv[1:])}` "
+        f"({platform.machine()} CPU, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}). It ran, or found done:",
+        "",
+        "```",
+        *log,
+        "```",
+        "",
+        "Every fixed-step and multistep solver on the `uniform`, `edm` (rho 7) and `sd3` "
+        "(shift 3) schedules; Euler and the multistep solvers at 1-6, 8 and 10 steps (1 NFE "
+        "each), Heun at 1-5 steps (2 NFE each). Values are means over the seeds.",
+        "",
+        *(line for text, _ in sections for line in text),
+    ]
+    (args.out / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _section(dataset: str, frame: pd.DataFrame, metric: str, out: Path, overhead: bool):
+    frame = frame[frame["status"] == "ok"]
+    lines = [f"## {dataset} ({metric}, lower is better)", ""]
+    ok = True
+    for model, g in frame.groupby("model_id", sort=True):
+        best = _best_per_nfe(g, metric)
+        slug = f"{dataset}-{model}"
+        _figure(best, metric, f"{dataset}: {model}", out / f"{slug}.png")
+        budget = budget_table(g, metric, nfe_budgets=BUDGETS)
+        lines += [
+            f"### {model}",
+            "",
+            f"Best at each NFE budget (`rfbench report RUNS --view budget --metric {metric} "
+            f"--nfe-budget {','.join(map(str, BUDGETS))}`):",
+            "",
+            budget.drop(columns=[c for c in ("model",) if c in budget]).to_markdown(
+                index=False, floatfmt=".4g"
+            ),
+            "",
+            f"Each solver's best schedule at exactly that NFE ({metric}; the schedule in "
+            f"brackets), figure `{slug}.png`:",
+            "",
+            _wide(best, metric),
+            "",
+            *_verdicts(best, metric),
+            "",
+        ]
+    if overhead:
+        table, worst = _overhead(frame)
+        lines += [
+            "### Solver overhead",
+            "",
+            "Time outside the network per solve, as a share of network time (median over "
+            "each solver's cells, from `overhead_time_s / model_time_s`):",
+            "",
+            table,
+            "",
+            target("largest multistep overhead / model time", worst, "<=", MAX_OVERHEAD),
+            "",
+        ]
+        ok = worst <= MAX_OVERHEAD
+    return lines, ok
+
+
+def _best_per_nfe(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per solver and NFE, the schedule with the lowest seed-mean metric."""
+    stats = setting_stats(frame, metric)
+    stats = stats[stats["nfe"].isin(BUDGETS)]
+    mean, std = f"{metric}_mean", f"{metric}_std"
+    rows = []
+    for (solver, nfe), g in stats.groupby(["solver", "nfe"], sort=True):
+        top = g.sort_values(mean).iloc[0]
+        rows.append(
+            {
+                "solver": solver,
+                "nfe": int(nfe),
+                "grid": top["grid"],
+                "value": top[mean],
+                "std": top[std],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _wide(best: pd.DataFrame, metric: str) -> str:
+    cells = best.assign(
+        cell=[f"{v:.4g} ({g.split('-')[0]})" for v, g in zip(best.value, best.grid)]
+    )
+    table = cells.pivot(index="solver", columns="nfe", values="cell").fillna("")
+    table.columns = [f"NFE {c}" for c in table.columns]
+    order = [s for s in ["euler", "heun", *MULTISTEP] if s in table.index]
+    return table.loc[order].to_markdown()
+
+
+def _verdicts(best: pd.DataFrame, metric: str) -> list[str]:
+    out = []
+    for nfe in (4, 5, 6, 8):
+        at = best[best["nfe"] == nfe]
+        rk = at[at["solver"].isin(["euler", "heun"])]
+        ms = at[at["solver"].isin(MULTISTEP)]
+        if rk.empty or ms.empty:
+            continue
+        a, b = rk.sort_values("value").iloc[0], ms.sort_values("value").iloc[0]
+        spread = max(a["std"], b["std"]) if pd.notna(a["std"]) else float("nan")
+        gap = a["value"] - b["value"]
+        if pd.notna(spread) and abs(gap) <= 2 * spread:
+            word = "ties (within two seed std) with"
+        else:
+            word = "beats" if gap > 0 else "loses to"
+        out.append(
+            f"- NFE {nfe}: the best multistep solver, {b['solver']} ({b['grid']}), {word} "
+            f"the best of Euler and Heun, {a['solver']} ({a['grid']}): {b['value']:.4g} "
+            f"against {a['value']:.4g} ({100 * gap / a['value']:+.1f}% of it; seed std "
+            f"{spread:.2g})."
+        )
+    return out
+
+
+def _figure(best: pd.DataFrame, metric: str, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for solver in ["euler", "heun", *MULTISTEP]:
+        g = best[best["solver"] == solver].sort_values("nfe")
+        if g.empty:
+            continue
+        style = "-" if solver in ("euler", "heun") else "--"
+        ax.plot(g["nfe"], g["value"], style, marker="o", ms=3, label=solver)
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(f"{metric} (best schedule)")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _overhead(frame: pd.DataFrame) -> tuple[str, float]:
+    share = frame.assign(share=frame["overhead_time_s"] / frame["model_time_s"])
+    table = share.groupby("solver")["share"].median().rename("overhead / model time")
+    order = [s for s in ["euler", "heun", *MULTISTEP] if s in table.index]
+    table = table.loc[order]
+    worst = float(table[[s for s in MULTISTEP if s in table.index]].max())
+    return table.map(lambda v: f"{100 * v:.2f}%").to_frame().to_markdown(), worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())
