@@ -61,6 +61,9 @@ def main(argv=None) -> int:
     ap.add_argument("--toy-epochs", type=int, default=None, help="default: the toy recipe's")
     ap.add_argument("--pairs", type=int, default=10000, help="reflow pairs for the 2-RF model")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--steps", default=STEPS_A, help="of Euler and the multistep solvers")
+    ap.add_argument("--heun-steps", default=STEPS_HEUN)
+    ap.add_argument("--grids", default=GRIDS)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
@@ -78,10 +81,13 @@ def main(argv=None) -> int:
     _step(reflow, two / "checkpoint.pt", log, times)
     models = f"{one / 'checkpoint.pt'},{two / 'checkpoint.pt'}"
     toy_runs = []
-    for name, solvers, steps in (("multistep", SOLVERS_A, STEPS_A), ("heun", ["heun"], STEPS_HEUN)):
+    for name, solvers, steps in (
+        ("multistep", SOLVERS_A, args.steps),
+        ("heun", ["heun"], args.heun_steps),
+    ):
         out = args.out / f"toy2d-{name}"
         grid = ["run", "--dataset", "toy2d", "--checkpoint", models, "--solvers", ",".join(solvers)]
-        grid += ["--steps", steps, "--grids", GRIDS, "--seeds", args.seeds]
+        grid += ["--steps", steps, "--grids", args.grids, "--seeds", args.seeds]
         grid += ["--num-samples", str(args.toy_samples), "--out", str(out)]
         _step(grid, out / "table.md", log, times)
         toy_runs.append(out)

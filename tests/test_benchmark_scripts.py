@@ -419,3 +419,31 @@ def test_inception_fashion_small(tmp_path, monkeypatch):
     assert found[2]["value"] == pytest.approx(4 / 6, abs=1e-4)  # 5 concordant, 1 discordant
     assert len(re.findall(r"^\| (0|0\.3|0\.9) \|", text, re.M)) == 3  # the ladder's rows
     assert "12 training images" in text and "images/s" in text
+
+
+def test_few_step_study_small(tmp_path):
+    """The few-step study end to end on toy2d at a tiny size, and its overhead target on
+    made-up rows."""
+    import pandas as pd
+
+    study = _load("few_step_study")
+    out = tmp_path / "out"
+    argv = ["--work", str(tmp_path / "work"), "--out", str(out), "--toy-samples", "40"]
+    argv += ["--pairs", "100", "--toy-epochs", "1", "--seeds", "0,1", "--steps", "1,4"]
+    argv += ["--heun-steps", "2", "--grids", "uniform,edm"]
+    assert study.main(argv) == 0
+    text = (out / "README.md").read_text()
+    assert text.count("### toy2d-quick") == 2  # the 1-RF and the 2-RF model
+    assert "NFE ≤ 4" in text and "| dpmpp-2m " in text and "| heun " in text
+    assert re.search(r"- NFE 4: the best multistep solver, \S+ \(", text)
+    assert len(list(out.glob("toy2d-*.png"))) == 2
+    rows = pd.DataFrame(
+        {
+            "solver": ["euler", "ab2", "ab2", "unipc-bh1"],
+            "overhead_time_s": [0.01, 0.02, 0.04, 0.2],
+            "model_time_s": [1.0, 1.0, 1.0, 2.0],
+        }
+    )
+    table, worst = study._overhead(rows)
+    assert worst == pytest.approx(0.1)  # unipc-bh1: 0.2 / 2; ab2's median is 3%
+    assert "3.00%" in table and "10.00%" in table

@@ -33,7 +33,7 @@ FIXED_TOL = {
     "unipc-bh2": 2e-3,
 }
 ADAPTIVE_RTOL = 1e-6
-ADAPTIVE_TOL = {"scipy": 2e-4, "torchdiffeq": 1e-3}
+ADAPTIVE_TOL = {"scipy": 2e-4, "torch": 2e-4, "torchdiffeq": 1e-3}
 
 
 def _x0():

@@ -15,6 +15,7 @@ from rfbench.solvers import (  # noqa: F401 - registers
     fixed,
     multistep,
     scipy_ivp,
+    torch_rk45,
     torchdiffeq_adaptive,
 )
 from rfbench.solvers.base import (

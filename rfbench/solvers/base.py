@@ -52,7 +52,7 @@ class SolverSpec:
 
 
 SOLVERS: dict[str, SolverSpec] = {}
-FAMILIES = ("fixed", "multistep", "scipy", "torchdiffeq")
+FAMILIES = ("fixed", "multistep", "scipy", "torch", "torchdiffeq")
 
 
 def register_solver(spec: SolverSpec) -> None:

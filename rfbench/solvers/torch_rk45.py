@@ -1,0 +1,128 @@
+"""``rk45-torch``: scipy's RK45 step control, in torch on the state's device.
+
+Dormand-Prince 5(4) (Dormand & Prince 1980) with scipy's ``RK45`` control, step for step:
+its initial step selection (Hairer, Norsett & Wanner, Vol. I, II.4, as
+``scipy.integrate._ivp.common.select_initial_step`` computes it), its error norm (RMS over
+elements of the error scaled by atol + rtol max(|y|, |y_new|)), its safety factor 0.9
+and step-factor bounds 0.2 and 10, no increase right after a rejection, and its minimum
+step. The state is held in float64 on the device of x0, as scipy holds it on the host,
+and the network is called in x0's dtype; so on the same flattened batch it takes scipy's
+steps (the same nfev) and ends where scipy ends, to round-off, without copying the state
+to the host at every call. What is left between the two is the round trip, not the
+method.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rfbench.solvers.base import SolveResult, SolverFailed, SolverSpec, Velocity, register_solver
+
+# Dormand-Prince 5(4): nodes, stage matrix, 5th-order weights, and the error weights of
+# the embedded 4th-order solution (the last one for the extra call at the new point).
+C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
+A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+)
+B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
+E = (-71 / 57600, 0.0, 71 / 16695, -71 / 1920, 17253 / 339200, -22 / 525, 1 / 40)
+ERROR_ORDER = 4
+SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
+
+
+def _rms(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x) / math.sqrt(x.numel()))
+
+
+def initial_step(fun, t0, y0, f0, t1, direction, rtol, atol) -> float:
+    """scipy's select_initial_step (one network call), with max_step = inf."""
+    interval = abs(t1 - t0)
+    if interval == 0.0:
+        return 0.0
+    scale = atol + y0.abs() * rtol
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, interval)
+    f1 = fun(t0 + h0 * direction, y0 + h0 * direction * f0)
+    d2 = _rms((f1 - f0) / scale) / h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1 / (ERROR_ORDER + 1))
+    return min(100 * h0, h1, interval)
+
+
+def solve_rk45_torch(
+    velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
+) -> SolveResult:
+    """Integrate with scipy's RK45 control in torch; the batch is one state (batched)."""
+    shape, dtype = x0.shape, x0.dtype
+    calls = 0
+
+    def fun(t: float, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return velocity(y.reshape(shape).to(dtype), float(t)).to(torch.float64).flatten()
+
+    rtol, atol = setting.rtol, setting.atol
+    y = x0.detach().to(torch.float64).flatten()
+    t, direction = float(t0), 1.0 if t1 >= t0 else -1.0
+    if y.numel() == 0 or t == t1:
+        return SolveResult(x0.clone(), solver_nfe=0)
+    f = fun(t, y)
+    h_abs = initial_step(fun, t, y, f, t1, direction, rtol, atol)
+    exponent = -1 / (ERROR_ORDER + 1)
+    while direction * (t - t1) < 0:
+        min_step = 10 * abs(math.nextafter(t, direction * math.inf) - t)
+        h_abs = min(max(h_abs, min_step), math.inf)
+        rejected = False
+        while True:
+            if h_abs < min_step:
+                raise SolverFailed(
+                    "rk45-torch: required step size is less than spacing between numbers"
+                )
+            t_new = t + h_abs * direction
+            if direction * (t_new - t1) > 0:
+                t_new = t1
+            h = t_new - t
+            h_abs = abs(h)
+            ks = [f]
+            for c, a in zip(C[1:], A[1:]):
+                dy = sum(aj * kj for aj, kj in zip(a, ks) if aj) * h
+                ks.append(fun(t + c * h, y + dy))
+            y_new = y + h * sum(bj * kj for bj, kj in zip(B, ks) if bj)
+            f_new = fun(t + h, y_new)
+            ks.append(f_new)
+            scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
+            error = sum(ej * kj for ej, kj in zip(E, ks) if ej) * h
+            norm = _rms(error / scale)
+            if norm < 1:
+                factor = MAX_FACTOR if norm == 0 else min(MAX_FACTOR, SAFETY * norm**exponent)
+                if rejected:
+                    factor = min(1.0, factor)
+                h_abs *= factor
+                break
+            h_abs *= max(MIN_FACTOR, SAFETY * norm**exponent)
+            rejected = True
+        t, y, f = t_new, y_new, f_new
+    return SolveResult(y.reshape(shape).to(dtype), solver_nfe=calls, message=f"nfev={calls}")
+
+
+register_solver(
+    SolverSpec(
+        name="rk45-torch",
+        family="torch",
+        fn=solve_rk45_torch,
+        adaptive=True,
+        description="Dormand-Prince 5(4) with scipy RK45's step control, in torch on the "
+        "device (float64 state)",
+        order=5,
+    )
+)
