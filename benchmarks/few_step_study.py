@@ -14,9 +14,9 @@ Fashion-MNIST (the quick model, classifier FID), it makes:
 
     rfbench run --dataset fashion-mnist --solvers euler,ab2,ab3,ab4,dpmpp-2m,dpmpp-3m,\\
         unipc-bh1,unipc-bh2 --steps 1,2,3,4,5,6,8,10 --grids uniform,edm,sd3 --seeds 0,1 \\
-        --out results/few-step-fashion/multistep
+        --num-samples 500 --out results/few-step-fashion/multistep
     rfbench run --dataset fashion-mnist --solvers heun --steps 1,2,3,4,5 \\
-        --grids uniform,edm,sd3 --seeds 0,1 --out results/few-step-fashion/heun
+        --grids uniform,edm,sd3 --seeds 0,1 --num-samples 500 --out results/few-step-fashion/heun
     python benchmarks/few_step_study.py --work runs/few-step --out results/few-step \\
         --fashion results/few-step-fashion/multistep,results/few-step-fashion/heun
 """

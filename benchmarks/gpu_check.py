@@ -74,6 +74,9 @@ from rfbench.runtime import Acceleration, accelerate, compile_or_fall_back, devi
 from rfbench.sample import generate, synchronizer, warm_up
 from rfbench.train import TrainedModel, load_model, train_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from targets import target  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (1, 28, 28)  # the quick model's images (Fashion-MNIST) where step 3 gave none
 AGREE_RTOL = 1e-6  # torchrun against one process: the quality metric's relative tolerance
@@ -90,7 +93,9 @@ SOLVER_SETTINGS = (  # one solver of each family, at a setting of similar accura
     ("rk4", "fixed-step", {"steps": 4}),
     ("dopri5", "torchdiffeq", {"rtol": 1e-3, "atol": 1e-3}),
     ("rk45", "scipy (numpy round trip every call)", {"rtol": 1e-3, "atol": 1e-3}),
+    ("rk45-torch", "torch (scipy's RK45 control, on the device)", {"rtol": 1e-3, "atol": 1e-3}),
 )
+MIN_TORCH_RK45_SPEEDUP = 10.0  # GPU target: rk45-torch >= 10x faster than scipy at equal nfev
 OPTIONS = (
     ("fp32", Acceleration()),
     ("bf16", Acceleration(precision="bf16")),
@@ -485,6 +490,21 @@ def step_sampling(ck: Check) -> list[str]:
         else " Adaptive NFE on a random network is not that of a trained one (whose field is "
         "much smoother): read the adaptive rows for their overhead, not their NFE."
     )
+    nfes = {r["solver"]: r["NFE per batch"] for r in rows}
+    speedup = walls["rk45"] / walls["rk45-torch"]
+    same = nfes["rk45"] == nfes["rk45-torch"]
+    twin = (finals["rk45"] - finals["rk45-torch"]).abs().max().item()
+    verdict = (
+        target(
+            "rk45 / rk45-torch wall time at equal nfev",
+            speedup if same else 0.0,
+            ">=",
+            MIN_TORCH_RK45_SPEEDUP,
+        )
+        if device.type == "cuda"
+        else f"rk45 / rk45-torch wall time: {speedup:.2f} (the >= {MIN_TORCH_RK45_SPEEDUP:g}x "
+        "target is for a GPU, where the host round trip crosses PCIe)"
+    )
     return [
         f"Model: {which}, samples of shape {list(shape)}; one batch of {b}; wall time is the "
         f"median of {ck.sizes.sample_repeats} timed solves after a warm-up.{caveat}",
@@ -494,6 +514,12 @@ def step_sampling(ck: Check) -> list[str]:
         f"The scipy round-trip cost versus dopri5 (the same Dormand-Prince 5(4) pair, torch-"
         f"native): wall-time ratio rk45 / dopri5 = {walls['rk45'] / walls['dopri5']:.2f}; the "
         f"largest |difference| of their final samples = {diff:.3g}.",
+        "",
+        f"scipy's rk45 against rk45-torch (the same steps, state on the device): nfev "
+        f"{nfes['rk45']} and {nfes['rk45-torch']} ({'equal' if same else 'NOT equal'}), "
+        f"largest |difference| of the final samples {twin:.3g}.",
+        "",
+        verdict,
     ]
 
 
