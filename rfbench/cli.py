@@ -456,10 +456,11 @@ def _add_eval(sub, names: _Names) -> None:
     _reference_stats_arg(e)
     e.add_argument(
         "--metrics",
-        type=_list_of(str, "metric", ("fid", "kid", "prc")),
+        type=_list_of(str, "metric", ("fid", "kid", "prc", "isc")),
         default=("fid", "kid"),
         metavar="M1,M2",
-        help="fid, kid, prc (precision/recall); with --reference-stats, fid only",
+        help="fid, kid, prc (precision/recall), isc (the classifier's logits; Inception's "
+        "TorchScript port has none); with --reference-stats, fid only",
     )
     _extractor_args(e, "features")
     e.add_argument(
@@ -481,6 +482,7 @@ def _add_stats(sub, names: _Names) -> None:
     st.add_argument("dataset", choices=names.datasets, metavar="DATASET", help="the dataset")
     st.add_argument("--split", choices=("train", "test"), default="train", help="its split")
     st.add_argument("--out", required=True, metavar="FILE.npz", help="the statistics file")
+    st.add_argument("--force", action="store_true", help="replace --out if it exists")
     _extractor_args(st, "features")
     _common_data_args(st)
     st.set_defaults(handler=_cmd_stats)
@@ -1037,6 +1039,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         args.data_root,
         args.image_size,
         resolve_device(args.device),
+        force=args.force,
     )
     meta = stats.meta
     logging.getLogger("rfbench").info(

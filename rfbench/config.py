@@ -307,6 +307,11 @@ class RunConfig:
         ):
             if value is not None:
                 _check_count(value, what)
+        if self.reference_stats is not None:
+            if self.reference != DEFAULT_REFERENCE:
+                raise UserError("--reference chooses a split; --reference-stats replaces it")
+            if "fid" not in self.metrics:
+                raise UserError("--reference-stats gives FID only: add fid to --metrics")
         if self.grid_times is not None:
             if not isinstance(self.grid_times, tuple) or not self.grid_times:
                 raise UserError(f"--grid-times must be a list of times, got {self.grid_times!r}")

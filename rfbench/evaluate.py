@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from rfbench import data as datamod
 from rfbench.atomic import atomic_write_text
 from rfbench.errors import UserError
+from rfbench.metrics.quality import warn_rank_deficient
 from rfbench.results import ALL_SAMPLES, STATUS_OK, RunDir, cell_id, read_run
 from rfbench.samples_io import SampleSource, open_samples
 
@@ -65,15 +66,24 @@ def find_jobs(paths: list[str]) -> list[Job]:
     ``.npz`` or an image folder one. Everything is opened (and checked) here, before any
     scoring."""
     jobs: list[Job] = []
+    seen: set[Path] = set()
     for given in paths:
         path = Path(given)
+        if path.resolve() in seen:
+            raise UserError(f"{given} is given twice")
+        seen.add(path.resolve())
         if path.is_dir() and (path / "results.csv").is_file():
             jobs += _run_jobs(path)
         else:
             source = open_samples(path)
             name = path.name.removesuffix(".npz")
-            columns = {"model_id": f"samples:{name}", "solver": EXTERNAL, "family": EXTERNAL}
-            jobs.append(Job(source, columns))
+            # the content's hash tells apart files of one name (a/s.npz, b/s.npz)
+            model_id = f"samples:{name}-{source.content_sha256()[:8]}"
+            columns = {"model_id": model_id, "solver": EXTERNAL, "family": EXTERNAL}
+            jobs.append(Job(source, {**columns, "samples": str(path)}))
+    ids = [job.columns.get("model_id") for job in jobs if job.columns.get("solver") == EXTERNAL]
+    if len(set(ids)) < len(ids):
+        raise UserError("two of the sample sets given hold the same images")
     return jobs
 
 
@@ -84,16 +94,28 @@ def _run_jobs(path: Path) -> list[Job]:
             f"{path} is a run directory without saved samples; run it with --save-samples"
         )
     frame = read_run(path)
-    jobs = []
+    jobs, missing = [], []
     for row in frame[frame["status"] == STATUS_OK].to_dict("records"):
         name = cell_id(row)
         found = [p for p in (folder / f"{name}.npz", folder / name) if p.exists()]
         if not found:
+            missing.append(name)
             continue
+        source = open_samples(found[0])
+        if source.n != row["n_samples"]:
+            raise UserError(
+                f"{found[0]} holds {source.n} images, but its cell made {row['n_samples']}: "
+                "the saved samples are not the cell's"
+            )
         kept = {k: v for k, v in row.items() if k not in QUALITY_COLUMNS and k != "run"}
-        jobs.append(Job(open_samples(found[0]), kept))
+        jobs.append(Job(source, {**kept, "samples": str(found[0])}))
+    if missing:
+        raise UserError(
+            f"{folder} lacks the saved samples of {len(missing)} successful cell(s), e.g. "
+            f"{missing[0]}: every cell of the run is scored, or none"
+        )
     if not jobs:
-        raise UserError(f"{folder} holds no saved samples of the run's successful cells")
+        raise UserError(f"{path} has no successful cells to score")
     return jobs
 
 
@@ -109,7 +131,7 @@ def evaluate(
 ) -> Path:
     """Score every sample set of ``paths`` against ``reference``; the rows go to the run
     directory ``out`` (results.csv, table.md) as each set is scored."""
-    from rfbench.metrics.fidelity import FidelityMetrics
+    from rfbench.metrics.fidelity import PRC_NEIGHBOURS, FidelityMetrics
     from rfbench.metrics.quality import load_reference_stats, ready_extractor, resolve_extractor
     from rfbench.metrics.refstats import STATS_ONLY_METRICS, check_compatible
     from rfbench.report import frame_to_markdown
@@ -118,6 +140,11 @@ def evaluate(
     for job in jobs:
         if job.source.n < 2:
             raise UserError(f"{job.source.path} holds {job.source.n} image: FID needs at least 2")
+        if "prc" in metrics and job.source.n <= PRC_NEIGHBOURS:
+            raise UserError(
+                f"{job.source.path} holds {job.source.n} images: precision and recall need more "
+                f"than {PRC_NEIGHBOURS} (their k-th neighbour)"
+            )
     train = test = None
     if reference.dataset is not None:
         spec = datamod.get_dataset(reference.dataset)
@@ -141,6 +168,8 @@ def evaluate(
             reference.stats_path, reference.dataset or "image-folder", extractor, metrics
         )
         metrics = tuple(m for m in metrics if m in STATS_ONLY_METRICS)
+        if not metrics:
+            raise UserError("--reference-stats gives FID only: add fid to --metrics")
     if extractor is None:  # the classifier sees the dataset's own image shape only
         for job in jobs:
             if job.source.shape != tuple(train.sample_shape):
@@ -154,7 +183,7 @@ def evaluate(
         "command": "eval",
         "samples": [str(p) for p in paths],
         "dataset": reference.dataset,
-        "split": reference.split,
+        "split": None if reference.stats_path else reference.split,
         "reference_stats": reference.stats_path,
         "metrics": list(metrics),
         "feature_extractor": feature_extractor,
@@ -164,6 +193,7 @@ def evaluate(
     finished = False
     try:
         extractor, dim = ready_extractor(extractor, train, test, device, progress)
+        warn_rank_deficient(min(job.source.n for job in jobs), dim)
         if stats is not None:
             check_compatible(stats, extractor.label, dim, "--reference-stats")
             fm = FidelityMetrics(None, extractor, metrics, device=device, stats=stats)
@@ -181,7 +211,9 @@ def evaluate(
         atomic_write_text(run_dir.path / "table.md", frame_to_markdown(frame))
         finished = True
     finally:
-        if not finished:
+        if not finished and getattr(run_dir, "fresh", False):  # all or nothing: a set that
+            for name in ("results.csv", "results.parquet", "table.md"):  # fails undoes the rest
+                (run_dir.path / name).unlink(missing_ok=True)
             run_dir.discard()
         run_dir.close()
     return run_dir.path
@@ -199,16 +231,22 @@ def _score(job: Job, fm, extractor_label, ref_label, dataset, device, progress) 
         leave=False,
         disable=None if progress is None else not progress,
     )
-    for images in bar:
-        stream.add_uint8(images)
+    try:
+        for images in bar:
+            stream.add_uint8(images)
+        values = stream.result()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a metric that cannot be computed on these images
+        raise UserError(f"{source.path}: the metrics failed: {type(e).__name__}: {e}") from None
     row = {
         "dataset": dataset,
-        "n_samples": source.n,
         "device": str(device),
         **job.columns,
+        "n_samples": source.n,  # what was scored (a run's row says the same: checked)
         "feature_extractor": extractor_label,
         "reference": ref_label,
-        **stream.result(),
+        **values,
         "status": STATUS_OK,
     }
     return row
@@ -230,9 +268,11 @@ def write_reference_stats(
     image_size: int | None,
     device: torch.device,
     progress: bool | None = None,
+    force: bool = False,
 ):
     """Compute (or read from the feature cache) a split's features and write its FID
-    statistics to ``out``; returns the ``ReferenceStats`` read back from the file."""
+    statistics to ``out`` (an existing file only with ``force``); returns the
+    ``ReferenceStats`` read back from the file."""
     from rfbench.atomic import ensure_writable_dir
     from rfbench.metrics.fidelity import FidelityMetrics
     from rfbench.metrics.quality import ready_extractor, resolve_extractor
@@ -243,6 +283,8 @@ def write_reference_stats(
     path = Path(out)
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file name such as stats.npz")
+    if path.exists() and not force:
+        raise UserError(f"--out {path} exists; pass --force to replace it, or choose another")
     ensure_writable_dir(path.parent, "--out")
     load = lambda s: datamod.load_split(dataset, s, data_root, image_size=image_size)  # noqa: E731
     train, test = load("train"), load("test")

@@ -340,7 +340,7 @@ class RunDir:
         self.close()
         for name in ("config.json", "env.json", "run.log", ".lock"):
             (self.path / name).unlink(missing_ok=True)
-        for kind in ("samples", "trajectories"):
+        for kind in ("samples", "trajectories", ALL_SAMPLES):
             folder = self.path / kind
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()

@@ -151,6 +151,17 @@ class SampleSource:
     shape: tuple[int, int, int]
     files: tuple[Path, ...] = ()  # a folder's images, in name order
 
+    def content_sha256(self) -> str:
+        """sha256 of the images' bytes as stored (the file, or each file in name order)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in (self.path,) if self.kind == "npz" else self.files:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
     def batches(self, size: int) -> Iterator[torch.Tensor]:
         """uint8 [B, C, H, W] batches of at most ``size`` images, in order."""
         if self.kind == "npz":
@@ -226,17 +237,53 @@ def _open_folder(path: Path) -> SampleSource:
         raise UserError(
             f"{path} holds no images ({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})"
         )
-    first = _read_image(files[0], None)
-    return SampleSource(path, "folder", len(files), tuple(first.shape), files)
+    shapes = {p: _header_shape(p) for p in files}  # every header read before any scoring
+    first = shapes[files[0]]
+    odd = next((p for p, s in shapes.items() if s != first), None)
+    if odd is not None:
+        raise UserError(
+            f"{odd} is {list(shapes[odd])} (C, H, W), unlike the folder's first image "
+            f"{list(first)}: all images must share one size and mode"
+        )
+    return SampleSource(path, "folder", len(files), first, files)
 
 
-def _read_image(path: Path, shape: tuple[int, ...] | None) -> torch.Tensor:
-    """One image as uint8 [C, H, W]: grey (C = 1) or RGB (C = 3; other modes converted)."""
+GREY_MODES = ("L", "1", "LA")  # one channel (LA: its alpha dropped)
+COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")  # three channels (alpha dropped)
+
+
+def _header_shape(path: Path) -> tuple[int, int, int]:
+    """An image's (C, H, W) from its header, without decoding it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L") if img.mode in ("L", "1") else img.convert("RGB")
+            mode, (w, h) = img.mode, img.size
+            if mode == "P":  # a palette of greys is a grey image
+                mode = "L" if _grey_palette(img) else "RGB"
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    if mode not in GREY_MODES + COLOUR_MODES:
+        raise UserError(
+            f"{path} is a {mode} image: rfbench eval takes 8-bit images (grey or colour); "
+            "convert 16-bit or float images to 8 bits first"
+        )
+    return (1 if mode in GREY_MODES else 3, h, w)
+
+
+def _grey_palette(img) -> bool:
+    palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    return bool(len(palette)) and bool((palette == palette[:, :1]).all())
+
+
+def _read_image(path: Path, shape: tuple[int, ...] | None) -> torch.Tensor:
+    """One 8-bit image as uint8 [C, H, W]: grey (C = 1) or colour (C = 3), alpha dropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels = _header_shape(path)[0]
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None

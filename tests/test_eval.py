@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rfbench.cli import main
+from rfbench.errors import UserError
 from rfbench.metrics.refstats import read_stats, statistics_of, write_stats
 from rfbench.results import ALL_SAMPLES, cell_id
 from rfbench.samples_io import NpzWriter, open_samples, sample_writer
@@ -118,7 +119,8 @@ def test_external_npz_and_folder_rows_sit_in_the_same_table(
     )
     assert code == 0, err
     rows = pd.read_csv(out / "results.csv")
-    assert rows["model_id"].tolist() == ["samples:gen", "samples:imgs"]
+    assert rows["model_id"].str.match(r"samples:(gen|imgs)-[0-9a-f]{8}$").all()
+    assert rows["samples"].tolist() == [str(npz), str(folder)]
     assert (rows["solver"] == "external").all() and (rows["n_samples"] == 120).all()
     np.testing.assert_allclose(rows["fid"], row["fid"], rtol=1e-6)  # PNG loses nothing
     code, table, err = _run(["report", str(out), str(saved_run)], capsys)
@@ -198,7 +200,7 @@ def test_stats_file_gives_the_fid_of_the_split_it_describes(
     a, b = pd.read_csv(by_split / "results.csv"), pd.read_csv(by_stats / "results.csv")
     np.testing.assert_allclose(b["fid"], a["fid"], rtol=1e-6)  # float64 against float32
     assert "kid_mean" not in b or b["kid_mean"].isna().all()  # statistics give FID only
-    assert (b["reference"] == f"stats-{s.sha256[:16]}").all()
+    assert (b["reference"] == f"stats-{s.sha256}").all()  # the file's whole sha256
     assert (a["reference"].str.startswith("mnist-test-")).all()
     # the run itself takes the statistics too: the same FID as eval's against them
     out = tmp_path / "run"
@@ -207,7 +209,7 @@ def test_stats_file_gives_the_fid_of_the_split_it_describes(
     assert code == 0, err
     assert "kid left out" in err
     row = pd.read_csv(out / "results.csv").iloc[0]
-    assert row["reference"] == f"stats-{s.sha256[:16]}"
+    assert row["reference"] == f"stats-{s.sha256}"
     first = b[b["steps"] == 1].iloc[0]
     assert row["fid"] == pytest.approx(first["fid"], rel=1e-6)
 
@@ -318,3 +320,137 @@ def test_a_run_without_saved_samples_is_named(mnist_root, tmp_path, capsys):
     assert _run(_mnist_run(mnist_root, out, "--steps", "1"), capsys)[0] == 0
     code, _, err = _eval(capsys, out, "--dataset", "mnist", "--data-root", mnist_root)
     assert code == 2 and "--save-samples" in err
+
+
+def test_eval_rows_say_what_was_scored(saved_run, mnist_root, tmp_path, capsys):
+    """A run's saved cell with fewer images than its row, or a cell without saved samples,
+    is refused; so is the same file twice, while two files of one name stay apart."""
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_run, broken)
+    cells = sorted((broken / ALL_SAMPLES).glob("*.npz"))
+    arr = np.load(cells[0])["arr_0"]
+    np.savez(cells[0], arr_0=arr[:100])
+    root = ["--dataset", "mnist", "--data-root", mnist_root]
+    code, _, err = _eval(capsys, broken, *root, "--out", tmp_path / "e1")
+    assert code == 2 and "holds 100 images, but its cell made 120" in err
+    cells[0].unlink()
+    code, _, err = _eval(capsys, broken, *root, "--out", tmp_path / "e2")
+    assert code == 2 and "lacks the saved samples of 1 successful cell(s)" in err
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(cells[1], tmp_path / "a" / "s.npz")
+    np.savez(tmp_path / "b" / "s.npz", arr_0=arr[:50])
+    code, _, err = _eval(capsys, tmp_path / "a/s.npz", tmp_path / "a/s.npz", *root)
+    assert code == 2 and "given twice" in err
+    out = tmp_path / "e3"
+    code, _, err = _eval(capsys, tmp_path / "a/s.npz", tmp_path / "b/s.npz", *root, "--out", out)
+    assert code == 0, err
+    rows = pd.read_csv(out / "results.csv")
+    assert rows["model_id"].nunique() == 2 and list(rows["n_samples"]) == [120, 50]
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
+
+
+def test_image_modes(tmp_path):
+    """8-bit grey, grey with alpha and grey palettes read as one channel; colour with alpha
+    as three; 16-bit images are refused rather than clipped."""
+    from PIL import Image
+
+    grey = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    Image.fromarray(grey).save(folder / "0.png")
+    Image.fromarray(grey).convert("LA").save(folder / "1.png")
+    Image.fromarray(grey).convert("P").save(folder / "2.png")  # PIL's grey palette
+    source = open_samples(folder)
+    assert source.shape == (1, 28, 28)
+    images = torch.cat(list(source.batches(8)))
+    for img in images:
+        np.testing.assert_array_equal(img[0].numpy(), grey)
+    rgba = tmp_path / "rgba"
+    rgba.mkdir()
+    Image.fromarray(np.stack([grey] * 3 + [grey], -1), "RGBA").save(rgba / "0.png")
+    assert open_samples(rgba).shape == (3, 28, 28)
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray(grey.astype(np.uint16) * 256).save(deep / "0.png")
+    with pytest.raises(UserError, match="convert 16-bit or float images"):
+        open_samples(deep)
+
+
+def test_a_failing_set_leaves_no_half_written_output(saved_run, mnist_root, tmp_path, capsys):
+    """Every header is read before scoring; a later image that cannot be decoded undoes
+    the rows already written."""
+    row = pd.read_csv(saved_run / "results.csv").iloc[0].to_dict()
+    good = tmp_path / "good.npz"
+    shutil.copy(saved_run / ALL_SAMPLES / f"{cell_id(row)}.npz", good)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    from PIL import Image
+
+    for i in range(6):
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(bad / f"{i}.png")
+    data = (bad / "5.png").read_bytes()
+    (bad / "5.png").write_bytes(data[:41])  # its header, then nothing
+    out = tmp_path / "out"
+    code, _, err = _eval(
+        capsys, good, bad, "--dataset", "mnist", "--data-root", mnist_root, "--out", out
+    )
+    assert code == 2 and err.strip().splitlines()[-1].startswith("rfbench: error: cannot read"), err
+    assert not out.exists()
+
+
+def test_stats_refuses_to_overwrite_and_statistics_need_fid(
+    saved_run, mnist_root, tmp_path, capsys
+):
+    root = ["--data-root", str(mnist_root)]
+    precious = tmp_path / "precious.npz"
+    np.savez(precious, arr_0=np.zeros(3))
+    code, _, err = _run(["stats", "mnist", "--out", str(precious), *root], capsys)
+    assert code == 2 and "pass --force" in err
+    assert "arr_0" in np.load(precious).files  # untouched
+    assert _run(["stats", "mnist", "--out", str(precious), "--force", *root], capsys)[0] == 0
+    assert "mu" in np.load(precious).files
+    code, _, err = _eval(
+        capsys,
+        saved_run,
+        "--dataset",
+        "mnist",
+        *root,
+        "--reference-stats",
+        precious,
+        "--metrics",
+        "kid",
+    )
+    assert code == 2 and "add fid to --metrics" in err
+    run = _mnist_run(mnist_root, tmp_path / "r", "--reference-stats", str(precious))
+    code, _, err = _run([*run, "--metrics", "kid"], capsys)
+    assert code == 2 and "add fid to --metrics" in err
+    code, _, err = _run([*run, "--reference", "test"], capsys)
+    assert code == 2 and "--reference-stats replaces it" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_precision_recall_needs_more_than_its_neighbours(mnist_root, tmp_path, capsys):
+    np.savez(tmp_path / "three.npz", arr_0=np.zeros((3, 28, 28, 1), np.uint8))
+    code, _, err = _eval(
+        capsys,
+        tmp_path / "three.npz",
+        "--dataset",
+        "mnist",
+        "--data-root",
+        mnist_root,
+        "--metrics",
+        "prc",
+    )
+    assert code == 2 and "need more than 3" in err and "Traceback" not in err
+
+
+def test_a_covariance_that_is_not_one_is_refused(tmp_path):
+    np.savez(tmp_path / "neg.npz", mu=np.zeros(4), sigma=-np.eye(4))
+    with pytest.raises(UserError, match="negative eigenvalue"):
+        read_stats(tmp_path / "neg.npz")
+    asym = np.eye(4)
+    asym[0, 1] = 0.5
+    np.savez(tmp_path / "asym.npz", mu=np.zeros(4), sigma=asym)
+    with pytest.raises(UserError, match="not symmetric"):
+        read_stats(tmp_path / "asym.npz")

@@ -42,6 +42,7 @@ if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
 FIDELITY_METRICS = ("fid", "kid", "prc", "isc")
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default; lowered to n for smaller sample sets
 PRC_SUBSET_SEED = 0
+PRC_NEIGHBOURS = 3  # torch-fidelity's prc_neighborhood: precision/recall need n > this
 FEATURES_FORMAT = "rfbench-features-v1"
 
 

@@ -114,10 +114,10 @@ def build_quality(
         metrics = tuple(m for m in metrics if m in STATS_ONLY_METRICS)
         metric = FidelityMetrics(None, extractor, metrics, device=device, stats=stats)
         columns = {"feature_extractor": extractor.label, "reference": stats.label}
-        _warn_rank(n, feature_dim)
+        warn_rank_deficient(n, feature_dim)
         return Quality(metric, columns)
     ref = train_split if reference == "train" else test_split
-    _warn_rank(n, feature_dim)
+    warn_rank_deficient(n, feature_dim)
     return Quality(
         FidelityMetrics(ref, extractor, metrics, device=device),
         {
@@ -162,6 +162,12 @@ def load_reference_stats(path: str, dataset: str, extractor, metrics: tuple[str,
                 else ""
             )
         )
+    recorded = stats.meta.get("feature_extractor")
+    if extractor is not None and recorded is not None and recorded != extractor.label:
+        raise UserError(
+            f"--reference-stats {path} was computed with {recorded}, not {extractor.label}: "
+            "their FIDs do not compare"
+        )
     left_out = [m for m in metrics if m in ("kid", "prc", "isc")]
     if left_out:
         log.warning(
@@ -179,7 +185,7 @@ def load_reference_stats(path: str, dataset: str, extractor, metrics: tuple[str,
     return stats
 
 
-def _warn_rank(n: int, feature_dim: int) -> None:
+def warn_rank_deficient(n: int, feature_dim: int) -> None:
     if n < feature_dim:
         log.warning(
             "%d samples < %d feature dimensions: the sample covariance is rank-deficient and "

@@ -1,12 +1,13 @@
 """Reference statistics: the mean and covariance of a reference set's features, in a file.
 
 Papers publish FID references as ``.npz`` files of ``mu`` [d] and ``sigma`` [d, d]:
-pytorch-fid's ``--save-stats`` (which torch-fidelity's statistics also follow), clean-fid's
-``np.savez_compressed(mu=, sigma=)`` and ADM's reference batches, which add ``mu_s`` and
-``sigma_s`` (spatial features) and often the images themselves (``arr_0``). All of them
-are read here without unpickling anything. ``rfbench stats`` writes the same two keys and
-says, in further keys, what they were computed from: the extractor, the dataset, its split,
-n and the data's sha256.
+pytorch-fid's ``--save-stats``, clean-fid's ``np.savez_compressed(mu=, sigma=)`` and ADM's
+reference batches, which add ``mu_s`` and ``sigma_s`` (spatial features) and often the
+images themselves (``arr_0``). All of them are read here without unpickling anything.
+(torch-fidelity computes the same mu and sigma but caches them as pickled torch
+files, which are not read.) ``rfbench stats`` writes the same two keys and says, in
+further keys, what they were computed from: the extractor, the dataset, its split, n and
+the data's sha256.
 
 Statistics hold no features, so against them only FID can be computed: KID and
 precision/recall need the reference's feature rows.
@@ -45,7 +46,7 @@ class ReferenceStats:
     @property
     def label(self) -> str:
         """The ``reference`` column of rows computed against these statistics."""
-        return f"stats-{self.sha256[:16]}"
+        return f"stats-{self.sha256}"
 
     def as_fidelity(self) -> dict:
         """What torch-fidelity's ``fid_statistics_to_metric`` takes."""
@@ -105,7 +106,19 @@ def read_stats(path: str | Path) -> ReferenceStats:
     mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise UserError(f"--reference-stats {path}: mu or sigma holds NaN or Inf")
+    _check_covariance(sigma, path)
     return ReferenceStats(mu, sigma, digest.hexdigest(), layout, meta)
+
+
+def _check_covariance(sigma: np.ndarray, path) -> None:
+    """A covariance is symmetric and positive semi-definite (to round-off)."""
+    big = max(float(np.abs(sigma).max()), 1e-300)
+    if np.abs(sigma - sigma.T).max() > 1e-6 * big:
+        raise UserError(f"--reference-stats {path}: sigma is not symmetric, so not a covariance")
+    if np.linalg.eigvalsh(sigma).min() < -1e-6 * big:
+        raise UserError(
+            f"--reference-stats {path}: sigma has a negative eigenvalue, so not a covariance"
+        )
 
 
 def check_compatible(stats: ReferenceStats, extractor_label: str, dim: int, where: str) -> None:
