@@ -38,14 +38,12 @@ import numpy as np
 import pandas as pd
 
 from rfbench.errors import UserError
-from rfbench.results import STATUS_OK, read_runs
+from rfbench.results import LATER_KEY_COLUMNS, STATUS_OK, read_runs
 from rfbench.solvers import KEY_COLUMNS, Setting
 
 MATCH = ("dataset", "model_id", *KEY_COLUMNS, "seed")
-# Key columns that a results file may lack: they came with the multistep solvers' custom
-# grids and solve intervals, and a row without them has the Setting's default (no custom
-# times, the interval 0 to 1), as every file written before them does.
-DEFAULTED = ("grid_times", "t_start", "t_end")
+# Key columns that a results file may lack (written before they existed): the defaults.
+DEFAULTED = LATER_KEY_COLUMNS
 # metric option name -> results column; lower is better for every one of them.
 GATED = {"fid": "fid", "kid": "kid_mean", "swd": "swd", "nfe": "nfe", "time": "wall_time_s"}
 EXACT = frozenset({"nfe"})  # deterministic: judged seed by seed, with no noise allowance

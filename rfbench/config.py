@@ -354,7 +354,13 @@ class RunConfig:
                 f"--config {path} holds options this rfbench lacks: {', '.join(unknown)}"
             )
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names}
-        values.update({"out": None, "resume": False, **(overrides or {})})
+        overrides = overrides or {}
+        values.update({"out": None, "resume": False, **overrides})
+        # --steps and --grid-times each replace the other (both set the fixed-step cells)
+        if "grid_times" in overrides and "steps" not in overrides:
+            values["steps"] = None
+        if "steps" in overrides and "grid_times" not in overrides:
+            values["grid_times"] = None
         try:
             return cls(**values)
         except TypeError as e:

@@ -201,6 +201,9 @@ def read_results_csv(path: str | os.PathLike) -> pd.DataFrame:
 
 # The columns that identify a cell; a resumed run skips rows whose key is done.
 CELL_KEY: tuple[str, ...] = ("model_id", *KEY_COLUMNS, "seed")
+# Key columns that came after results files existed: a file without them holds the
+# Setting's defaults (no custom times, the interval 0 to 1), which reading fills in.
+LATER_KEY_COLUMNS: tuple[str, ...] = ("grid_times", "t_start", "t_end")
 
 # Config keys that may differ between a run and its resumption.
 _RESUMABLE = frozenset({"resume", "out", "keep_failed", "measurement_version"})
@@ -293,7 +296,10 @@ class RunDir:
                         f"(measurement version {version}, this one {MEASUREMENT_VERSION}), "
                         "whose rows mean other things; start a new --out"
                     )
-                mismatch = sorted(k for k in new if k not in _RESUMABLE and old.get(k) != new[k])
+                defaults = _config_defaults()  # keys an older config.json lacks: their default
+                mismatch = sorted(
+                    k for k in new if k not in _RESUMABLE and old.get(k, defaults.get(k)) != new[k]
+                )
                 if mismatch:
                     raise UserError(
                         f"cannot resume {self.path}: its config differs in {', '.join(mismatch)}"
@@ -377,7 +383,7 @@ class RunDir:
         if not self.results_csv.exists():
             return []
         frame = read_results_csv(self.results_csv)
-        missing = [c for c in CELL_KEY if c not in frame.columns]
+        missing = [c for c in CELL_KEY if c not in frame.columns and c not in LATER_KEY_COLUMNS]
         if missing:
             raise UserError(
                 f"{self.results_csv} is not an rfbench results file (no {', '.join(missing)}); "
@@ -408,6 +414,19 @@ class RunDir:
         path = self.path / kind / f"{cell_id(row)}.npz"
         path.parent.mkdir(exist_ok=True)
         return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _config_defaults() -> dict:
+    """Every RunConfig field's default, as config.json holds it (lists for tuples)."""
+    import dataclasses
+
+    from rfbench.config import RunConfig
+
+    return {
+        f.name: json.loads(json.dumps(f.default))
+        for f in dataclasses.fields(RunConfig)
+        if f.default is not dataclasses.MISSING
+    }
 
 
 def _read_json(path: Path, what: str):

@@ -117,6 +117,7 @@ def path_statistics(
     x0: torch.Tensor,
     x1: torch.Tensor,
     t_span: tuple[float, float] = (0.0, 1.0),
+    path: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PathStats:
     """Straightness and curvature of each sample's solved path X_t, t in t_span, from
     ``CountingVelocity.recorded()``.
@@ -128,8 +129,16 @@ def path_statistics(
     the calls sorted by t, clipped to ``t_span`` (an estimate for adaptive solvers, whose
     rejected-step and overshooting calls lie near the path). Both are integrals over
     absolute time: a backward solve (t from 1 to 0) has negative steps, and its weights
-    count by their size.
+    count by their size. A multistep solver's ``path`` (the integral of the squared
+    velocity and the length of its discrete path, from its steps' displacements) is used
+    as it is: its update is no quadrature of its calls.
     """
+    d = (x1 - x0).detach().flatten(1).double().cpu()
+    chord = d.norm(dim=1)
+    if path is not None:
+        sq_integral, length = path
+        curvature = torch.where(chord > 0, length / chord - 1, torch.nan)
+        return PathStats(sq_integral - d.pow(2).mean(1), curvature)
     ts, sq, norm = recorded  # [calls], [calls, B], [calls, B]
 
     def integral(q: torch.Tensor) -> torch.Tensor:
@@ -137,8 +146,6 @@ def path_statistics(
             return (torch.tensor(weights, dtype=q.dtype).abs()[:, None] * q).sum(0)
         return _trapezoid_on(ts, q, min(t_span), max(t_span))
 
-    d = (x1 - x0).detach().flatten(1).double().cpu()
-    chord = d.norm(dim=1)
     curvature = torch.where(chord > 0, integral(norm) / chord - 1, torch.nan)
     return PathStats(integral(sq) - d.pow(2).mean(1), curvature)
 
@@ -345,7 +352,9 @@ def integrate(
             run.solve_ranges.append((lo, hi))
             x_end[lo - start : hi - start] = result.x.detach().float().cpu()
             if measuring.record:
-                stats = path_statistics(counter.recorded(), result.weights, x0, result.x, (t0, t1))
+                stats = path_statistics(
+                    counter.recorded(), result.weights, x0, result.x, (t0, t1), result.path
+                )
                 run.straightness[lo:hi], run.curvature[lo:hi] = stats.straightness, stats.curvature
         if start < kept:
             run.x[start : min(stop, kept)] = x_end[: kept - start]

@@ -317,3 +317,107 @@ def test_bad_schedule_options_are_one_line(extra, needle, tmp_path, capsys):
     assert code == 2
     assert needle in err.strip().splitlines()[-1] and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+# Section: what the first review found.
+
+
+@pytest.mark.parametrize("name", MULTISTEP)
+def test_path_statistics_are_those_of_the_discrete_path(name):
+    """A straight path has straightness 0 and curvature 0; any path has both >= 0 (they
+    come from the steps' displacements, not from call weights, which for AB4 are
+    negative and for the exponential integrators no quadrature at all)."""
+    from rfbench.sample import path_statistics
+
+    c = torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
+    for velocity, straight in ((lambda x, t: c.expand_as(x), True), (_v, False)):
+        counter = CountingVelocity(velocity, record=True)
+        x0 = _z()
+        for steps in (3, 4, 8):
+            res = solve(name, counter, x0, steps=steps)
+            stats = path_statistics(counter.recorded(), res.weights, x0, res.x, (0, 1), res.path)
+            s, k = stats.straightness.item(), stats.curvature.item()
+            if straight:
+                assert abs(s) < 1e-12 and abs(k) < 1e-12, (steps, s, k)
+            else:
+                assert s >= 0 and k >= 0, (steps, s, k)
+
+
+@pytest.mark.parametrize("name", ["dpmpp-2m", "dpmpp-3m", "unipc-bh1", "unipc-bh2"])
+def test_an_end_just_below_one_is_as_good_as_one(name):
+    """A last step long in lambda (to 1 - 1e-6 from 0.875) is first order, as one into
+    t = 1 is: the error does not jump as t_end approaches 1."""
+    z = _z()
+    at_one = (solve(name, _v, z, steps=8).x - _x(1.0, z)).abs().max().item()
+    for end in (0.999, 1 - 1e-6):
+        err = (solve(name, _v, z, steps=8, t1=end).x - _x(end, z)).abs().max().item()
+        assert err < 1.2 * at_one + 1e-3, (end, err, at_one)
+
+
+@pytest.mark.parametrize("grid", ["edm-rho1e20", "sd3-shift1e20", "sd3-shift1e-20", "edm-rho0.001"])
+def test_degenerate_schedule_parameters_are_refused(grid):
+    with pytest.raises(UserError, match="steps of length 0 or non-finite"):
+        Setting("euler", steps=4, grid=grid)
+
+
+def test_schedule_parameters_are_kept_unrounded():
+    assert canonical_grid("edm-rho7.1234567") == "edm-rho7.1234567"
+    assert Setting("euler", steps=3, grid="sd3-shift2.75").grid == "sd3-shift2.75"
+
+
+def _local_error(order: int, h: float) -> float:
+    """One DPM-Solver++ step of the given order from exact states and data predictions."""
+    from rfbench.solvers.multistep import _dpmpp_step
+
+    z = torch.tensor([1.0], dtype=torch.float64)
+
+    def x_hat(t):
+        x = _x(t, z)
+        return x + (1 - t) * _v(x, t)
+
+    s = 0.4
+    history = [(s - h * (j + 1), x_hat(s - h * (j + 1))) for j in range(order - 1)][::-1]
+    x = _dpmpp_step(_x(s, z), x_hat(s), s, s + h, history)
+    return (x - _x(s + h, z)).abs().item()
+
+
+def test_dpmpp_local_errors():
+    """2M's local error is O(h^3) (falls 8x per halving). 3M, as published and as the
+    reference implementations compute it, weights its second difference D2 by phi_3,
+    half of what a Taylor expansion of the data prediction in lambda gives; its local
+    error is then O(h^3) too, with a smaller constant than 2M's."""
+    for order in (2, 3):
+        errs = [_local_error(order, h) for h in (0.02, 0.01, 0.005)]
+        ratios = [a / b for a, b in zip(errs, errs[1:])]
+        assert all(7.0 < r < 9.0 for r in ratios), (order, ratios)
+    assert _local_error(3, 0.01) < 0.5 * _local_error(2, 0.01)
+
+
+def test_unipc_variants_differ():
+    a = solve("unipc-bh1", _v, _z(), steps=6).x
+    b = solve("unipc-bh2", _v, _z(), steps=6).x
+    assert (a - b).abs().max().item() > 1e-4
+
+
+def test_a_run_made_before_these_columns_resumes(tmp_path, capsys):
+    """A run directory written before grid_times, t_start and t_end existed (neither in
+    config.json nor in results.csv) resumes: they read as their defaults."""
+    import json
+
+    import pandas as pd
+
+    out = tmp_path / "old"
+    argv = [*TOY, "--solvers", "euler", "--steps", "1,2", "--out", str(out)]
+    assert _run(argv, capsys)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    for key in ("grid_times", "t_start", "t_end", "reference_stats", "save_samples"):
+        config.pop(key)
+    (out / "config.json").write_text(json.dumps(config))
+    frame = pd.read_csv(out / "results.csv").drop(
+        columns=["grid_times", "t_start", "t_end"], errors="ignore"
+    )
+    frame.iloc[:1].to_csv(out / "results.csv", index=False)
+    code, _, err = _run([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert "retrying" not in err
+    assert len(pd.read_csv(out / "results.csv")) == 2  # the old row kept, one cell added

@@ -30,6 +30,10 @@ class SolveResult:
     solver_nfe: int | None = None  # the solver's own count (scipy's nfev); None where it keeps none
     message: str = ""
     weights: list[float] | None = None  # quadrature weight of each network call, in call order
+    # multistep solvers, whose update is no quadrature of their calls: per sample, the
+    # discrete path's integral of the mean squared velocity and its length (Euclidean),
+    # from the steps' displacements (sample.path_statistics reads them)
+    path: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class SolverFailed(RuntimeError):

@@ -88,7 +88,7 @@ def canonical_grid(name: str) -> str:
                 ) from None
         if not (math.isfinite(value) and value > 0):
             raise UserError(f"time grid {name!r}: {param} must be a finite number > 0")
-        return f"{base}-{param}{value:g}"
+        return f"{base}-{param}{value:.15g}"  # the value the solve uses, unrounded
     raise UserError(
         f"unknown time grid {name!r}; choose from: {', '.join(GRIDS)}, "
         + ", ".join(f"{b}[-{p}<value>] ({p} {d:g})" for b, (p, d, _) in PARAM_GRIDS.items())

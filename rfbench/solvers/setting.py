@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
+
 from rfbench.errors import UserError
 from rfbench.solvers.base import SolverSpec, get_solver
 
@@ -112,6 +114,8 @@ class Setting:
             if grid == CUSTOM_GRID and self.grid_times is None:
                 raise InvalidSetting(f"the {CUSTOM_GRID} grid needs its times (--grid-times)")
             put("grid", grid)
+            if self.grid_times is None:
+                self._check_schedule()
             put("stepping", "batched")  # one step size for all: nothing to couple
         options = dict(self.options)
         unknown = sorted(set(options) - set(spec.options))
@@ -134,6 +138,22 @@ class Setting:
             raise InvalidSetting(
                 f"t-start ({self.t_start:g}) must be below t-end ({self.t_end:g}): the solve "
                 "runs from noise (t = 0) to data (t = 1)"
+            )
+
+    def _check_schedule(self) -> None:
+        """A schedule's times must be finite and increase strictly at this step count (an
+        extreme parameter can make steps of length 0, which would be fewer steps than the
+        row says)."""
+        from rfbench.solvers.fixed import time_grid
+
+        try:
+            ts = time_grid(self.steps, self.t_start, self.t_end, self.grid)
+        except (OverflowError, ZeroDivisionError):
+            ts = torch.tensor([math.nan])
+        if not bool(torch.isfinite(ts).all()) or not bool((ts.diff() > 0).all()):
+            raise InvalidSetting(
+                f"time grid {self.grid} at {self.steps} steps has steps of length 0 or "
+                "non-finite times; choose a milder parameter"
             )
 
     def _take_times(self, put) -> None:
@@ -215,7 +235,10 @@ class Setting:
         that vary between its columns; a log line shows them all."""
         if self.steps is not None:
             text = f"{self.steps} step" + ("s" if self.steps != 1 else "")
-            text += f" {self.grid}" if "grid" in show else ""
+            if self.grid_times is not None:  # given times: told apart by their hash
+                text += f" {self.grid}-{_times_hash(self.grid_times)}"
+            elif "grid" in show:
+                text += f" {self.grid}"
         else:
             text = f"rtol {self.rtol:g}"
             text += f" atol {self.atol:g}" if "atol" in show else ""
