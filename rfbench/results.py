@@ -271,7 +271,9 @@ class RunDir:
         self._lock()
         try:
             return self._start(config, resume, sys.argv[1:] if argv is None else argv)
-        except BaseException:
+        except BaseException:  # stopped half-way (an error, Ctrl-C, SIGTERM): undo a fresh run
+            if getattr(self, "fresh", False):
+                self.discard()
             self.close()
             raise
 
