@@ -194,8 +194,8 @@ def _agreement(run: Path, evaluated: Path) -> tuple[float, float, int, str]:
     b = read_run(evaluated)
     a, b = a[a["status"] == "ok"], b[b["status"] == "ok"]
     m = a.merge(b, on=keys, suffixes=("_clf", "_inc"))
-    if len(m) < 2:
-        raise SystemExit(f"{evaluated} and {run} share fewer than 2 cells")
+    if len(m) < 2 or len(m) != len(a):
+        raise SystemExit(f"{evaluated} scores {len(m)} of the {len(a)} cells of {run}")
     tau = sps.kendalltau(m["fid_clf"], m["fid_inc"]).statistic
     rho = sps.spearmanr(m["fid_clf"], m["fid_inc"]).statistic
     m = m.assign(setting=[_setting(r) for r in m.to_dict("records")])
