@@ -145,28 +145,19 @@ def load_reference_stats(path: str, dataset: str, extractor, metrics: tuple[str,
     be compared with it (their dimension); returns the ``ReferenceStats``. Only FID needs
     nothing but mu and sigma: other metrics asked for are left out, and the log says so."""
     from rfbench.metrics.classifier import FEATURE_DIM
-    from rfbench.metrics.refstats import STATS_ONLY_METRICS, read_stats
+    from rfbench.metrics.refstats import STATS_ONLY_METRICS, check_compatible, read_stats
 
     if datamod.get_dataset(dataset).kind == "toy":
         raise UserError("--reference-stats holds image features; toy2d uses exact distances")
     stats = read_stats(path)
-    dim = FEATURE_DIM if extractor is None else INCEPTION_FEATURE_DIM
-    label = "classifier" if extractor is None else extractor.label
-    if stats.dim != dim:
+    where = f"--reference-stats {path}"
+    if extractor is not None:  # Inception: its label is known now, so check it all now
+        check_compatible(stats, extractor.label, INCEPTION_FEATURE_DIM, where)
+    elif stats.dim != FEATURE_DIM:  # the classifier's label comes once it is trained
         raise UserError(
-            f"--reference-stats {path} holds {stats.dim}-dimensional statistics, but the "
-            f"{label} features are {dim}-dimensional"
-            + (
-                "; for Inception statistics give --feature-extractor inception"
-                if extractor is None
-                else ""
-            )
-        )
-    recorded = stats.meta.get("feature_extractor")
-    if extractor is not None and recorded is not None and recorded != extractor.label:
-        raise UserError(
-            f"--reference-stats {path} was computed with {recorded}, not {extractor.label}: "
-            "their FIDs do not compare"
+            f"{where} holds {stats.dim}-dimensional statistics, but the classifier features "
+            f"are {FEATURE_DIM}-dimensional; for Inception statistics give "
+            "--feature-extractor inception"
         )
     left_out = [m for m in metrics if m in ("kid", "prc", "isc")]
     if left_out:
