@@ -32,7 +32,7 @@ def compare(trained, solver: str, n: int, tol: float, device) -> dict:
     kw = dict(seed=0, batch_size=n, rtol=tol, atol=tol, device=device, progress=False)
     batched = generate(trained.model, solver, n, shape, stepping="batched", **kw)
     single = generate(trained.model, solver, n, shape, stepping="per-sample", **kw)
-    per = pd.Series(single.nfe_per_solve, dtype=float)
+    per = pd.Series(single.nfe_of_samples, dtype=float)
     diff = (batched.x - single.x).flatten(1).abs()
     return {
         "model": trained.model_id,

@@ -251,7 +251,9 @@ def _run_grid_args(r: argparse.ArgumentParser, names: _Names) -> None:
         type=_list_of(str, "stepping mode", names.stepping),
         default=C.DEFAULT_STEPPING,
         metavar="M1,M2",
-        help="adaptive solvers: batched (one error norm for the batch) and/or per-sample",
+        help="adaptive solvers: batched (one error norm for the batch) and/or per-sample "
+        "(each sample its own steps: vectorised over the batch for rk45-torch, one sample "
+        "at a time for the others; the rows' per_sample_impl says which)",
     )
     r.add_argument(
         "--repeats",
@@ -1154,9 +1156,12 @@ def _cmd_solvers(_args: argparse.Namespace) -> int:
         order = "var" if s.order is None else str(s.order)
         multistep = "yes" if s.multistep else "no"
         print(f"{s.name:<14} {s.family:<11} {order:<6} {nfe:<9} {multistep:<10} {s.description}")
+    vectorised = [s.name for s in SOLVERS.values() if s.per_sample_fn is not None]
     print(
         "fixed-step and multistep solvers take --steps, --grids or --grid-times; adaptive "
-        "ones --tols and --stepping; every one --t-start and --t-end"
+        "ones --tols and --stepping; every one --t-start and --t-end. Per-sample stepping "
+        f"is vectorised over the batch for: {', '.join(vectorised) or 'none'}; the others "
+        "solve the samples one at a time"
     )
     return 0
 

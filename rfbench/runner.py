@@ -225,6 +225,8 @@ def _measure(cell: Cell, candidate: Candidate, grid: GridContext, shares: list[_
         straightness=float(run.straightness.mean()),
         curvature=float(run.curvature.nanmean()),
     )
+    if run.per_sample_impl is not None:
+        columns["per_sample_impl"] = run.per_sample_impl
     if all(v is not None for v in run.solver_nfe_per_solve):
         columns["solver_nfe"] = ";".join(map(str, run.solver_nfe_per_solve))
     nonfinite = sum(s.nonfinite for s in shares)

@@ -37,59 +37,95 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 class CountingVelocity:
     """v(x, t) around a network: counts every forward call and times it.
 
-    ``t`` may be a float or a 0-dim tensor; the network receives it as a [B] tensor in
-    x's dtype. Calls beyond ``max_nfe`` raise NFEBudgetExceeded. With ``record=True`` it
-    also keeps, per call, t and each sample's mean squared velocity and velocity norm: 2B
-    numbers a call, all that straightness and curvature need (never the states themselves).
-    They go into one buffer that doubles when full: many small tensors kept alive between
-    the network's large buffers would fragment the heap (measured in
-    results/solve-memory.md). The recording is timed on its own (``record_time_s``): it
-    starts after the forward's closing synchronisation and ends with one more on CUDA, so
-    neither the model time nor the solver's overhead holds it.
+    ``t`` may be a float, a 0-dim tensor, or a [B] tensor of each sample's own time; the
+    network receives it as a [B] tensor in x's dtype. Calls beyond ``max_nfe`` raise
+    NFEBudgetExceeded. A solve's first call carries its whole batch; a later call may
+    carry only some of its samples (``rows``, their indices in that batch: vectorised
+    per-sample stepping, where finished samples leave), and ``row_nfe`` counts, per
+    sample, the calls that carried it. With ``record=True`` it also keeps, per call and
+    per sample carried, t, the mean squared velocity and the velocity norm: all that
+    straightness and curvature need (never the states themselves). They go into one
+    buffer that doubles when full: many small tensors kept alive between the network's
+    large buffers would fragment the heap (measured in results/solve-memory.md). The
+    recording is timed on its own (``record_time_s``): it starts after the forward's
+    closing synchronisation and ends with one more on CUDA, so neither the model time nor
+    the solver's overhead holds it.
     """
+
+    counts_rows = True  # solvers may say which samples a call carries (rows=)
 
     def __init__(self, model: nn.Module, max_nfe: int | None = None, record: bool = False):
         self.model, self.max_nfe, self.record = model, max_nfe, record
         self.nfe, self.model_time_s, self.record_time_s = 0, 0.0, 0.0
-        self._times: list[float] = []
-        self._stats: torch.Tensor | None = None  # [capacity, 2, B] float64
+        self.row_nfe: torch.Tensor | None = None  # [B] int64: calls that carried each sample
+        self._calls = 0  # recorded calls
+        self._rowwise = False  # some recorded call carried only some samples
+        self._stats: torch.Tensor | None = None  # [capacity, 3, B] float64: t, sq, norm
         self._device: torch.device | None = None
         self._sync: Callable[[], None] = lambda: None
 
     def reset(self) -> None:
-        self.nfe, self.model_time_s, self.record_time_s, self._times = 0, 0.0, 0.0, []
+        self.nfe, self.model_time_s, self.record_time_s = 0, 0.0, 0.0
+        self.row_nfe, self._calls, self._rowwise = None, 0, False
+
+    def calls_of_rows(self, n: int) -> np.ndarray:
+        """Per sample of the last solve's n, the calls that carried it (0 with no call)."""
+        if self.row_nfe is None:
+            return np.zeros(n, dtype=np.int64)
+        if len(self.row_nfe) != n:
+            raise RuntimeError(f"the solve's calls carried {len(self.row_nfe)} samples, not {n}")
+        return self.row_nfe.numpy().copy()
 
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(t [calls], mean squared velocity [calls, B], velocity norm [calls, B]) on the CPU."""
-        k = len(self._times)
+        """(t, mean squared velocity [calls, B], velocity norm [calls, B]) on the CPU; t is
+        [calls] where every call carried the whole batch at one time, else [calls, B] with
+        NaN (as in the other two) where a call did not carry the sample."""
+        k = self._calls
+        if self._stats is None:
+            return (torch.zeros(0, dtype=torch.float64),) + (torch.zeros(0, 0),) * 2
         stats = self._stats[:k].cpu()
-        return torch.tensor(self._times, dtype=torch.float64), stats[:, 0], stats[:, 1]
+        t = stats[:, 0] if self._rowwise else stats[:, 0, 0]
+        return t, stats[:, 1], stats[:, 2]
 
-    def _record(self, t: float, out: torch.Tensor) -> None:
+    def _record(self, t: torch.Tensor, out: torch.Tensor, rows: torch.Tensor | None) -> None:
         flat = out.detach().flatten(1).double()
-        k = len(self._times)
-        if self._stats is None or self._stats.shape[2] != len(flat) or k == len(self._stats):
-            grown = torch.empty(
-                max(64, 2 * k), 2, len(flat), dtype=torch.float64, device=flat.device
+        k = self._calls
+        width = len(flat) if rows is None else self._stats.shape[2]
+        if k == 0 or self._stats.shape[2] != width or k == len(self._stats):
+            grown = torch.full(
+                (max(64, 2 * k), 3, width), torch.nan, dtype=torch.float64, device=flat.device
             )
             if k:
                 grown[:k] = self._stats[:k]
             self._stats = grown
-        self._stats[k, 0] = flat.pow(2).mean(1)
-        self._stats[k, 1] = flat.norm(dim=1)
-        self._times.append(t)
+        where = slice(None) if rows is None else rows
+        self._stats[k, 0, where] = t.double()
+        self._stats[k, 1, where] = flat.pow(2).mean(1)
+        self._stats[k, 2, where] = flat.norm(dim=1)
+        self._calls += 1
+        self._rowwise |= rows is not None or t.dim() > 0
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, t: float | torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.max_nfe is not None and self.nfe >= self.max_nfe:
             raise NFEBudgetExceeded(f"more than max_nfe={self.max_nfe} network evaluations")
+        if rows is not None and self.row_nfe is None:
+            raise ValueError("a solve's first call carries its whole batch (rows=None)")
         if self._device != x.device:
             self._device, self._sync = x.device, synchronizer(x.device)
         self.nfe += 1
+        if rows is None:
+            if self.row_nfe is None or len(self.row_nfe) != len(x):
+                self.row_nfe = torch.zeros(len(x), dtype=torch.long)
+            self.row_nfe += 1
+        else:
+            self.row_nfe[rows.cpu()] += 1
         # a contiguous [B] vector, like the warm-up's: a compiled model sees one stride only
         # (an expanded t, stride 0, would recompile it inside the first timed cell)
-        tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
-        tb = tb.contiguous()
+        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        tb = (tt.reshape(()).expand(x.shape[0]) if tt.dim() == 0 else tt).contiguous()
         self._sync()
         start = time.perf_counter()
         out = self.model(x, tb)
@@ -97,7 +133,7 @@ class CountingVelocity:
         stop = time.perf_counter()
         self.model_time_s += stop - start
         if self.record:
-            self._record(float(t), out)
+            self._record(torch.as_tensor(t, dtype=torch.float64), out, rows)
             self._sync()
             self.record_time_s += time.perf_counter() - stop
         return out
@@ -128,10 +164,12 @@ def path_statistics(
     makes both exact for the discrete fixed-step path; otherwise the trapezoid rule over
     the calls sorted by t, clipped to ``t_span`` (an estimate for adaptive solvers, whose
     rejected-step and overshooting calls lie near the path). Both are integrals over
-    absolute time: a backward solve (t from 1 to 0) has negative steps, and its weights
-    count by their size. A multistep solver's ``path`` (the integral of the squared
-    velocity and the length of its discrete path, from its steps' displacements) is used
-    as it is: its update is no quadrature of its calls.
+    absolute time, each sample over the calls that carried it (a vectorised per-sample
+    solve's calls carry each sample at its own times): a backward solve (t from 1 to 0)
+    has negative steps, and its weights count by their size. A multistep solver's
+    ``path`` (the integral of the squared velocity and the length of its discrete path,
+    from its steps' displacements) is used as it is: its update is no quadrature of its
+    calls.
     """
     d = (x1 - x0).detach().flatten(1).double().cpu()
     chord = d.norm(dim=1)
@@ -144,7 +182,16 @@ def path_statistics(
     def integral(q: torch.Tensor) -> torch.Tensor:
         if weights is not None:
             return (torch.tensor(weights, dtype=q.dtype).abs()[:, None] * q).sum(0)
-        return _trapezoid_on(ts, q, min(t_span), max(t_span))
+        lo, hi = min(t_span), max(t_span)
+        if ts.dim() == 1:
+            return _trapezoid_on(ts, q, lo, hi)
+        # each sample's own calls (vectorised per-sample stepping): NaN where not carried
+        return torch.cat(
+            [
+                _trapezoid_on(ts[~ts[:, b].isnan(), b], q[~ts[:, b].isnan(), b, None], lo, hi)
+                for b in range(q.shape[1])
+            ]
+        )
 
     curvature = torch.where(chord > 0, integral(norm) / chord - 1, torch.nan)
     return PathStats(integral(sq) - d.pow(2).mean(1), curvature)
@@ -211,12 +258,16 @@ class Batching:
     samples; each finished batch goes to ``sink`` (in sample order, on the CPU, outside
     the timed solves), and only the first ``keep`` samples (all by default) stay in
     ``SampleRun.x``, so that with a sink memory does not grow with the sample count.
+    With per-sample stepping, ``vectorise`` solves a batch's samples together, each with
+    its own steps, where the solver can (``SolverSpec.per_sample_fn``); otherwise, or
+    with ``vectorise=False``, one sample at a time.
     """
 
     batch_size: int = 250
     ranges: tuple[tuple[int, int], ...] | None = None
     sink: Callable[[torch.Tensor], None] | None = None
     keep: int | None = None
+    vectorise: bool = True
 
 
 @dataclass(frozen=True)
@@ -236,11 +287,14 @@ class Measuring:
 class SampleRun:
     """The samples of one cell, with its accounting: one entry per solve.
 
-    In batched mode a solve advances a whole batch; in per-sample mode, one sample.
+    In batched mode a solve advances a whole batch; in per-sample mode, one sample
+    (sequential) or a whole batch whose samples step on their own (vectorised).
     """
 
     x: torch.Tensor  # final states on the CPU, float32, of samples 0..keep-1
     nfe_per_solve: list[int] = field(default_factory=list)  # counted network calls
+    # per solve, each sample's count of the calls that carried it ([size] int64)
+    sample_nfe: list[np.ndarray] = field(default_factory=list)
     solver_nfe_per_solve: list[int | None] = field(default_factory=list)
     solve_ranges: list[tuple[int, int]] = field(default_factory=list)  # samples lo..hi-1
     wall_time_s: float = 0.0  # summed over solves (median over repeats of each), bookkeeping out
@@ -249,6 +303,7 @@ class SampleRun:
     straightness: torch.Tensor | None = None  # per sample, when the solve was recorded
     curvature: torch.Tensor | None = None  # per sample, when the solve was recorded
     busiest_wall_time_s: float | None = None  # merged runs: the largest one's wall time
+    per_sample_impl: str | None = None  # per-sample stepping: "vectorised" or "sequential"
 
     @property
     def solve_sizes(self) -> list[int]:
@@ -264,18 +319,22 @@ class SampleRun:
         process, the busiest process's sum for several running side by side."""
         return self.wall_time_s if self.busiest_wall_time_s is None else self.busiest_wall_time_s
 
-    def _nfe_of_samples(self) -> np.ndarray:
+    @property
+    def nfe_of_samples(self) -> np.ndarray:
+        """Per sample, in solve order, the network calls that carried it."""
+        if len(self.sample_nfe) == len(self.nfe_per_solve):
+            return np.concatenate([[], *self.sample_nfe]).astype(float)
         return np.repeat(np.asarray(self.nfe_per_solve, dtype=float), self.solve_sizes)
 
     @property
     def nfe_per_sample(self) -> float:
         """Mean over samples of the network calls that advanced each sample."""
-        return float(self._nfe_of_samples().mean())
+        return float(self.nfe_of_samples.mean())
 
     @property
     def nfe_std(self) -> float:
         """Spread over samples of their NFE (0 when every sample took the same)."""
-        return float(self._nfe_of_samples().std())
+        return float(self.nfe_of_samples.std())
 
     @property
     def overhead_time_s(self) -> float:
@@ -333,6 +392,8 @@ def integrate(
     )
     kept = num_samples if batching.keep is None else min(batching.keep, num_samples)
     pin = device.type == "cuda"
+    vectorised = setting.per_sample and batching.vectorise and setting.spec.per_sample_fn
+    sequential = setting.per_sample and not vectorised
     run: SampleRun | None = None
     for start, stop in bar:
         x_start = initial(start, stop)
@@ -340,14 +401,19 @@ def integrate(
         x_end = torch.empty(stop - start, *x_start.shape[1:])
         if run is None:
             run = SampleRun(x=torch.full((kept, *x_start.shape[1:]), torch.nan))
+            if setting.per_sample:
+                run.per_sample_impl = "vectorised" if vectorised else "sequential"
             if measuring.record:
                 run.straightness = torch.full((num_samples,), torch.nan, dtype=torch.float64)
                 run.curvature = torch.full((num_samples,), torch.nan, dtype=torch.float64)
-        pieces = [(i, i + 1) for i in range(start, stop)] if setting.per_sample else [(start, stop)]
+        pieces = [(i, i + 1) for i in range(start, stop)] if sequential else [(start, stop)]
         for lo, hi in pieces:
             x0 = x_start[lo - start : hi - start]
-            result = timed_solve(counter, setting, x0, t0, t1, measuring.repeats, sync, run)
+            result = timed_solve(
+                counter, setting, x0, t0, t1, measuring.repeats, sync, run, bool(vectorised)
+            )
             run.nfe_per_solve.append(counter.nfe)
+            run.sample_nfe.append(counter.calls_of_rows(hi - lo))
             run.solver_nfe_per_solve.append(result.solver_nfe)
             run.solve_ranges.append((lo, hi))
             x_end[lo - start : hi - start] = result.x.detach().float().cpu()
@@ -374,16 +440,22 @@ def timed_solve(
     repeats: int,
     sync: Callable[[], None],
     run: SampleRun,
+    vectorised: bool = False,
 ) -> SolveResult:
     """One solve, timed ``repeats`` times; the medians of wall time (rfbench's recording
     taken out), model time and recording time are added to ``run``. The counter holds
-    the last repeat's NFE and recording (every repeat is the same solve)."""
+    the last repeat's NFE and recording (every repeat is the same solve). ``vectorised``:
+    the solver's per-sample stepping over the whole batch (``SolverSpec.per_sample_fn``).
+    """
     walls, models, records = [], [], []
     for _ in range(repeats):
         counter.reset()
         sync()
         start = time.perf_counter()
-        result = solve(setting, counter, x0, t0=t0, t1=t1)
+        if vectorised:  # a batch whose samples step on their own
+            result = setting.spec.per_sample_fn(counter, x0, setting, t0=t0, t1=t1)
+        else:
+            result = solve(setting, counter, x0, t0=t0, t1=t1)
         sync()
         walls.append(time.perf_counter() - start - counter.record_time_s)
         models.append(counter.model_time_s)
@@ -403,7 +475,9 @@ def merge_runs(runs: Sequence[SampleRun]) -> SampleRun:
         (
             s
             for run in runs
-            for s in zip(run.solve_ranges, run.nfe_per_solve, run.solver_nfe_per_solve)
+            for s in zip(
+                run.solve_ranges, run.nfe_per_solve, run.solver_nfe_per_solve, run.sample_nfe
+            )
         ),
         key=lambda s: s[0],
     )
@@ -413,12 +487,14 @@ def merge_runs(runs: Sequence[SampleRun]) -> SampleRun:
         nfe_per_solve=[s[1] for s in solves],
         solver_nfe_per_solve=[s[2] for s in solves],
         solve_ranges=[s[0] for s in solves],
+        sample_nfe=[s[3] for s in solves],
         wall_time_s=sum(run.wall_time_s for run in runs),
         model_time_s=sum(run.model_time_s for run in runs),
         record_time_s=sum(run.record_time_s for run in runs),
         straightness=None if first.straightness is None else first.straightness.clone(),
         curvature=None if first.curvature is None else first.curvature.clone(),
         busiest_wall_time_s=max(run.wall_time_s for run in runs),
+        per_sample_impl=first.per_sample_impl,
     )
     kept = len(merged.x)
     for run in runs[1:]:

@@ -264,6 +264,24 @@ def test_grid_and_stepping_axes(tmp_path, capsys):
     assert len(str(dopri.loc["per-sample", "nfe_per_batch"]).split(";")) == 40
     assert dopri.loc["per-sample", "solver_nfe"] == dopri.loc["per-sample", "nfe_per_batch"]
     assert dopri.loc["batched", "nfe_std"] == 0
+    assert dopri.loc["per-sample", "per_sample_impl"] == "sequential"  # torchdiffeq: one by one
+    assert pd.isna(dopri.loc["batched", "per_sample_impl"])
+
+
+def test_per_sample_stepping_runs_vectorised_for_rk45_torch(tmp_path, capsys):
+    out = tmp_path / "vec"
+    argv = [*TOY, "--num-samples", "40", "--solvers", "rk45-torch,rk45", "--tols", "1e-4"]
+    argv += ["--stepping", "per-sample", "--batch-size", "16", "--out", str(out)]
+    assert _run(argv, capsys)[0] == 0
+    frame = pd.read_csv(out / "results.csv").set_index("solver")
+    assert frame.loc["rk45-torch", "per_sample_impl"] == "vectorised"
+    assert frame.loc["rk45", "per_sample_impl"] == "sequential"
+    # the same steps for every sample: the same mean and spread of NFE, one solve a batch
+    for column in ("nfe", "nfe_std"):
+        assert frame.loc["rk45-torch", column] == pytest.approx(frame.loc["rk45", column])
+    assert frame.loc["rk45", "nfe_std"] > 0
+    assert len(str(frame.loc["rk45-torch", "nfe_per_batch"]).split(";")) == 3
+    assert len(str(frame.loc["rk45", "nfe_per_batch"]).split(";")) == 40
 
 
 def test_report_prints_the_run_table(tmp_path, capsys):

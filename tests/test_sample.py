@@ -391,9 +391,9 @@ def test_recording_is_timed_apart_from_the_solve(monkeypatch):
 
     slow = CountingVelocity._record
 
-    def record(self, t, out):
+    def record(self, t, out, rows):
         time.sleep(0.1)
-        slow(self, t, out)
+        slow(self, t, out, rows)
 
     monkeypatch.setattr(CountingVelocity, "_record", record)
     model = _model()

@@ -4,7 +4,8 @@ Every solver is a plain function
 
     fn(velocity, x0, setting, *, t0, t1) -> SolveResult
 
-where ``velocity(x, t)`` takes a state batch and a scalar time (float or 0-dim tensor) and
+where ``velocity(x, t)`` takes a state batch and a scalar time (float or 0-dim tensor; a
+solver's ``per_sample_fn`` passes each sample's own time as a [B] vector) and
 ``setting`` is a checked ``rfbench.solvers.setting.Setting`` (steps and grid, or
 tolerances, and the options of the solver's family). The registry's keys are the CLI's
 choices; adding a solver is adding an entry.
@@ -34,6 +35,8 @@ class SolveResult:
     # discrete path's integral of the mean squared velocity and its length (Euclidean),
     # from the steps' displacements (sample.path_statistics reads them)
     path: tuple[torch.Tensor, torch.Tensor] | None = None
+    # vectorised per-sample stepping: per sample, the network calls it took part in
+    sample_nfe: torch.Tensor | None = None
 
 
 class SolverFailed(RuntimeError):
@@ -53,6 +56,10 @@ class SolverSpec:
     options: tuple[str, ...] = ()  # names of the Setting options it takes (results columns)
     order: int | None = None  # the method's order (None: variable, as BDF and LSODA)
     multistep: bool = False  # reuses earlier steps' calls
+    # adaptive solvers that step every sample on its own inside one batched solve (each
+    # its own t, step and error norm): what per-sample stepping runs instead of solving
+    # the samples one at a time; None: the samples are solved one at a time
+    per_sample_fn: Callable[..., SolveResult] | None = None
 
 
 SOLVERS: dict[str, SolverSpec] = {}

@@ -10,6 +10,12 @@ and the network is called in x0's dtype; so on the same flattened batch it takes
 steps (the same nfev) and ends where scipy ends, to round-off, without copying the state
 to the host at every call. What is left between the two is the round trip, not the
 method.
+
+With per-sample stepping, ``solve_rk45_torch_per_sample`` runs the same control for every
+sample at once: each keeps its own t, step size and error norm, every step attempt is one
+batched forward over the samples still running (t a [B] vector), acceptance is per
+sample, and finished samples leave the batch. Each sample takes the steps it would take
+alone.
 """
 
 from __future__ import annotations
@@ -115,6 +121,113 @@ def solve_rk45_torch(
     return SolveResult(y.reshape(shape).to(dtype), solver_nfe=calls, message=f"nfev={calls}")
 
 
+def _rms_rows(x: torch.Tensor) -> torch.Tensor:
+    """Per-row RMS of a [B, D] tensor: the error norm of each sample on its own."""
+    return torch.linalg.vector_norm(x, dim=1) / math.sqrt(x.shape[1])
+
+
+def initial_step_rows(fun, t0, y0, f0, t1, direction, rtol, atol) -> torch.Tensor:
+    """``initial_step`` for each row of y0 [B, D] at once (one network call over all)."""
+    interval = abs(t1 - t0)
+    if interval == 0.0:
+        return torch.zeros(len(y0), dtype=y0.dtype, device=y0.device)
+    scale = atol + y0.abs() * rtol
+    d0, d1 = _rms_rows(y0 / scale), _rms_rows(f0 / scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1).clamp(max=interval)
+    f1 = fun(None, t0 + h0 * direction, y0 + (h0 * direction)[:, None] * f0)
+    d2 = _rms_rows((f1 - f0) / scale) / h0
+    flat = (d1 <= 1e-15) & (d2 <= 1e-15)
+    h1 = torch.where(
+        flat,
+        (h0 * 1e-3).clamp(min=1e-6),
+        (0.01 / torch.maximum(d1, d2)) ** (1 / (ERROR_ORDER + 1)),
+    )
+    return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
+
+
+def solve_rk45_torch_per_sample(
+    velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
+) -> SolveResult:
+    """Integrate every sample of x0 with its own scipy RK45 control, vectorised.
+
+    Each step attempt calls the network once per stage on the samples still running, with
+    their own times as a [B] vector; ``velocity`` is told which samples a call carries
+    (``rows=``) where it counts them (``sample.CountingVelocity``). The result's
+    ``sample_nfe`` is each sample's count of the calls it took part in."""
+    shape, dtype, device = x0.shape, x0.dtype, x0.device
+    n = shape[0]
+    counts = torch.zeros(n, dtype=torch.long)
+    calls = 0
+    counts_rows = getattr(velocity, "counts_rows", False)
+
+    def fun(rows: torch.Tensor | None, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if rows is None:
+            counts.add_(1)
+        else:
+            counts[rows.cpu()] += 1
+        x = y.reshape(len(y), *shape[1:]).to(dtype)
+        out = velocity(x, t, rows=rows) if counts_rows else velocity(x, t)
+        return out.to(torch.float64).flatten(1)
+
+    rtol, atol = setting.rtol, setting.atol
+    y = x0.detach().to(torch.float64).reshape(n, -1).clone()
+    direction = 1.0 if t1 >= t0 else -1.0
+    if y.numel() == 0 or t0 == t1:
+        return SolveResult(x0.clone(), solver_nfe=0, sample_nfe=counts)
+    f64 = dict(dtype=torch.float64, device=device)
+    t = torch.full((n,), float(t0), **f64)
+    f = fun(None, t, y)
+    h_abs = initial_step_rows(fun, float(t0), y, f, t1, direction, rtol, atol)
+    exponent = -1 / (ERROR_ORDER + 1)
+    fresh = torch.ones(n, dtype=torch.bool, device=device)  # starting a new step
+    rejected = torch.zeros(n, dtype=torch.bool, device=device)  # its last attempt failed
+    running = torch.arange(n, device=device)  # the samples not yet at t1
+    toward = torch.full((n,), direction * math.inf, **f64)
+    while len(running):
+        tr, hr = t[running], h_abs[running]
+        min_step = 10 * (torch.nextafter(tr, toward[: len(running)]) - tr).abs()
+        hr = torch.where(fresh[running], torch.maximum(hr, min_step), hr)
+        if bool((hr < min_step).any()):
+            raise SolverFailed(
+                "rk45-torch: required step size is less than spacing between numbers"
+            )
+        t_new = tr + hr * direction
+        t_new = torch.where(direction * (t_new - t1) > 0, torch.full_like(t_new, t1), t_new)
+        h = t_new - tr
+        hr = h.abs()
+        yr = y[running]
+        ks = [f[running]]
+        rows = None if len(running) == n else running
+        for c, a in zip(C[1:], A[1:]):
+            dy = sum(aj * kj for aj, kj in zip(a, ks) if aj) * h[:, None]
+            ks.append(fun(rows, tr + c * h, yr + dy))
+        y_new = yr + h[:, None] * sum(bj * kj for bj, kj in zip(B, ks) if bj)
+        f_new = fun(rows, tr + h, y_new)
+        ks.append(f_new)
+        scale = atol + torch.maximum(yr.abs(), y_new.abs()) * rtol
+        error = sum(ej * kj for ej, kj in zip(E, ks) if ej) * h[:, None]
+        norm = _rms_rows(error / scale)
+        accept = norm < 1
+        grow = torch.where(
+            norm == 0, MAX_FACTOR, (SAFETY * norm**exponent).clamp(max=MAX_FACTOR)
+        )
+        grow = torch.where(rejected[running], grow.clamp(max=1.0), grow)
+        shrink = (SAFETY * norm**exponent).clamp(min=MIN_FACTOR)
+        h_abs[running] = hr * torch.where(accept, grow, shrink)
+        done = running[accept]
+        t[done], y[done], f[done] = t_new[accept], y_new[accept], f_new[accept]
+        fresh[running], rejected[running] = accept, ~accept
+        running = running[direction * (t[running] - t1) < 0]
+    return SolveResult(
+        y.reshape(shape).to(dtype),
+        solver_nfe=calls,
+        message=f"{calls} batched calls, nfev per sample {counts.min()}..{counts.max()}",
+        sample_nfe=counts,
+    )
+
+
 register_solver(
     SolverSpec(
         name="rk45-torch",
@@ -124,5 +237,6 @@ register_solver(
         description="Dormand-Prince 5(4) with scipy RK45's step control, in torch on the "
         "device (float64 state)",
         order=5,
+        per_sample_fn=solve_rk45_torch_per_sample,
     )
 )

@@ -1,0 +1,174 @@
+"""Vectorised per-sample stepping: every sample takes the steps it would take alone, in
+one batched solve, and the NFE of each is counted from the calls that carried it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from rfbench.sample import CountingVelocity, generate, path_statistics
+from rfbench.solvers import Setting, solve
+from rfbench.solvers.torch_rk45 import solve_rk45_torch_per_sample
+
+SETTING = Setting("rk45-torch", rtol=1e-6, stepping="per-sample")
+
+
+def _rates(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's own decay rate, from its last coordinate (which stays constant)."""
+    return 0.5 + 60 * x[:, 2:].abs()
+
+
+def _decay(x, t):
+    """d(x0, x1)/dt = -k (1 + t) (x0, x1), dx2/dt = 0, k per sample from x2: exact
+    (x0, x1) exp(-k (t + t^2/2)); the stiff samples need many steps and rejections, the
+    gentle ones few."""
+    t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1)
+    return torch.cat([-_rates(x) * x[:, :2] * (1 + t), torch.zeros_like(x[:, 2:])], 1)
+
+
+def _x0(n: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, dtype=torch.float64, generator=g)
+
+
+def _alone(velocity, x0_row: torch.Tensor, setting=SETTING, **kw):
+    counter = CountingVelocity(velocity)
+    batched = Setting("rk45-torch", rtol=setting.rtol, atol=setting.atol)
+    result = solve(batched, counter, x0_row[None], **kw)
+    return result, counter.nfe
+
+
+def test_each_sample_takes_the_steps_it_takes_alone_and_scipys():
+    x0 = _x0()
+    counter = CountingVelocity(_decay)
+    result = solve_rk45_torch_per_sample(counter, x0, SETTING)
+    assert result.sample_nfe.tolist() == counter.row_nfe.tolist()
+    assert len(set(result.sample_nfe.tolist())) > 3  # the samples differ in difficulty
+    for b in range(len(x0)):
+        alone, nfe = _alone(_decay, x0[b])
+        assert result.sample_nfe[b] == nfe
+        torch.testing.assert_close(result.x[b], alone.x[0], rtol=0, atol=1e-14)
+        # and scipy's RK45 on that sample alone: the same nfev, the same end
+        f = lambda t, y: _decay(torch.from_numpy(y)[None], t)[0].numpy()  # noqa: E731
+        ivp = solve_ivp(f, (0, 1), x0[b].numpy(), method="RK45", rtol=1e-6, atol=1e-6)
+        assert ivp.nfev == nfe
+        np.testing.assert_allclose(result.x[b].numpy(), ivp.y[:, -1], rtol=0, atol=1e-13)
+    exact = torch.cat([x0[:, :2] * torch.exp(-1.5 * _rates(x0)), x0[:, 2:]], 1)
+    torch.testing.assert_close(result.x, exact, rtol=0, atol=2e-5)
+
+
+def test_a_sample_does_not_depend_on_its_batch_mates():
+    x0 = _x0(12)
+    others = torch.cat([x0[:1], _x0(7, seed=5)])  # sample 0 in other company
+    a = solve_rk45_torch_per_sample(CountingVelocity(_decay), x0, SETTING)
+    b = solve_rk45_torch_per_sample(CountingVelocity(_decay), others, SETTING)
+    assert a.sample_nfe[0] == b.sample_nfe[0]
+    torch.testing.assert_close(a.x[0], b.x[0], rtol=0, atol=0)
+
+
+def _net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    net = net.double()
+
+    def velocity(x, t):
+        return 3 * net(torch.cat([x, t.reshape(-1, 1).expand(len(x), 1)], 1))
+
+    return velocity
+
+
+@pytest.mark.parametrize("direction", [(0.0, 1.0), (1.0, 0.0)])
+def test_a_seeded_network_sample_by_sample(direction):
+    t0, t1 = direction
+    x0 = 2 * _x0(16).repeat(1, 2)[:, :4]
+    net = _net()
+    result = solve_rk45_torch_per_sample(CountingVelocity(net), x0, SETTING, t0=t0, t1=t1)
+    for b in range(len(x0)):
+        alone, nfe = _alone(net, x0[b], t0=t0, t1=t1)
+        assert result.sample_nfe[b] == nfe
+        torch.testing.assert_close(result.x[b], alone.x[0], rtol=0, atol=1e-12)
+
+
+class _Carried:
+    """A velocity that logs the batch of every forward."""
+
+    def __init__(self, velocity):
+        self.velocity, self.sizes = velocity, []
+
+    def __call__(self, x, t):
+        self.sizes.append(len(x))
+        return self.velocity(x, t)
+
+
+def test_accounting_is_exact_with_rejections_and_early_finishers():
+    x0 = _x0(10)
+    net = _Carried(_decay)
+    counter = CountingVelocity(net)
+    result = solve_rk45_torch_per_sample(counter, x0, SETTING)
+    nfe = result.sample_nfe
+    # the wrapper counts forwards; each sample, the forwards that carried it
+    assert counter.nfe == result.solver_nfe == len(net.sizes)
+    assert sum(net.sizes) == int(counter.row_nfe.sum()) == int(nfe.sum())
+    # every running sample is in every forward, so the forwards are the hardest sample's
+    assert counter.nfe == int(nfe.max())
+    # samples leave as they finish: the batch shrinks, never grows
+    assert net.sizes[0] == 10 and net.sizes[-1] < 10
+    assert all(a >= b for a, b in zip(net.sizes, net.sizes[1:]))
+    # 2 start-up calls (f0 and the initial-step probe), then 6 per attempt, rejected or not
+    assert ((nfe - 2) % 6 == 0).all()
+    stiff = int(nfe.argmax())
+    calls = []  # the stiffest sample alone: scipy's RK45 rejects some of its steps
+    f = lambda t, y: calls.append(t) or _decay(torch.from_numpy(y)[None], t)[0].numpy()  # noqa: E731
+    ivp = solve_ivp(f, (0, 1), x0[stiff].numpy(), method="RK45", rtol=1e-6, atol=1e-6)
+    accepted = len(ivp.t) - 1
+    assert ivp.nfev == nfe[stiff] and ivp.nfev > 2 + 6 * accepted  # rejections counted
+
+
+def test_the_first_call_carries_the_whole_batch():
+    counter = CountingVelocity(_decay)
+    with pytest.raises(ValueError, match="whole batch"):
+        counter(_x0(2), 0.0, rows=torch.tensor([1]))
+
+
+def test_generate_runs_vectorised_where_the_solver_can_and_says_so():
+    kw = dict(seed=3, batch_size=8, rtol=1e-5, progress=False, stepping="per-sample")
+    vec = generate(_decay, "rk45-torch", 20, (3,), record=True, **kw)
+    seq = generate(_decay, "rk45-torch", 20, (3,), record=True, vectorise=False, **kw)
+    scipy = generate(_decay, "rk45", 20, (3,), **kw)
+    assert vec.per_sample_impl == "vectorised" and vec.solve_sizes == [8, 8, 4]
+    assert seq.per_sample_impl == scipy.per_sample_impl == "sequential"
+    assert seq.solve_sizes == [1] * 20
+    np.testing.assert_array_equal(vec.nfe_of_samples, seq.nfe_of_samples)
+    np.testing.assert_array_equal(vec.nfe_of_samples, scipy.nfe_of_samples)
+    assert vec.nfe_std > 0 and vec.nfe_per_sample == seq.nfe_per_sample
+    # the forwards per solve: the hardest sample of each batch's
+    assert vec.nfe_per_solve == [int(vec.nfe_of_samples[lo:hi].max()) for lo, hi in vec.solve_ranges]
+    torch.testing.assert_close(vec.x, seq.x, rtol=0, atol=1e-6)
+    # each sample's path statistics from the calls that carried it, at its own times
+    torch.testing.assert_close(vec.straightness, seq.straightness, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(vec.curvature, seq.curvature, rtol=1e-9, atol=1e-12)
+    batched = generate(_decay, "rk45-torch", 20, (3,), **dict(kw, stepping="batched"))
+    assert batched.per_sample_impl is None
+
+
+def test_per_sample_path_statistics_use_each_samples_own_calls():
+    """Two samples on straight lines of different speeds, carried at different times: the
+    straightness of each is 0 and its curvature 0, from its own calls alone."""
+    t = torch.tensor([[0.0, 0.0], [0.5, torch.nan], [1.0, 0.25], [torch.nan, 1.0]]).double()
+    speed = torch.tensor([1.0, 2.0]).double()
+    sq = torch.where(t.isnan(), torch.nan, speed**2)
+    norm = torch.where(t.isnan(), torch.nan, speed)
+    x0 = torch.zeros(2, 1)
+    x1 = speed[:, None].float()
+    stats = path_statistics((t, sq, norm), None, x0, x1)
+    torch.testing.assert_close(stats.straightness, torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(stats.curvature, torch.zeros(2, dtype=torch.float64))
+
+
+def test_the_nfe_guard_counts_forwards():
+    from rfbench.sample import NFEBudgetExceeded
+
+    with pytest.raises(NFEBudgetExceeded):
+        generate(_decay, "rk45-torch", 8, (3,), rtol=1e-6, stepping="per-sample", max_nfe=20)
