@@ -447,3 +447,36 @@ def test_few_step_study_small(tmp_path):
     table, worst = study._overhead(rows)
     assert worst == pytest.approx(0.1)  # unipc-bh1: 0.2 / 2; ab2's median is 3%
     assert "3.00%" in table and "10.00%" in table
+
+
+def _table(text: str) -> dict[str, dict[str, str]]:
+    """The first markdown table of a report, by its first column."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+    return {row[header[0]]: row for row in rows}
+
+
+def test_per_sample_stepping_small(tmp_path):
+    out = tmp_path / "stepping.md"
+    argv = ["--dataset", "toy2d", "--n", "16", "--rounds", "2", "--epochs", "1"]
+    assert _load("per_sample_stepping").main([*argv, "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = _table(text)
+    assert set(rows) == {"batched", "sequential", "vectorised", "scipy rk45"}
+    seq, vec, batched = rows["sequential"], rows["vectorised"], rows["batched"]
+    assert (seq["impl"], vec["impl"]) == ("sequential", "vectorised")
+    # the same steps per sample both ways; the vectorised solve's forwards are its hardest
+    # sample's, the sequential ones the sum over samples
+    for column in ("nfe_mean", "nfe_std", "nfe_min", "nfe_max"):
+        assert float(seq[column]) == float(vec[column])
+    assert float(vec["nfe_std"]) > 0 and float(batched["nfe_std"]) == 0
+    assert int(vec["forwards"]) == int(float(vec["nfe_max"]))
+    assert int(seq["forwards"]) == round(16 * float(seq["nfe_mean"]))
+    assert "the same NFE as solving it alone: yes" in text
+    # scipy and rk45-torch take the same steps
+    assert rows["scipy rk45"]["solver_nfe"] == batched["solver_nfe"] == batched["forwards"]
+    # the verdict follows from the medians in the table
+    (found,) = _targets(text, 1)
+    ratio = float(vec["wall_s"]) / float(batched["wall_s"])
+    assert found["value"] == pytest.approx(ratio, rel=2e-3)
