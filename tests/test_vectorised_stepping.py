@@ -144,7 +144,8 @@ def test_generate_runs_vectorised_where_the_solver_can_and_says_so():
     np.testing.assert_array_equal(vec.nfe_of_samples, scipy.nfe_of_samples)
     assert vec.nfe_std > 0 and vec.nfe_per_sample == seq.nfe_per_sample
     # the forwards per solve: the hardest sample of each batch's
-    assert vec.nfe_per_solve == [int(vec.nfe_of_samples[lo:hi].max()) for lo, hi in vec.solve_ranges]
+    hardest = [int(vec.nfe_of_samples[lo:hi].max()) for lo, hi in vec.solve_ranges]
+    assert vec.nfe_per_solve == hardest
     torch.testing.assert_close(vec.x, seq.x, rtol=0, atol=1e-6)
     # each sample's path statistics from the calls that carried it, at its own times
     torch.testing.assert_close(vec.straightness, seq.straightness, rtol=1e-9, atol=1e-12)
