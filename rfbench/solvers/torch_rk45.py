@@ -210,9 +210,7 @@ def solve_rk45_torch_per_sample(
         error = sum(ej * kj for ej, kj in zip(E, ks) if ej) * h[:, None]
         norm = _rms_rows(error / scale)
         accept = norm < 1
-        grow = torch.where(
-            norm == 0, MAX_FACTOR, (SAFETY * norm**exponent).clamp(max=MAX_FACTOR)
-        )
+        grow = torch.where(norm == 0, MAX_FACTOR, (SAFETY * norm**exponent).clamp(max=MAX_FACTOR))
         grow = torch.where(rejected[running], grow.clamp(max=1.0), grow)
         shrink = (SAFETY * norm**exponent).clamp(min=MIN_FACTOR)
         h_abs[running] = hr * torch.where(accept, grow, shrink)
