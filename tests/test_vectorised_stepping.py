@@ -9,10 +9,13 @@ import torch
 from scipy.integrate import solve_ivp
 
 from rfbench.sample import CountingVelocity, generate, path_statistics
-from rfbench.solvers import Setting, solve
+from rfbench.solvers import SOLVERS, Setting, solve
 from rfbench.solvers.torch_rk45 import solve_rk45_torch_per_sample
 
+from .problems import PROBLEMS
+
 SETTING = Setting("rk45-torch", rtol=1e-6, stepping="per-sample")
+VECTORISED = [name for name, spec in SOLVERS.items() if spec.per_sample_fn is not None]
 
 
 def _rates(x: torch.Tensor) -> torch.Tensor:
@@ -173,3 +176,29 @@ def test_the_nfe_guard_counts_forwards():
 
     with pytest.raises(NFEBudgetExceeded):
         generate(_decay, "rk45-torch", 8, (3,), rtol=1e-6, stepping="per-sample", max_nfe=20)
+
+
+def _rowwise(problem):
+    """A problem's velocity at each sample's own time."""
+
+    def velocity(x, t):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(len(x))
+        return torch.cat([problem.velocity(x[i : i + 1], float(t[i])) for i in range(len(x))])
+
+    return velocity
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
+@pytest.mark.parametrize("solver", VECTORISED)
+def test_every_vectorised_solver_on_the_exact_problems(solver, problem):
+    """Each registered per_sample_fn reaches the exact solution, at each sample the NFE of
+    solving that sample alone."""
+    setting = Setting(solver, rtol=1e-8, stepping="per-sample")
+    x0 = torch.tensor([[1.0], [-0.5], [2.0], [1e-3]], dtype=torch.float64)
+    counter = CountingVelocity(_rowwise(problem))
+    result = SOLVERS[solver].per_sample_fn(counter, x0, setting, t0=0.0, t1=1.0)
+    torch.testing.assert_close(result.x, problem.exact(x0, 1.0), rtol=1e-6, atol=1e-8)
+    for b in range(len(x0)):
+        alone = CountingVelocity(_rowwise(problem))
+        solve(Setting(solver, rtol=1e-8), alone, x0[b : b + 1])
+        assert counter.row_nfe[b] == alone.nfe
