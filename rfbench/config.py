@@ -324,6 +324,16 @@ class RunConfig:
             raise UserError(f"--t-start {self.t_start:g} must be below --t-end {self.t_end:g}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise UserError(f"--workers must be an integer >= 0, got {self.workers!r}")
+        if self.compile and "per-sample" in self.stepping:
+            from rfbench.solvers import SOLVERS
+
+            vectorised = [s for s in self.solvers if s in SOLVERS and SOLVERS[s].per_sample_fn]
+            if vectorised:
+                raise UserError(
+                    f"--compile with --stepping per-sample: {', '.join(vectorised)} then runs "
+                    "the network at every batch size as samples finish, and the compiled "
+                    "network is compiled for fixed sizes; leave out --compile or per-sample"
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

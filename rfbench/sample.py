@@ -74,7 +74,7 @@ class CountingVelocity:
             return np.zeros(n, dtype=np.int64)
         if len(self.row_nfe) != n:
             raise RuntimeError(f"the solve's calls carried {len(self.row_nfe)} samples, not {n}")
-        return self.row_nfe.numpy().copy()
+        return self.row_nfe.cpu().numpy().copy()
 
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t, mean squared velocity [calls, B], velocity norm [calls, B]) on the CPU; t is
@@ -118,10 +118,10 @@ class CountingVelocity:
         self.nfe += 1
         if rows is None:
             if self.row_nfe is None or len(self.row_nfe) != len(x):
-                self.row_nfe = torch.zeros(len(x), dtype=torch.long)
+                self.row_nfe = torch.zeros(len(x), dtype=torch.long, device=x.device)
             self.row_nfe += 1
         else:
-            self.row_nfe[rows.cpu()] += 1
+            self.row_nfe[rows] += 1  # on the device: no wait for the host
         # a contiguous [B] vector, like the warm-up's: a compiled model sees one stride only
         # (an expanded t, stride 0, would recompile it inside the first timed cell)
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device)

@@ -312,3 +312,12 @@ def test_a_cache_that_is_a_file_is_one_line_from_a_fresh_process(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1 and "is not a directory" in done.stderr
     assert not out.exists()
+
+
+def test_compile_with_vectorised_per_sample_stepping(tmp_path, capsys):
+    """The compiled network is compiled for fixed batch sizes; vectorised per-sample
+    stepping runs it at every size as samples finish: refused before anything runs."""
+    out = tmp_path / "run"
+    argv = [*TOY[:-4], "--solvers", "rk45-torch", "--tols", "1e-3", "--compile"]
+    _fails_in_one_line([*argv, "--stepping", "per-sample", "--out", str(out)], capsys, "compile")
+    assert not out.exists()

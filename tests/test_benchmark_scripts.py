@@ -470,9 +470,10 @@ def test_per_sample_stepping_small(tmp_path):
     # sample's, the sequential ones the sum over samples
     for column in ("nfe_mean", "nfe_std", "nfe_min", "nfe_max"):
         assert float(seq[column]) == float(vec[column])
-    assert float(vec["nfe_std"]) > 0 and float(batched["nfe_std"]) == 0
+    assert float(vec["nfe_std"]) > 0
     assert int(vec["forwards"]) == int(float(vec["nfe_max"]))
-    assert int(seq["forwards"]) == round(16 * float(seq["nfe_mean"]))
+    # the batch's one count lies among the counts the samples need alone
+    assert float(vec["nfe_min"]) <= float(batched["nfe_mean"]) <= float(vec["nfe_max"])
     assert "the same NFE as solving it alone: yes" in text
     # scipy and rk45-torch take the same steps
     assert rows["scipy rk45"]["solver_nfe"] == batched["solver_nfe"] == batched["forwards"]

@@ -64,11 +64,14 @@ def test_each_sample_takes_the_steps_it_takes_alone_and_scipys():
 
 def test_a_sample_does_not_depend_on_its_batch_mates():
     x0 = _x0(12)
-    others = torch.cat([x0[:1], _x0(7, seed=5)])  # sample 0 in other company
+    # samples 2, 7 and 11 in other company, at other places in a batch of another size
+    others = torch.cat([_x0(3, seed=5), x0[11:12], x0[2:3], _x0(4, seed=6), x0[7:8]])
     a = solve_rk45_torch_per_sample(CountingVelocity(_decay), x0, SETTING)
     b = solve_rk45_torch_per_sample(CountingVelocity(_decay), others, SETTING)
-    assert a.sample_nfe[0] == b.sample_nfe[0]
-    torch.testing.assert_close(a.x[0], b.x[0], rtol=0, atol=0)
+    for i, j in ((11, 3), (2, 4), (7, 9)):
+        assert a.sample_nfe[i] == b.sample_nfe[j]
+        torch.testing.assert_close(a.x[i], b.x[j], rtol=1e-12, atol=1e-15)  # row norms: round-off
+    assert len(set(a.sample_nfe[[2, 7, 11]].tolist())) > 1  # they differ in difficulty
 
 
 def _net():
@@ -158,24 +161,62 @@ def test_generate_runs_vectorised_where_the_solver_can_and_says_so():
 
 
 def test_per_sample_path_statistics_use_each_samples_own_calls():
-    """Two samples on straight lines of different speeds, carried at different times: the
-    straightness of each is 0 and its curvature 0, from its own calls alone."""
+    """Each sample's integrals are the trapezoid over the calls that carried it, at its own
+    times. A closed loop (x1 = x0) makes S the integral of the recorded squared velocity,
+    here t^2, whose trapezoid depends on the points: 0, 1/2, 1 give 3/8; 0, 1/4, 1 give
+    13/32 (the exact 1/3 is neither)."""
     t = torch.tensor([[0.0, 0.0], [0.5, torch.nan], [1.0, 0.25], [torch.nan, 1.0]]).double()
-    speed = torch.tensor([1.0, 2.0]).double()
-    sq = torch.where(t.isnan(), torch.nan, speed**2)
-    norm = torch.where(t.isnan(), torch.nan, speed)
-    x0 = torch.zeros(2, 1)
-    x1 = speed[:, None].float()
+    sq, norm = t.pow(2), t.pow(2) + 1
+    x0 = x1 = torch.ones(2, 1)
     stats = path_statistics((t, sq, norm), None, x0, x1)
-    torch.testing.assert_close(stats.straightness, torch.zeros(2, dtype=torch.float64))
-    torch.testing.assert_close(stats.curvature, torch.zeros(2, dtype=torch.float64))
+    expected = torch.tensor([3 / 8, 13 / 32], dtype=torch.float64)
+    torch.testing.assert_close(stats.straightness, expected, rtol=1e-12, atol=0)
+    assert stats.curvature.isnan().all()  # no chord: no curvature
 
 
-def test_the_nfe_guard_counts_forwards():
+def test_the_nfe_guard_is_the_hardest_samples_nfe():
+    """Every running sample is in every forward: the guard on forwards is a guard on the
+    largest per-sample NFE, as in one-at-a-time solving."""
     from rfbench.sample import NFEBudgetExceeded
 
-    with pytest.raises(NFEBudgetExceeded):
-        generate(_decay, "rk45-torch", 8, (3,), rtol=1e-6, stepping="per-sample", max_nfe=20)
+    kw = dict(rtol=1e-6, stepping="per-sample", batch_size=8, progress=False)
+    hardest = int(generate(_decay, "rk45-torch", 8, (3,), **kw).nfe_of_samples.max())
+    assert generate(_decay, "rk45-torch", 8, (3,), max_nfe=hardest, **kw).n == 8
+    for vectorise in (True, False):
+        with pytest.raises(NFEBudgetExceeded):
+            generate(_decay, "rk45-torch", 8, (3,), max_nfe=hardest - 1, vectorise=vectorise, **kw)
+
+
+def test_a_sample_that_turns_nan_fails_the_solve_as_scipy_does():
+    """scipy's max(0.2, NaN) is 0.2: the step shrinks until it is too small and the solve
+    fails, where a NaN step size would retry forever."""
+    from rfbench.solvers import SolverFailed
+
+    x0 = _x0(4)
+
+    def poisoned(x, t):  # sample 1 (known by its constant last coordinate), after t = 0.5
+        v = _decay(x, t)
+        t = torch.as_tensor(t, dtype=x.dtype).reshape(-1).expand(len(x))
+        bad = (t > 0.5) & (x[:, 2] == x0[1, 2])
+        return torch.where(bad[:, None], torch.nan, v)
+
+    for fn in (solve_rk45_torch_per_sample, lambda v, x, s: solve("rk45-torch", v, x, rtol=1e-6)):
+        with pytest.raises(SolverFailed, match="step size"):
+            fn(CountingVelocity(poisoned, max_nfe=5000), x0, SETTING)
+
+
+def test_tolerances_below_scipys_floor_take_scipys_steps():
+    x0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    counts = []
+    with pytest.warns(UserWarning, match="rtol too small"):
+        for solver in ("rk45", "rk45-torch"):
+            counter = CountingVelocity(lambda x, t: -x)
+            solve(solver, counter, x0, rtol=1e-15)
+            counts.append(counter.nfe)
+        vec = solve_rk45_torch_per_sample(
+            CountingVelocity(lambda x, t: -x), x0, Setting("rk45-torch", rtol=1e-15)
+        )
+    assert counts[0] == counts[1] == int(vec.sample_nfe[0])
 
 
 def _rowwise(problem):

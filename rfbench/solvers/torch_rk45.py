@@ -21,6 +21,8 @@ alone.
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 
 import torch
 
@@ -41,6 +43,17 @@ B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
 E = (-71 / 57600, 0.0, 71 / 16695, -71 / 1920, 17253 / 339200, -22 / 525, 1 / 40)
 ERROR_ORDER = 4
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
+MIN_RTOL = 100 * sys.float_info.epsilon  # scipy's floor on rtol
+
+
+def _tolerances(setting) -> tuple[float, float]:
+    """rtol and atol as scipy's validate_tol leaves them: rtol at least 100 machine
+    epsilons (with scipy's warning), so that tiny tolerances take scipy's steps too."""
+    rtol = setting.rtol
+    if rtol < MIN_RTOL:
+        warnings.warn(f"rtol too small, setting to {MIN_RTOL}", stacklevel=3)
+        rtol = MIN_RTOL
+    return rtol, setting.atol
 
 
 def _rms(x: torch.Tensor) -> float:
@@ -77,7 +90,7 @@ def solve_rk45_torch(
         calls += 1
         return velocity(y.reshape(shape).to(dtype), float(t)).to(torch.float64).flatten()
 
-    rtol, atol = setting.rtol, setting.atol
+    rtol, atol = _tolerances(setting)
     y = x0.detach().to(torch.float64).flatten()
     t, direction = float(t0), 1.0 if t1 >= t0 else -1.0
     if y.numel() == 0 or t == t1:
@@ -156,7 +169,7 @@ def solve_rk45_torch_per_sample(
     ``sample_nfe`` is each sample's count of the calls it took part in."""
     shape, dtype, device = x0.shape, x0.dtype, x0.device
     n = shape[0]
-    counts = torch.zeros(n, dtype=torch.long)
+    counts = torch.zeros(n, dtype=torch.long, device=device)
     calls = 0
     counts_rows = getattr(velocity, "counts_rows", False)
 
@@ -166,12 +179,12 @@ def solve_rk45_torch_per_sample(
         if rows is None:
             counts.add_(1)
         else:
-            counts[rows.cpu()] += 1
+            counts[rows] += 1
         x = y.reshape(len(y), *shape[1:]).to(dtype)
         out = velocity(x, t, rows=rows) if counts_rows else velocity(x, t)
         return out.to(torch.float64).flatten(1)
 
-    rtol, atol = setting.rtol, setting.atol
+    rtol, atol = _tolerances(setting)
     y = x0.detach().to(torch.float64).reshape(n, -1).clone()
     direction = 1.0 if t1 >= t0 else -1.0
     if y.numel() == 0 or t0 == t1:
@@ -212,7 +225,8 @@ def solve_rk45_torch_per_sample(
         accept = norm < 1
         grow = torch.where(norm == 0, MAX_FACTOR, (SAFETY * norm**exponent).clamp(max=MAX_FACTOR))
         grow = torch.where(rejected[running], grow.clamp(max=1.0), grow)
-        shrink = (SAFETY * norm**exponent).clamp(min=MIN_FACTOR)
+        shrink = SAFETY * norm**exponent  # scipy's max(MIN_FACTOR, .): NaN gives MIN_FACTOR
+        shrink = torch.where(shrink > MIN_FACTOR, shrink, MIN_FACTOR)
         h_abs[running] = hr * torch.where(accept, grow, shrink)
         done = running[accept]
         t[done], y[done], f[done] = t_new[accept], y_new[accept], f_new[accept]
@@ -221,7 +235,7 @@ def solve_rk45_torch_per_sample(
     return SolveResult(
         y.reshape(shape).to(dtype),
         solver_nfe=calls,
-        message=f"{calls} batched calls, nfev per sample {counts.min()}..{counts.max()}",
+        message=f"{calls} batched calls, nfev per sample {int(counts.min())}..{int(counts.max())}",
         sample_nfe=counts,
     )
 
