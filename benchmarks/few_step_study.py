@@ -17,8 +17,15 @@ Fashion-MNIST (the quick model, classifier FID), it makes:
         --num-samples 500 --out results/few-step-fashion/multistep
     rfbench run --dataset fashion-mnist --solvers heun --steps 1,2,3,4,5 \\
         --grids uniform,edm,sd3 --seeds 0,1 --num-samples 500 --out results/few-step-fashion/heun
+    rfbench run --dataset fashion-mnist --solvers rk45 --tols 1e-5 --seeds 0,1 \\
+        --num-samples 500 --out results/few-step-fashion/rk45
     python benchmarks/few_step_study.py --work runs/few-step --out results/few-step \\
-        --fashion results/few-step-fashion/multistep,results/few-step-fashion/heun
+        --fashion results/few-step-fashion/multistep,results/few-step-fashion/heun,\\
+results/few-step-fashion/rk45 --notes results/few-step/notes.md
+
+An adaptive run among the Fashion runs (rk45 here) is the converged reference: its FID is
+printed beside the tables, and every cell's saved samples are compared with its samples
+of the same noise (the distance table).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -40,7 +48,7 @@ from reflow_study import _step  # noqa: E402
 from targets import target  # noqa: E402
 
 from rfbench.report import budget_table, setting_stats  # noqa: E402
-from rfbench.results import read_runs  # noqa: E402
+from rfbench.results import cell_id, read_runs  # noqa: E402
 from rfbench.solvers import SOLVERS  # noqa: E402
 
 MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
@@ -64,6 +72,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default=STEPS_A, help="of Euler and the multistep solvers")
     ap.add_argument("--heun-steps", default=STEPS_HEUN)
     ap.add_argument("--grids", default=GRIDS)
+    ap.add_argument(
+        "--notes", type=Path, default=None, help="a written reading of the numbers, appended"
+    )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
@@ -95,6 +106,7 @@ def main(argv=None) -> int:
     if args.fashion:
         runs = [Path(p) for p in args.fashion.split(",")]
         sections.append(_section("fashion-mnist", read_runs(runs), "fid", args.out, overhead=True))
+        sections.append((_accuracy_section(runs), True))
     ok = all(s[1] for s in sections)
     lines = [
         "# Few-step solvers and schedules",
@@ -107,12 +119,23 @@ def main(argv=None) -> int:
         *log,
         "```",
         "",
+        *(
+            [
+                "The Fashion-MNIST runs it read were made beforehand, on the same machine, by "
+                "the `rfbench run` commands in the script's docstring.",
+                "",
+            ]
+            if args.fashion
+            else []
+        ),
         "Every fixed-step and multistep solver on the `uniform`, `edm` (rho 7) and `sd3` "
         "(shift 3) schedules; Euler and the multistep solvers at 1-6, 8 and 10 steps (1 NFE "
         "each), Heun at 1-5 steps (2 NFE each). Values are means over the seeds.",
         "",
         *(line for text, _ in sections for line in text),
     ]
+    if args.notes is not None:
+        lines += ["", args.notes.read_text().rstrip()]
     (args.out / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if ok else 1
@@ -123,9 +146,12 @@ def _section(dataset: str, frame: pd.DataFrame, metric: str, out: Path, overhead
     lines = [f"## {dataset} ({metric}, lower is better)", ""]
     ok = True
     for model, g in frame.groupby("model_id", sort=True):
+        adaptive = g[g["rtol"].notna()]
+        g = g[g["rtol"].isna()]
         best = _best_per_nfe(g, metric)
+        converged = _converged(adaptive, metric)
         slug = f"{dataset}-{model}"
-        _figure(best, metric, f"{dataset}: {model}", out / f"{slug}.png")
+        _figure(best, metric, f"{dataset}: {model}", out / f"{slug}.png", converged)
         budget = budget_table(g, metric, nfe_budgets=BUDGETS)
         lines += [
             f"### {model}",
@@ -143,6 +169,12 @@ def _section(dataset: str, frame: pd.DataFrame, metric: str, out: Path, overhead
             _wide(best, metric),
             "",
             *_verdicts(best, metric),
+            "",
+            *(
+                f"- Converged reference, {c['solver']} rtol {c['rtol']:g}: {metric} "
+                f"{c['value']:.4g} (seed std {c['std']:.2g}) at {c['nfe']:.1f} NFE."
+                for c in converged
+            ),
             "",
         ]
     if overhead:
@@ -216,8 +248,86 @@ def _verdicts(best: pd.DataFrame, metric: str) -> list[str]:
     return out
 
 
-def _figure(best: pd.DataFrame, metric: str, title: str, path: Path) -> None:
+def _distances(runs: list[Path]) -> pd.DataFrame:
+    """Per fixed-step or multistep cell, the RMSE (pixels in [0, 1]) of its saved samples
+    (the first of each seed, as uint8) from the same samples of the converged cell (an
+    adaptive solver's) of the same model and seed: the solver's own error, paired by noise."""
+    cells = []
+    for run in runs:
+        for row in read_runs([run]).to_dict("records"):
+            path = run / "samples" / f"{cell_id(row)}.npz"
+            if row["status"] == "ok" and path.is_file():
+                cells.append((row, np.load(path)["x"].astype(np.float64) / 255))
+    reference = {
+        (row["model_id"], row["seed"]): (row, x) for row, x in cells if pd.notna(row["rtol"])
+    }
+    out = []
+    for row, x in cells:
+        ref = reference.get((row["model_id"], row["seed"]))
+        if pd.isna(row["rtol"]) and ref is not None:
+            k = min(len(x), len(ref[1]))
+            out.append(
+                {
+                    "model_id": row["model_id"],
+                    "solver": row["solver"],
+                    "grid": row["grid"],
+                    "nfe": row["nfe"],
+                    "seed": row["seed"],
+                    "rmse": float(np.sqrt(((x[:k] - ref[1][:k]) ** 2).mean())),
+                    "samples": k,
+                    "reference": f"{ref[0]['solver']} rtol {ref[0]['rtol']:g}",
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def _accuracy_section(runs: list[Path]) -> list[str]:
+    """Each solver's distance from the converged solution at each NFE, best schedule."""
+    d = _distances(runs)
+    if d.empty:
+        return []
+    lines = ["### Distance from the converged solution", ""]
+    for model, g in d.groupby("model_id", sort=True):
+        mean = g.groupby(["solver", "grid", "nfe"], as_index=False)["rmse"].mean()
+        mean = mean[mean["nfe"].isin(BUDGETS)].astype({"nfe": int})
+        best = mean.sort_values("rmse").groupby(["solver", "nfe"], as_index=False).first()
+        best = best.rename(columns={"rmse": "value"})
+        lines += [
+            f"`{model}`: RMSE (pixels in [0, 1]) of each cell's first {g['samples'].min()} "
+            f"samples per seed (saved as uint8) from the same samples of "
+            f"{g['reference'].iloc[0]}, same noise; mean over seeds; each solver's best "
+            "schedule at that NFE in brackets:",
+            "",
+            _wide(best, "rmse"),
+            "",
+        ]
+    return lines
+
+
+def _converged(adaptive: pd.DataFrame, metric: str) -> list[dict]:
+    """The adaptive solvers' cells (the ODE solved to tolerance): seed mean and std."""
+    out = []
+    for (solver, rtol), g in adaptive.groupby(["solver", "rtol"], sort=True):
+        per_seed = g.groupby("seed")[metric].mean()
+        out.append(
+            {
+                "solver": solver,
+                "rtol": rtol,
+                "value": per_seed.mean(),
+                "std": per_seed.std(ddof=1),
+                "nfe": g["nfe"].mean(),
+            }
+        )
+    return out
+
+
+def _figure(
+    best: pd.DataFrame, metric: str, title: str, path: Path, converged: list[dict] = ()
+) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    for c in converged:
+        label = f"{c['solver']} rtol {c['rtol']:g} ({c['nfe']:.0f} NFE)"
+        ax.axhline(c["value"], color="0.4", ls=":", lw=1, label=label)
     for solver in ["euler", "heun", *MULTISTEP]:
         g = best[best["solver"] == solver].sort_values("nfe")
         if g.empty:

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rfbench.cli import main
@@ -431,12 +432,31 @@ def test_few_step_study_small(tmp_path):
     argv = ["--work", str(tmp_path / "work"), "--out", str(out), "--toy-samples", "40"]
     argv += ["--pairs", "100", "--toy-epochs", "1", "--seeds", "0,1", "--steps", "1,4"]
     argv += ["--heun-steps", "2", "--grids", "uniform,edm"]
-    assert study.main(argv) == 0
+    notes = tmp_path / "notes.md"
+    notes.write_text("## What the numbers show\n\nA reading.\n")
+    assert study.main([*argv, "--notes", str(notes)]) == 0
     text = (out / "README.md").read_text()
+    assert text.endswith("## What the numbers show\n\nA reading.\n")
     assert text.count("### toy2d-quick") == 2  # the 1-RF and the 2-RF model
     assert "NFE ≤ 4" in text and "| dpmpp-2m " in text and "| heun " in text
     assert re.search(r"- NFE 4: the best multistep solver, \S+ \(", text)
     assert len(list(out.glob("toy2d-*.png"))) == 2
+    # distances from a converged run of the 1-RF model, paired by seed and sample
+    one = tmp_path / "work" / "1rf" / "checkpoint.pt"
+    rk = tmp_path / "rk45"
+    argv = ["run", "--dataset", "toy2d", "--checkpoint", str(one), "--solvers", "rk45"]
+    argv += ["--tols", "1e-5", "--seeds", "0,1", "--num-samples", "40", "--out", str(rk)]
+    assert main(argv) == 0
+    d = study._distances([out / "toy2d-multistep", rk])
+    cells = pd.read_csv(out / "toy2d-multistep" / "results.csv")
+    reference = pd.read_csv(rk / "results.csv")
+    assert len(d) == (cells.model_id == reference.model_id.iloc[0]).sum() == 2 * 8 * 2 * 2
+    row = d[(d.solver == "ab2") & (d.nfe == 4) & (d.grid == "edm-rho7") & (d.seed == 1)].iloc[0]
+    name = f"{row.model_id}--ab2-steps4-edm-rho7-seed1.npz"
+    x = np.load(out / "toy2d-multistep" / "samples" / name)["x"] / 255
+    ref = np.load(next((rk / "samples").glob("*seed1.npz")))["x"] / 255
+    assert row.rmse == pytest.approx(np.sqrt(((x - ref) ** 2).mean()), rel=1e-6)  # float32
+    assert row.rmse > 0 and row.samples == len(x)
     rows = pd.DataFrame(
         {
             "solver": ["euler", "ab2", "ab2", "unipc-bh1"],
@@ -447,6 +467,19 @@ def test_few_step_study_small(tmp_path):
     table, worst = study._overhead(rows)
     assert worst == pytest.approx(0.1)  # unipc-bh1: 0.2 / 2; ab2's median is 3%
     assert "3.00%" in table and "10.00%" in table
+    # the converged reference: per seed, then mean and std over seeds
+    adaptive = pd.DataFrame(
+        {
+            "solver": ["rk45"] * 4,
+            "rtol": [1e-5] * 4,
+            "seed": [0, 0, 1, 1],
+            "fid": [10.0, 12.0, 14.0, 16.0],
+            "nfe": [80, 90, 100, 110],
+        }
+    )
+    (c,) = study._converged(adaptive, "fid")
+    assert (c["solver"], c["rtol"], c["value"], c["nfe"]) == ("rk45", 1e-5, 13.0, 95)
+    assert c["std"] == pytest.approx(2**0.5 * 2)  # seeds 11 and 15, ddof 1
 
 
 def _table(text: str) -> dict[str, dict[str, str]]:
