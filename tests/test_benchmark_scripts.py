@@ -100,6 +100,9 @@ def _check_smoke_report(gpu_check, argv, tmp_path, torchrun: bool) -> None:
     assert "extrapolation from the measured steps" in training
     assert "| rk45 |" in report and "| dopri5 |" in report and "| rk4 |" in report
     assert "wall-time ratio rk45 / dopri5" in report
+    assert re.search(
+        r"^rk45-torch with per-sample stepping \(vectorised\): NFE per sample \d", report, re.M
+    )
     options = _section(report, "## 5. CUDA path options")
     assert re.search(r"^\| bf16 \| fp32 \| False \| False \|", options, re.M)  # effective
     if torchrun:
