@@ -57,7 +57,7 @@ STEPS_A = "1,2,3,4,5,6,8,10"
 STEPS_HEUN = "1,2,3,4,5"  # 2 NFE per step: 2 to 10 NFE
 GRIDS = "uniform,edm,sd3"
 BUDGETS = (1, 2, 3, 4, 5, 6, 8, 10)
-MAX_OVERHEAD = 0.05
+MAX_OVERHEAD = 0.05  # of model time, per solver's median and per cell
 
 
 def main(argv=None) -> int:
@@ -168,7 +168,7 @@ def _section(dataset: str, frame: pd.DataFrame, metric: str, out: Path, overhead
             "",
             _wide(best, metric),
             "",
-            *_verdicts(best, metric),
+            *_verdicts(best, g, metric),
             "",
             *(
                 f"- Converged reference, {c['solver']} rtol {c['rtol']:g}: {metric} "
@@ -179,6 +179,8 @@ def _section(dataset: str, frame: pd.DataFrame, metric: str, out: Path, overhead
         ]
     if overhead:
         table, worst = _overhead(frame)
+        cell = _largest_cell(frame)
+        per_nfe = frame["model_time_s"] / frame["nfe"]
         lines += [
             "### Solver overhead",
             "",
@@ -189,8 +191,19 @@ def _section(dataset: str, frame: pd.DataFrame, metric: str, out: Path, overhead
             "",
             target("largest multistep overhead / model time", worst, "<=", MAX_OVERHEAD),
             "",
+            f"The largest single multistep cell: {cell['solver']} {int(cell['steps'])} "
+            f"step(s) {cell['grid']} seed {int(cell['seed'])}, "
+            f"{100 * cell['share']:.2f}% of its {cell['model_time_s']:.3g} s of network time.",
+            target("largest multistep cell's overhead share", cell["share"], "<=", MAX_OVERHEAD),
+            "",
+            "The Fashion-MNIST runs shared the 2 cores with other work for part of their "
+            "time (network time per NFE ranges from "
+            f"{per_nfe.min():.2f} to {per_nfe.max():.2f} s over the cells): compare wall "
+            "times between these rows only as the shares above, each measured within one "
+            "cell.",
+            "",
         ]
-        ok = worst <= MAX_OVERHEAD
+        ok = worst <= MAX_OVERHEAD and cell["share"] <= MAX_OVERHEAD
     return lines, ok
 
 
@@ -201,7 +214,7 @@ def _best_per_nfe(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     mean, std = f"{metric}_mean", f"{metric}_std"
     rows = []
     for (solver, nfe), g in stats.groupby(["solver", "nfe"], sort=True):
-        top = g.sort_values(mean).iloc[0]
+        top = g.sort_values([mean, "grid"], kind="stable").iloc[0]  # ties: by name
         rows.append(
             {
                 "solver": solver,
@@ -224,7 +237,10 @@ def _wide(best: pd.DataFrame, metric: str) -> str:
     return table.loc[order].to_markdown()
 
 
-def _verdicts(best: pd.DataFrame, metric: str) -> list[str]:
+def _verdicts(best: pd.DataFrame, frame: pd.DataFrame, metric: str) -> list[str]:
+    """At 4-8 NFE, the best multistep setting against the best of Euler and Heun (best by
+    seed mean), compared seed by seed: the noise is the same for both, so each seed is a
+    pair. With so few seeds the verdict is only whether every pair agrees."""
     out = []
     for nfe in (4, 5, 6, 8):
         at = best[best["nfe"] == nfe]
@@ -232,20 +248,34 @@ def _verdicts(best: pd.DataFrame, metric: str) -> list[str]:
         ms = at[at["solver"].isin(MULTISTEP)]
         if rk.empty or ms.empty:
             continue
-        a, b = rk.sort_values("value").iloc[0], ms.sort_values("value").iloc[0]
-        spread = max(a["std"], b["std"]) if pd.notna(a["std"]) else float("nan")
-        gap = a["value"] - b["value"]
-        if pd.notna(spread) and abs(gap) <= 2 * spread:
-            word = "ties (within two seed std) with"
+        a = rk.sort_values(["value", "solver"], kind="stable").iloc[0]
+        b = ms.sort_values(["value", "solver"], kind="stable").iloc[0]
+        pa, pb = _per_seed(frame, a, metric), _per_seed(frame, b, metric)
+        diffs = (pa - pb).dropna()  # > 0: the multistep setting is better on that seed
+        if len(diffs) and (diffs > 0).all():
+            word = f"beats, on each of the {len(diffs)} seeds,"
+        elif len(diffs) and (diffs < 0).all():
+            word = f"loses, on each of the {len(diffs)} seeds, to"
         else:
-            word = "beats" if gap > 0 else "loses to"
+            word = "neither beats nor loses to (the seeds disagree)"
+        gap = a["value"] - b["value"]
         out.append(
             f"- NFE {nfe}: the best multistep solver, {b['solver']} ({b['grid']}), {word} "
             f"the best of Euler and Heun, {a['solver']} ({a['grid']}): {b['value']:.4g} "
-            f"against {a['value']:.4g} ({100 * gap / a['value']:+.1f}% of it; seed std "
-            f"{spread:.2g})."
+            f"against {a['value']:.4g} ({100 * gap / a['value']:+.1f}% of it); per-seed "
+            f"differences {', '.join(f'{d:+.3g}' for d in diffs)}."
         )
     return out
+
+
+def _per_seed(frame: pd.DataFrame, setting: pd.Series, metric: str) -> pd.Series:
+    """A setting's metric on each seed, from its solver, schedule and NFE."""
+    rows = frame[
+        (frame["solver"] == setting["solver"])
+        & (frame["grid"] == setting["grid"])
+        & (frame["nfe"] == setting["nfe"])
+    ]
+    return rows.groupby("seed")[metric].mean()
 
 
 def _distances(runs: list[Path]) -> pd.DataFrame:
@@ -258,9 +288,10 @@ def _distances(runs: list[Path]) -> pd.DataFrame:
             path = run / "samples" / f"{cell_id(row)}.npz"
             if row["status"] == "ok" and path.is_file():
                 cells.append((row, np.load(path)["x"].astype(np.float64) / 255))
-    reference = {
-        (row["model_id"], row["seed"]): (row, x) for row, x in cells if pd.notna(row["rtol"])
-    }
+    reference = {}  # per model and seed: the tightest adaptive cell
+    for row, x in sorted(cells, key=lambda c: -c[0]["rtol"] if pd.notna(c[0]["rtol"]) else 0):
+        if pd.notna(row["rtol"]):
+            reference[(row["model_id"], row["seed"])] = (row, x)
     out = []
     for row, x in cells:
         ref = reference.get((row["model_id"], row["seed"]))
@@ -290,7 +321,8 @@ def _accuracy_section(runs: list[Path]) -> list[str]:
     for model, g in d.groupby("model_id", sort=True):
         mean = g.groupby(["solver", "grid", "nfe"], as_index=False)["rmse"].mean()
         mean = mean[mean["nfe"].isin(BUDGETS)].astype({"nfe": int})
-        best = mean.sort_values("rmse").groupby(["solver", "nfe"], as_index=False).first()
+        best = mean.sort_values(["rmse", "grid"], kind="stable")
+        best = best.groupby(["solver", "nfe"], as_index=False).first()
         best = best.rename(columns={"rmse": "value"})
         lines += [
             f"`{model}`: RMSE (pixels in [0, 1]) of each cell's first {g['samples'].min()} "
@@ -351,6 +383,13 @@ def _overhead(frame: pd.DataFrame) -> tuple[str, float]:
     table = table.loc[order]
     worst = float(table[[s for s in MULTISTEP if s in table.index]].max())
     return table.map(lambda v: f"{100 * v:.2f}%").to_frame().to_markdown(), worst
+
+
+def _largest_cell(frame: pd.DataFrame) -> pd.Series:
+    """The multistep cell with the largest overhead share."""
+    cells = frame[frame["solver"].isin(MULTISTEP)]
+    share = cells["overhead_time_s"] / cells["model_time_s"]
+    return cells.assign(share=share).sort_values("share").iloc[-1]
 
 
 if __name__ == "__main__":

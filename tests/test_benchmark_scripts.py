@@ -448,16 +448,17 @@ def test_few_step_study_small(tmp_path):
     one = tmp_path / "work" / "1rf" / "checkpoint.pt"
     rk = tmp_path / "rk45"
     argv = ["run", "--dataset", "toy2d", "--checkpoint", str(one), "--solvers", "rk45"]
-    argv += ["--tols", "1e-5", "--seeds", "0,1", "--num-samples", "40", "--out", str(rk)]
+    argv += ["--tols", "1e-5,1e-2", "--seeds", "0,1", "--num-samples", "40", "--out", str(rk)]
     assert main(argv) == 0
     d = study._distances([out / "toy2d-multistep", rk])
+    assert set(d.reference) == {"rk45 rtol 1e-05"}  # the tightest of the two, whatever order
     cells = pd.read_csv(out / "toy2d-multistep" / "results.csv")
     reference = pd.read_csv(rk / "results.csv")
     assert len(d) == (cells.model_id == reference.model_id.iloc[0]).sum() == 2 * 8 * 2 * 2
     row = d[(d.solver == "ab2") & (d.nfe == 4) & (d.grid == "edm-rho7") & (d.seed == 1)].iloc[0]
     name = f"{row.model_id}--ab2-steps4-edm-rho7-seed1.npz"
     x = np.load(out / "toy2d-multistep" / "samples" / name)["x"] / 255
-    ref = np.load(next((rk / "samples").glob("*seed1.npz")))["x"] / 255
+    ref = np.load(next((rk / "samples").glob("*rtol1e-05*seed1.npz")))["x"] / 255
     assert row.rmse == pytest.approx(np.sqrt(((x - ref) ** 2).mean()), rel=1e-6)  # float32
     assert row.rmse > 0 and row.samples == len(x)
     rows = pd.DataFrame(
@@ -470,6 +471,35 @@ def test_few_step_study_small(tmp_path):
     table, worst = study._overhead(rows)
     assert worst == pytest.approx(0.1)  # unipc-bh1: 0.2 / 2; ab2's median is 3%
     assert "3.00%" in table and "10.00%" in table
+    # the largest cell's share, of multistep solvers only
+    cells = rows.assign(steps=[1, 2, 3, 4], grid="uniform", seed=0)
+    largest = study._largest_cell(cells)
+    assert (largest["solver"], largest["steps"]) == ("unipc-bh1", 4)
+    assert largest["share"] == pytest.approx(0.1)
+    assert study._largest_cell(cells[cells.solver != "unipc-bh1"])["share"] == 0.04
+    # verdicts compare seed by seed
+    best = pd.DataFrame(
+        {
+            "solver": ["euler", "ab2"],
+            "nfe": [4, 4],
+            "grid": ["uniform", "sd3-shift3"],
+            "value": [10.0, 9.0],
+            "std": [1.0, 1.0],
+        }
+    )
+    frame = pd.DataFrame(
+        {
+            "solver": ["euler", "euler", "ab2", "ab2"],
+            "grid": ["uniform", "uniform", "sd3-shift3", "sd3-shift3"],
+            "nfe": [4, 4, 4, 4],
+            "seed": [0, 1, 0, 1],
+            "fid": [10.5, 9.5, 9.4, 8.6],
+        }
+    )
+    (line,) = study._verdicts(best, frame, "fid")
+    assert "ab2 (sd3-shift3), beats, on each of the 2 seeds," in line and "+1.1, +0.9" in line
+    (line,) = study._verdicts(best, frame.assign(fid=[10.5, 9.5, 9.4, 9.6]), "fid")
+    assert "neither beats nor loses to (the seeds disagree)" in line
     # the converged reference: per seed, then mean and std over seeds
     adaptive = pd.DataFrame(
         {
