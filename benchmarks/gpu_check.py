@@ -455,8 +455,9 @@ def step_sampling(ck: Check) -> list[str]:
     b, device = ck.sizes.sample_batch, ck.device
     warm_up(model, shape, b, device)
     rows, finals = [], {}
-    for solver, family, setting in SOLVER_SETTINGS:
-        run = generate(
+
+    def sample(solver: str, **setting):
+        return generate(
             model,
             solver,
             b,
@@ -468,6 +469,9 @@ def step_sampling(ck: Check) -> list[str]:
             progress=False,
             **setting,
         )
+
+    for solver, family, setting in SOLVER_SETTINGS:
+        run = sample(solver, **setting)
         finals[solver], nfe = run.x, run.nfe_per_solve[0]
         rows.append(
             {
@@ -506,20 +510,8 @@ def step_sampling(ck: Check) -> list[str]:
         "target is for a GPU, where the host round trip crosses PCIe)"
     )
     # the same solver with per-sample stepping, vectorised: each sample its own steps
-    setting = dict(next(st for name, _, st in SOLVER_SETTINGS if name == "rk45-torch"))
-    vec = generate(
-        model,
-        "rk45-torch",
-        b,
-        shape,
-        seed=0,
-        batch_size=b,
-        device=device,
-        repeats=ck.sizes.sample_repeats,
-        progress=False,
-        stepping="per-sample",
-        **setting,
-    )
+    setting = next(st for name, _, st in SOLVER_SETTINGS if name == "rk45-torch")
+    vec = sample("rk45-torch", stepping="per-sample", **setting)
     per = vec.nfe_of_samples
     vectorised = (
         f"rk45-torch with per-sample stepping ({vec.per_sample_impl}): NFE per sample "
