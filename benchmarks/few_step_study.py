@@ -19,9 +19,22 @@ Fashion-MNIST (the quick model, classifier FID), it makes:
         --grids uniform,edm,sd3 --seeds 0,1 --num-samples 500 --out results/few-step-fashion/heun
     rfbench run --dataset fashion-mnist --solvers rk45 --tols 1e-5 --seeds 0,1 \\
         --num-samples 500 --out results/few-step-fashion/rk45
+    rfbench run --dataset fashion-mnist --solvers midpoint --steps 1,2,3,4,5 \\
+        --grids uniform,edm,sd3,dense-noise,dense-data,cosine --seeds 0,1 \\
+        --num-samples 500 --out results/few-step-fashion/midpoint
+    rfbench run --dataset fashion-mnist --solvers rk4 --steps 1,2 \\
+        --grids uniform,edm,sd3,dense-noise,dense-data,cosine --seeds 0,1 \\
+        --num-samples 500 --out results/few-step-fashion/rk4
+    rfbench run --dataset fashion-mnist --solvers heun --steps 1,2,3,4,5 \\
+        --grids dense-noise,dense-data,cosine --seeds 0,1 --num-samples 500 \\
+        --out results/few-step-fashion/heun-more
     python benchmarks/few_step_study.py --work runs/few-step --out results/few-step \\
         --fashion results/few-step-fashion/multistep,results/few-step-fashion/heun,\\
-results/few-step-fashion/rk45 --notes results/few-step/notes.md
+results/few-step-fashion/rk45,results/few-step-fashion/midpoint,results/few-step-fashion/rk4,\\
+results/few-step-fashion/heun-more --notes results/few-step/notes.md
+
+Only the cells on ``--grids`` (uniform, edm, sd3 by default) enter the tables, so that
+every solver picks its best schedule among the same ones.
 
 An adaptive run among the Fashion runs (rk45 here) is the converged reference: its FID is
 printed beside the tables, and every cell's saved samples are compared with its samples
@@ -50,11 +63,15 @@ from targets import target  # noqa: E402
 from rfbench.report import budget_table, setting_stats  # noqa: E402
 from rfbench.results import cell_id, read_runs  # noqa: E402
 from rfbench.solvers import SOLVERS  # noqa: E402
+from rfbench.solvers.fixed import canonical_grid  # noqa: E402
 
 MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
 SOLVERS_A = ["euler", *MULTISTEP]  # 1 NFE per step
+RUNGE_KUTTA = ["euler", "midpoint", "heun", "rk4"]  # one-step fixed-step solvers
+ORDER = [*RUNGE_KUTTA, *MULTISTEP]  # of table rows and figure lines
 STEPS_A = "1,2,3,4,5,6,8,10"
-STEPS_HEUN = "1,2,3,4,5"  # 2 NFE per step: 2 to 10 NFE
+STEPS_HEUN = "1,2,3,4,5"  # 2 NFE per step (Heun, midpoint): 2 to 10 NFE
+STEPS_RK4 = "1,2"  # 4 NFE per step: 4 and 8 NFE
 GRIDS = "uniform,edm,sd3"
 BUDGETS = (1, 2, 3, 4, 5, 6, 8, 10)
 MAX_OVERHEAD = 0.05  # of model time, per solver's median and per cell
@@ -95,6 +112,8 @@ def main(argv=None) -> int:
     for name, solvers, steps in (
         ("multistep", SOLVERS_A, args.steps),
         ("heun", ["heun"], args.heun_steps),
+        ("midpoint", ["midpoint"], args.heun_steps),
+        ("rk4", ["rk4"], STEPS_RK4),
     ):
         out = args.out / f"toy2d-{name}"
         grid = ["run", "--dataset", "toy2d", "--checkpoint", models, "--solvers", ",".join(solvers)]
@@ -102,11 +121,14 @@ def main(argv=None) -> int:
         grid += ["--num-samples", str(args.toy_samples), "--out", str(out)]
         _step(grid, out / "table.md", log, times)
         toy_runs.append(out)
-    sections = [_section("toy2d", read_runs(toy_runs), "swd", args.out, overhead=False)]
+    grids = [canonical_grid(g) for g in args.grids.split(",")]
+    toy = _on_grids(read_runs(toy_runs), grids)
+    sections = [_section("toy2d", toy, "swd", args.out, overhead=False)]
     if args.fashion:
         runs = [Path(p) for p in args.fashion.split(",")]
-        sections.append(_section("fashion-mnist", read_runs(runs), "fid", args.out, overhead=True))
-        sections.append((_accuracy_section(runs), True))
+        fashion = _on_grids(read_runs(runs), grids)
+        sections.append(_section("fashion-mnist", fashion, "fid", args.out, overhead=True))
+        sections.append((_accuracy_section(runs, grids), True))
     ok = all(s[1] for s in sections)
     lines = [
         "# Few-step solvers and schedules",
@@ -128,9 +150,11 @@ def main(argv=None) -> int:
             if args.fashion
             else []
         ),
-        "Every fixed-step and multistep solver on the `uniform`, `edm` (rho 7) and `sd3` "
-        "(shift 3) schedules; Euler and the multistep solvers at 1-6, 8 and 10 steps (1 NFE "
-        "each), Heun at 1-5 steps (2 NFE each). Values are means over the seeds.",
+        f"Every fixed-step and multistep solver on the schedules {', '.join(grids)} (rows on "
+        "other schedules in the runs are left out, so that every solver chooses among the "
+        "same); Euler and the multistep solvers at 1-6, 8 and 10 steps (1 NFE each), "
+        "midpoint and Heun at 1-5 steps (2 NFE each), RK4 at 1-2 steps (4 NFE each). "
+        "Values are means over the seeds.",
         "",
         *(line for text, _ in sections for line in text),
     ]
@@ -233,7 +257,7 @@ def _wide(best: pd.DataFrame, metric: str) -> str:
     )
     table = cells.pivot(index="solver", columns="nfe", values="cell").fillna("")
     table.columns = [f"NFE {c}" for c in table.columns]
-    order = [s for s in ["euler", "heun", *MULTISTEP] if s in table.index]
+    order = [s for s in ORDER if s in table.index]
     return table.loc[order].to_markdown()
 
 
@@ -312,9 +336,15 @@ def _distances(runs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _accuracy_section(runs: list[Path]) -> list[str]:
+def _on_grids(frame: pd.DataFrame, grids: list[str]) -> pd.DataFrame:
+    """The fixed-step cells on these schedules, and every adaptive cell."""
+    return frame[frame["grid"].isin(grids) | frame["rtol"].notna()]
+
+
+def _accuracy_section(runs: list[Path], grids: list[str]) -> list[str]:
     """Each solver's distance from the converged solution at each NFE, best schedule."""
     d = _distances(runs)
+    d = d[d["grid"].isin(grids)] if len(d) else d
     if d.empty:
         return []
     lines = ["### Distance from the converged solution", ""]
@@ -360,11 +390,11 @@ def _figure(
     for c in converged:
         label = f"{c['solver']} rtol {c['rtol']:g} ({c['nfe']:.0f} NFE)"
         ax.axhline(c["value"], color="0.4", ls=":", lw=1, label=label)
-    for solver in ["euler", "heun", *MULTISTEP]:
+    for solver in ORDER:
         g = best[best["solver"] == solver].sort_values("nfe")
         if g.empty:
             continue
-        style = "-" if solver in ("euler", "heun") else "--"
+        style = "-" if solver in RUNGE_KUTTA else "--"
         ax.plot(g["nfe"], g["value"], style, marker="o", ms=3, label=solver)
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"{metric} (best schedule)")
@@ -379,7 +409,7 @@ def _figure(
 def _overhead(frame: pd.DataFrame) -> tuple[str, float]:
     share = frame.assign(share=frame["overhead_time_s"] / frame["model_time_s"])
     table = share.groupby("solver")["share"].median().rename("overhead / model time")
-    order = [s for s in ["euler", "heun", *MULTISTEP] if s in table.index]
+    order = [s for s in ORDER if s in table.index]
     table = table.loc[order]
     worst = float(table[[s for s in MULTISTEP if s in table.index]].max())
     return table.map(lambda v: f"{100 * v:.2f}%").to_frame().to_markdown(), worst

@@ -442,6 +442,12 @@ def test_few_step_study_small(tmp_path):
     assert text.endswith("## What the numbers show\n\nA reading.\n")
     assert text.count("### toy2d-quick") == 2  # the 1-RF and the 2-RF model
     assert "NFE ≤ 4" in text and "| dpmpp-2m " in text and "| heun " in text
+    assert "| midpoint " in text and "| rk4 " in text
+    # only the given schedules, and every adaptive cell
+    frame = pd.DataFrame(
+        {"grid": ["uniform", "cosine", "edm-rho7", None], "rtol": [None] * 3 + [1e-5]}
+    )
+    assert study._on_grids(frame, ["uniform", "edm-rho7"]).index.tolist() == [0, 2, 3]
     assert re.search(r"- NFE 4: the best multistep solver, \S+ \(", text)
     assert len(list(out.glob("toy2d-*.png"))) == 2
     # distances from a converged run of the 1-RF model, paired by seed and sample
