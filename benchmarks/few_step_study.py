@@ -406,8 +406,13 @@ def _figure(
     plt.close(fig)
 
 
+def _with_share(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells with their overhead as a share of their network time."""
+    return frame.assign(share=frame["overhead_time_s"] / frame["model_time_s"])
+
+
 def _overhead(frame: pd.DataFrame) -> tuple[str, float]:
-    share = frame.assign(share=frame["overhead_time_s"] / frame["model_time_s"])
+    share = _with_share(frame)
     table = share.groupby("solver")["share"].median().rename("overhead / model time")
     order = [s for s in ORDER if s in table.index]
     table = table.loc[order]
@@ -417,9 +422,8 @@ def _overhead(frame: pd.DataFrame) -> tuple[str, float]:
 
 def _largest_cell(frame: pd.DataFrame) -> pd.Series:
     """The multistep cell with the largest overhead share."""
-    cells = frame[frame["solver"].isin(MULTISTEP)]
-    share = cells["overhead_time_s"] / cells["model_time_s"]
-    return cells.assign(share=share).sort_values("share").iloc[-1]
+    cells = _with_share(frame[frame["solver"].isin(MULTISTEP)])
+    return cells.sort_values("share").iloc[-1]
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ CONFIGS = {  # name: (solver, stepping, vectorise)
 }
 
 
-def measure(model, shape, n: int, tol: float, device, rounds: int, batch: int) -> tuple:
+def measure(model, shape, n: int, tol: float, device, rounds: int, batch: int) -> dict:
     """{config: [SampleRun per round]}, the runs of each configuration, rounds alternating."""
     runs: dict[str, list] = {name: [] for name in CONFIGS}
     for _ in range(rounds):

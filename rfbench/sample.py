@@ -186,9 +186,10 @@ def path_statistics(
         if ts.dim() == 1:
             return _trapezoid_on(ts, q, lo, hi)
         # each sample's own calls (vectorised per-sample stepping): NaN where not carried
+        carried = ~ts.isnan()
         return torch.cat(
             [
-                _trapezoid_on(ts[~ts[:, b].isnan(), b], q[~ts[:, b].isnan(), b, None], lo, hi)
+                _trapezoid_on(ts[carried[:, b], b], q[carried[:, b], b, None], lo, hi)
                 for b in range(q.shape[1])
             ]
         )
@@ -392,7 +393,8 @@ def integrate(
     )
     kept = num_samples if batching.keep is None else min(batching.keep, num_samples)
     pin = device.type == "cuda"
-    vectorised = setting.per_sample and batching.vectorise and setting.spec.per_sample_fn
+    can_vectorise = setting.spec.per_sample_fn is not None
+    vectorised = setting.per_sample and batching.vectorise and can_vectorise
     sequential = setting.per_sample and not vectorised
     run: SampleRun | None = None
     for start, stop in bar:
@@ -410,7 +412,7 @@ def integrate(
         for lo, hi in pieces:
             x0 = x_start[lo - start : hi - start]
             result = timed_solve(
-                counter, setting, x0, t0, t1, measuring.repeats, sync, run, bool(vectorised)
+                counter, setting, x0, t0, t1, measuring.repeats, sync, run, vectorised
             )
             run.nfe_per_solve.append(counter.nfe)
             run.sample_nfe.append(counter.calls_of_rows(hi - lo))
