@@ -100,6 +100,85 @@ def obtain_model(
     return trained
 
 
+def install_model(
+    checkpoint: str | Path, data_root: str | None = None
+) -> tuple[TrainedModel, Path, bool]:
+    """Put a finished checkpoint where ``run`` looks for the model it would train, so that
+    ``run`` reuses it instead of training. It must be what ``run`` trains: its preset's
+    recipe, on the local training split (the same content hash), with all its epochs.
+
+    Returns the model, its cache path and whether it was copied (False: that very file is
+    there already). A different file already at that path is never replaced."""
+    import hashlib
+    import shutil
+
+    from rfbench.atomic import atomic_write, ensure_writable_dir
+
+    trained = load_model(checkpoint, "cpu")
+    spec = trained.spec
+    if spec.lineage is not None:
+        raise UserError(
+            f"{checkpoint} is a {spec.lineage.tag} model; `run` only ever trains 1-RF models, "
+            f"so evaluate it with `rfbench run --checkpoint {checkpoint}` instead"
+        )
+    if not spec.preset:
+        raise UserError(
+            f"{checkpoint} names no preset, so no `run` asks for it; evaluate it with "
+            f"`rfbench run --checkpoint {checkpoint}` instead"
+        )
+    size = spec.sample_shape[-1] if spec.dataset == "image-folder" else None
+    data = datamod.load_split(spec.dataset, "train", data_root, image_size=size)
+    wanted = model_spec(spec.dataset, spec.preset, data, spec.train.seed, spec.train.epochs)
+    if spec != wanted:
+        raise UserError(
+            f"{checkpoint} is not the model `run --dataset {spec.dataset} --preset "
+            f"{spec.preset}` trains: {_differences(spec, wanted)}; evaluate it with "
+            f"`rfbench run --checkpoint {checkpoint}` instead"
+        )
+    if trained.epochs_done < spec.train.epochs:
+        raise UserError(
+            f"{checkpoint} is partly trained ({trained.epochs_done} of {spec.train.epochs} "
+            "epochs); finish it with `rfbench train ... --resume` first"
+        )
+    path = model_cache_path(spec)
+
+    def digest(p: str | Path) -> str:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if path.exists():
+        if digest(path) == digest(checkpoint):
+            return trained, path, False
+        raise UserError(
+            f"another file is cached for this model at {path}; it is left as it is: delete it "
+            "first to put this checkpoint there"
+        )
+    ensure_writable_dir(path.parent, "the model cache")
+    with open(checkpoint, "rb") as src:
+        atomic_write(path, lambda f: shutil.copyfileobj(src, f))
+    return trained, path, True
+
+
+def _differences(have: ModelSpec, want: ModelSpec) -> str:
+    """The fields in which a checkpoint's spec differs from what ``run`` would train, as
+    'field: checkpoint's != run's' (the recipe field by field)."""
+    pairs = [(n, getattr(have, n), getattr(want, n)) for n in ("sample_shape", "unet", "mlp")]
+    pairs += [
+        (f"train.{n}", getattr(have.train, n), getattr(want.train, n))
+        for n in have.train.__dataclass_fields__
+    ]
+    out = [f"{n}: {a} != {b}" for n, a, b in pairs if a != b]
+    if have.data_hash != want.data_hash:
+        out.append(
+            f"trained on data of sha256 {have.data_hash[:12]}, not the local split's "
+            f"{want.data_hash[:12]}"
+        )
+    return "; ".join(out) or "its specs differ"
+
+
 def load_checkpoint_for(spec: ModelSpec, checkpoint: str, device: torch.device) -> TrainedModel:
     """Load a checkpoint and check that it was made for this dataset and sample shape."""
     trained = load_model(checkpoint, device)

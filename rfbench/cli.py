@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_eval,
         _add_stats,
         _add_data,
+        _add_cache,
         _add_report,
         _add_figures,
         _add_compare,
@@ -609,6 +610,28 @@ def _add_data(sub, names: _Names) -> None:
     dc.set_defaults(handler=_cmd_data_check)
 
 
+def _add_cache(sub, names: _Names) -> None:
+    c = sub.add_parser(
+        "cache",
+        help="the models `run` reuses instead of training: list them, or add a checkpoint",
+        formatter_class=DefaultsFormatter,
+    )
+    csub = c.add_subparsers(dest="cache_command", required=True, parser_class=OneLineParser)
+    cl = csub.add_parser("list", help="each cached model: its id, recipe and epochs")
+    cl.set_defaults(handler=_cmd_cache_list)
+    ca = csub.add_parser(
+        "add",
+        help="cache a finished checkpoint (from `rfbench train`) as the model `run` would "
+        "train with its preset, so that `run` reuses it",
+        formatter_class=DefaultsFormatter,
+    )
+    ca.add_argument("checkpoint", metavar="CHECKPOINT", help="a finished rfbench checkpoint")
+    ca.add_argument(
+        "--data-root", default=None, metavar="DIR", help="read the training split from here"
+    )
+    ca.set_defaults(handler=_cmd_cache_add)
+
+
 def _add_report(sub, names: _Names) -> None:
     rp = sub.add_parser(
         "report",
@@ -1076,6 +1099,47 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
             f"{d.name} {split}: {len(d.x)} samples of shape {list(d.sample_shape)}, "
             f"sha256 {d.content_hash[:16]}, from {d.source}"
         )
+    return 0
+
+
+def _cmd_cache_list(_args: argparse.Namespace) -> int:
+    from rfbench.config import cache_dir
+    from rfbench.errors import UserError
+    from rfbench.train import load_model
+
+    paths = sorted((cache_dir() / "models").glob("*.pt"))
+    print(f"{'model':<36} {'epochs':<8} {'seed':<5} path")
+    for path in paths:
+        try:
+            m = load_model(path)
+        except UserError as e:
+            print(f"{'(unreadable)':<36} {'':<8} {'':<5} {path}: {e}")
+            continue
+        epochs = f"{m.epochs_done}/{m.spec.train.epochs}"
+        print(f"{m.model_id:<36} {epochs:<8} {m.spec.train.seed:<5} {path}")
+    if not paths:
+        print(f"(none in {cache_dir() / 'models'})")
+    return 0
+
+
+def _cmd_cache_add(args: argparse.Namespace) -> int:
+    from rfbench.candidates import install_model
+
+    trained, path, copied = install_model(args.checkpoint, args.data_root)
+    spec = trained.spec
+    run = f"rfbench run --dataset {spec.dataset} --preset {spec.preset}"
+    preset = C.check_preset(spec.preset, spec.dataset)
+    recipe = preset.toy_train if len(spec.sample_shape) == 1 else preset.train
+    if spec.train.seed != 0:
+        run += f" --train-seed {spec.train.seed}"
+    if spec.train.epochs != recipe.epochs:
+        run += f" --epochs {spec.train.epochs}"
+    if spec.dataset == "image-folder":
+        run += f" --image-size {spec.sample_shape[-1]}"
+    if args.data_root:
+        run += f" --data-root {args.data_root}"
+    state = "cached" if copied else "already cached"
+    print(f"{trained.model_id} {state} at {path}; `{run}` reuses it")
     return 0
 
 

@@ -1,0 +1,113 @@
+"""`rfbench cache add`: a trained checkpoint becomes the model `run` reuses, and nothing
+already cached is ever replaced."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from rfbench.cli import main
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("RFBENCH_CACHE", str(root))
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy-1rf")
+    assert main(["train", "--dataset", "toy2d", "--epochs", "1", "--out", str(out)]) == 0
+    return out / "checkpoint.pt"
+
+
+def _run_log(tmp_path, capsys, name="run"):
+    argv = ["run", "--dataset", "toy2d", "--epochs", "1", "--solvers", "euler", "--steps", "1"]
+    argv += ["--num-samples", "50", "--out", str(tmp_path / name)]
+    assert main(argv) == 0
+    return capsys.readouterr().err
+
+
+def test_added_checkpoint_is_the_model_run_reuses(cache, toy_checkpoint, tmp_path, capsys):
+    assert main(["cache", "add", str(toy_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    (cached,) = cache.glob("*.pt")
+    assert _sha(cached) == _sha(toy_checkpoint)
+    assert "rfbench run --dataset toy2d --preset quick --epochs 1` reuses it" in out
+    err = _run_log(tmp_path, capsys)
+    assert "reusing cached model" in err and "training toy2d" not in err
+    assert _sha(cached) == _sha(toy_checkpoint)  # run read it, and wrote nothing over it
+    # the same file again: a no-op that says so
+    assert main(["cache", "add", str(toy_checkpoint)]) == 0
+    assert "already cached" in capsys.readouterr().out
+    assert main(["cache", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert str(cached) in listing and "1/1" in listing
+
+
+def test_without_it_run_trains(cache, tmp_path, capsys):
+    """The control for the test above: with an empty cache, the same run trains."""
+    err = _run_log(tmp_path, capsys)
+    assert "training toy2d" in err and "reusing cached model" not in err
+    assert len(list(cache.glob("*.pt"))) == 1
+
+
+def test_a_different_cached_file_is_left_alone(cache, toy_checkpoint, capsys):
+    assert main(["cache", "add", str(toy_checkpoint)]) == 0
+    (cached,) = cache.glob("*.pt")
+    cached.write_bytes(b"someone else's model")
+    capsys.readouterr()
+    assert main(["cache", "add", str(toy_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "another file is cached" in err and len(err.strip().splitlines()) == 1
+    assert cached.read_bytes() == b"someone else's model"
+
+
+def _edited(src, dst, edit):
+    ckpt = torch.load(src, weights_only=False)
+    edit(ckpt)
+    torch.save(ckpt, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda c: c["spec"]["train"].update(lr=0.5), "train.lr: 0.5 != 0.001"),
+        (lambda c: c["spec"].update(data_hash="0" * 64), "not the local split's"),
+        (lambda c: c.update(epoch=0), "partly trained (0 of 1 epochs)"),
+        (lambda c: c["spec"].update(preset=""), "names no preset"),
+    ],
+)
+def test_a_checkpoint_run_would_not_train_is_refused(
+    cache, toy_checkpoint, tmp_path, edit, needle, capsys
+):
+    bad = _edited(toy_checkpoint, tmp_path / "bad.pt", edit)
+    assert main(["cache", "add", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not cache.exists() or not list(cache.glob("*.pt"))
+
+
+def test_reflowed_model_is_refused(cache, toy_checkpoint, tmp_path, capsys):
+    two = tmp_path / "2rf"
+    argv = ["reflow", "--checkpoint", str(toy_checkpoint), "--pairs", "64", "--solver", "euler"]
+    assert main([*argv, "--steps", "2", "--epochs", "1", "--out", str(two)]) == 0
+    capsys.readouterr()
+    assert main(["cache", "add", str(two / "checkpoint.pt")]) == 2
+    assert "is a 2rf model" in capsys.readouterr().err
+    assert not cache.exists() or not list(cache.glob("*.pt"))
+
+
+def test_missing_checkpoint_is_one_line(cache, tmp_path, capsys):
+    assert main(["cache", "add", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pt" in err and len(err.strip().splitlines()) == 1
