@@ -7,7 +7,8 @@
 Steps, each skipped when its output exists (so an interrupted study resumes), all through
 the `rfbench` command line:
 
-1. ``rfbench train`` the 1-RF (the quick preset) into WORK/1rf;
+1. ``rfbench train`` the 1-RF (the quick preset) into WORK/1rf, unless --parent names a
+   trained 1-RF checkpoint to start from (the blog model, ``results/blog-fashion``);
 2. ``rfbench reflow`` it into the 2-RF (WORK/2rf), on pairs from --pair-solver;
 3. ``rfbench reflow --distill 1`` the 2-RF on its own pairs (WORK/2rf-d1);
 4. ``rfbench run`` the three models over Euler at 1, 2, 4, 8 steps and --eval-solver at
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
     p.add_argument("--pair-solver", default="rk45")
     p.add_argument("--pair-tol", default="1e-5")
     p.add_argument("--pair-steps", default=None, help="for a fixed-step --pair-solver")
+    p.add_argument(
+        "--parent", default=None, help="a trained 1-RF checkpoint (default: train the quick one)"
+    )
     p.add_argument("--train-epochs", type=int, default=None, help="1-RF (default: the preset's)")
     p.add_argument("--reflow-epochs", type=int, default=None, help="default: the preset's")
     p.add_argument("--eval-solver", default="rk45")
@@ -88,12 +92,15 @@ def main(argv=None) -> int:
     epochs = ["--epochs", str(args.train_epochs)] if args.train_epochs else []
     dev = ["--device", args.device]
     root = ["--data-root", args.data_root] if args.data_root else []
-    _step(
-        ["train", "--dataset", args.dataset, *epochs, *dev, *root, "--out", str(rf1.parent)],
-        rf1,
-        log,
-        times,
-    )
+    if args.parent:
+        rf1 = Path(args.parent)
+    else:
+        _step(
+            ["train", "--dataset", args.dataset, *epochs, *dev, *root, "--out", str(rf1.parent)],
+            rf1,
+            log,
+            times,
+        )
     setting = ["--steps", args.pair_steps] if args.pair_steps else ["--tols", args.pair_tol]
     pairs = ["--pairs", str(args.pairs), "--solver", args.pair_solver, *setting]
     reflow_epochs = ["--epochs", str(args.reflow_epochs)] if args.reflow_epochs else []

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from rfbench.cli import main
@@ -271,6 +272,17 @@ def test_reflow_study_small(tmp_path):
     assert (out / "pivot-swd.md").exists() and (out / "pivot-straightness.md").exists()
     # Rerunning skips every step that is done.
     assert _load("reflow_study").main(argv) == 0
+    # From a given 1-RF (--parent): no training step, and the same 1-RF in the run.
+    parent = work / "1rf" / "checkpoint.pt"
+    other = [*argv[:2], "--out", str(tmp_path / "o2"), "--work", str(tmp_path / "w2"), *argv[6:]]
+    assert _load("reflow_study").main([*other, "--parent", str(parent)]) == 0
+    text2 = (tmp_path / "o2" / "README.md").read_text()
+    assert "rfbench train" in text and "rfbench train" not in text2
+    one = pd.read_csv(out / "run" / "results.csv")
+    two = pd.read_csv(tmp_path / "o2" / "run" / "results.csv")
+    (first,) = [i for i in one["model_id"].unique() if "rf-" not in i]  # the 1-RF's id
+    assert first in set(two["model_id"])
+    assert not (tmp_path / "w2" / "1rf").exists()
 
 
 def test_train_step_small(tmp_path):
