@@ -11,11 +11,12 @@ steps (the same nfev) and ends where scipy ends, to round-off, without copying t
 to the host at every call. What is left between the two is the round trip, not the
 method.
 
-With per-sample stepping, ``solve_rk45_torch_per_sample`` runs the same control for every
-sample at once: each keeps its own t, step size and error norm, every step attempt is one
-batched forward over the samples still running (t a [B] vector), acceptance is per
-sample, and finished samples leave the batch. Each sample takes the steps it would take
-alone.
+One stepper, ``_solve_rows``, runs that control for every row of a [B, D] state at once:
+each row keeps its own t, step size and error norm, every step attempt is one call per
+stage over the rows still running (t a [B] vector), acceptance is per row, and finished
+rows leave. ``solve_rk45_torch`` (batched) gives it the whole batch flattened into one
+row; ``solve_rk45_torch_per_sample`` gives it one row per sample, so each sample takes
+the steps it would take alone.
 """
 
 from __future__ import annotations
@@ -56,91 +57,14 @@ def _tolerances(setting) -> tuple[float, float]:
     return rtol, setting.atol
 
 
-def _rms(x: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(x) / math.sqrt(x.numel()))
-
-
-def initial_step(fun, t0, y0, f0, t1, direction, rtol, atol) -> float:
-    """scipy's select_initial_step (one network call), with max_step = inf."""
-    interval = abs(t1 - t0)
-    if interval == 0.0:
-        return 0.0
-    scale = atol + y0.abs() * rtol
-    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    h0 = min(h0, interval)
-    f1 = fun(t0 + h0 * direction, y0 + h0 * direction * f0)
-    d2 = _rms((f1 - f0) / scale) / h0
-    if d1 <= 1e-15 and d2 <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1 / (ERROR_ORDER + 1))
-    return min(100 * h0, h1, interval)
-
-
-def solve_rk45_torch(
-    velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
-) -> SolveResult:
-    """Integrate with scipy's RK45 control in torch; the batch is one state (batched)."""
-    shape, dtype = x0.shape, x0.dtype
-    calls = 0
-
-    def fun(t: float, y: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        return velocity(y.reshape(shape).to(dtype), float(t)).to(torch.float64).flatten()
-
-    rtol, atol = _tolerances(setting)
-    y = x0.detach().to(torch.float64).flatten()
-    t, direction = float(t0), 1.0 if t1 >= t0 else -1.0
-    if y.numel() == 0 or t == t1:
-        return SolveResult(x0.clone(), solver_nfe=0)
-    f = fun(t, y)
-    h_abs = initial_step(fun, t, y, f, t1, direction, rtol, atol)
-    exponent = -1 / (ERROR_ORDER + 1)
-    while direction * (t - t1) < 0:
-        min_step = 10 * abs(math.nextafter(t, direction * math.inf) - t)
-        h_abs = min(max(h_abs, min_step), math.inf)
-        rejected = False
-        while True:
-            if h_abs < min_step:
-                raise SolverFailed(
-                    "rk45-torch: required step size is less than spacing between numbers"
-                )
-            t_new = t + h_abs * direction
-            if direction * (t_new - t1) > 0:
-                t_new = t1
-            h = t_new - t
-            h_abs = abs(h)
-            ks = [f]
-            for c, a in zip(C[1:], A[1:]):
-                dy = sum(aj * kj for aj, kj in zip(a, ks) if aj) * h
-                ks.append(fun(t + c * h, y + dy))
-            y_new = y + h * sum(bj * kj for bj, kj in zip(B, ks) if bj)
-            f_new = fun(t + h, y_new)
-            ks.append(f_new)
-            scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
-            error = sum(ej * kj for ej, kj in zip(E, ks) if ej) * h
-            norm = _rms(error / scale)
-            if norm < 1:
-                factor = MAX_FACTOR if norm == 0 else min(MAX_FACTOR, SAFETY * norm**exponent)
-                if rejected:
-                    factor = min(1.0, factor)
-                h_abs *= factor
-                break
-            h_abs *= max(MIN_FACTOR, SAFETY * norm**exponent)
-            rejected = True
-        t, y, f = t_new, y_new, f_new
-    return SolveResult(y.reshape(shape).to(dtype), solver_nfe=calls, message=f"nfev={calls}")
-
-
 def _rms_rows(x: torch.Tensor) -> torch.Tensor:
     """Per-row RMS of a [B, D] tensor: the error norm of each sample on its own."""
     return torch.linalg.vector_norm(x, dim=1) / math.sqrt(x.shape[1])
 
 
 def initial_step_rows(fun, t0, y0, f0, t1, direction, rtol, atol) -> torch.Tensor:
-    """``initial_step`` for each row of y0 [B, D] at once (one network call over all)."""
+    """scipy's select_initial_step (with max_step = inf) for each row of y0 [B, D] at
+    once: one network call over all rows."""
     interval = abs(t1 - t0)
     if interval == 0.0:
         return torch.zeros(len(y0), dtype=y0.dtype, device=y0.device)
@@ -158,45 +82,23 @@ def initial_step_rows(fun, t0, y0, f0, t1, direction, rtol, atol) -> torch.Tenso
     return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
 
 
-def solve_rk45_torch_per_sample(
-    velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
-) -> SolveResult:
-    """Integrate every sample of x0 with its own scipy RK45 control, vectorised.
+def _solve_rows(fun, y: torch.Tensor, rtol: float, atol: float, t0: float, t1: float) -> None:
+    """scipy's RK45 control for every row of the float64 state y [B, D] at once, in place.
 
-    Each step attempt calls the network once per stage on the samples still running, with
-    their own times as a [B] vector; ``velocity`` is told which samples a call carries
-    (``rows=``) where it counts them (``sample.CountingVelocity``). The result's
-    ``sample_nfe`` is each sample's count of the calls it took part in."""
-    shape, dtype, device = x0.shape, x0.dtype, x0.device
-    n = shape[0]
-    counts = torch.zeros(n, dtype=torch.long, device=device)
-    calls = 0
-    counts_rows = getattr(velocity, "counts_rows", False)
-
-    def fun(rows: torch.Tensor | None, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        if rows is None:
-            counts.add_(1)
-        else:
-            counts[rows] += 1
-        x = y.reshape(len(y), *shape[1:]).to(dtype)
-        out = velocity(x, t, rows=rows) if counts_rows else velocity(x, t)
-        return out.to(torch.float64).flatten(1)
-
-    rtol, atol = _tolerances(setting)
-    y = x0.detach().to(torch.float64).reshape(n, -1).clone()
+    ``fun(rows, t, y)`` is the velocity of the rows still running (``rows`` their indices,
+    None for all) at their own times t [b]. Each row keeps its own t, step size, error norm
+    and rejection state; every step attempt is one call per stage over the running rows,
+    acceptance is per row, and rows at t1 leave. A row takes the steps it would take
+    alone, and a single row is scipy's solve of that state."""
+    n, f64 = len(y), dict(dtype=torch.float64, device=y.device)
     direction = 1.0 if t1 >= t0 else -1.0
-    if y.numel() == 0 or t0 == t1:
-        return SolveResult(x0.clone(), solver_nfe=0, sample_nfe=counts)
-    f64 = dict(dtype=torch.float64, device=device)
     t = torch.full((n,), float(t0), **f64)
     f = fun(None, t, y)
     h_abs = initial_step_rows(fun, float(t0), y, f, t1, direction, rtol, atol)
     exponent = -1 / (ERROR_ORDER + 1)
-    fresh = torch.ones(n, dtype=torch.bool, device=device)  # starting a new step
-    rejected = torch.zeros(n, dtype=torch.bool, device=device)  # its last attempt failed
-    running = torch.arange(n, device=device)  # the samples not yet at t1
+    fresh = torch.ones(n, dtype=torch.bool, device=y.device)  # starting a new step
+    rejected = torch.zeros(n, dtype=torch.bool, device=y.device)  # its last attempt failed
+    running = torch.arange(n, device=y.device)  # the rows not yet at t1
     toward = torch.full((n,), direction * math.inf, **f64)
     while len(running):
         tr, hr = t[running], h_abs[running]
@@ -232,6 +134,61 @@ def solve_rk45_torch_per_sample(
         t[done], y[done], f[done] = t_new[accept], y_new[accept], f_new[accept]
         fresh[running], rejected[running] = accept, ~accept
         running = running[direction * (t[running] - t1) < 0]
+
+
+def solve_rk45_torch(
+    velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
+) -> SolveResult:
+    """Integrate with scipy's RK45 control in torch; the batch is one state (batched): the
+    row-wise control on a single row, the whole batch flattened."""
+    shape, dtype = x0.shape, x0.dtype
+    calls = 0
+
+    def fun(_rows, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        out = velocity(y.reshape(shape).to(dtype), float(t[0]))
+        return out.to(torch.float64).reshape(1, -1)
+
+    rtol, atol = _tolerances(setting)
+    y = x0.detach().to(torch.float64).reshape(1, -1).clone()
+    if y.numel() == 0 or t0 == t1:
+        return SolveResult(x0.clone(), solver_nfe=0)
+    _solve_rows(fun, y, rtol, atol, t0, t1)
+    return SolveResult(y.reshape(shape).to(dtype), solver_nfe=calls, message=f"nfev={calls}")
+
+
+def solve_rk45_torch_per_sample(
+    velocity: Velocity, x0: torch.Tensor, setting, *, t0: float = 0.0, t1: float = 1.0
+) -> SolveResult:
+    """Integrate every sample of x0 with its own scipy RK45 control, vectorised.
+
+    Each step attempt calls the network once per stage on the samples still running, with
+    their own times as a [B] vector; ``velocity`` is told which samples a call carries
+    (``rows=``) where it counts them (``sample.CountingVelocity``). The result's
+    ``sample_nfe`` is each sample's count of the calls it took part in."""
+    shape, dtype, device = x0.shape, x0.dtype, x0.device
+    n = shape[0]
+    counts = torch.zeros(n, dtype=torch.long, device=device)
+    calls = 0
+    counts_rows = getattr(velocity, "counts_rows", False)
+
+    def fun(rows: torch.Tensor | None, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if rows is None:
+            counts.add_(1)
+        else:
+            counts[rows] += 1
+        x = y.reshape(len(y), *shape[1:]).to(dtype)
+        out = velocity(x, t, rows=rows) if counts_rows else velocity(x, t)
+        return out.to(torch.float64).flatten(1)
+
+    rtol, atol = _tolerances(setting)
+    y = x0.detach().to(torch.float64).reshape(n, -1).clone()
+    if y.numel() == 0 or t0 == t1:
+        return SolveResult(x0.clone(), solver_nfe=0, sample_nfe=counts)
+    _solve_rows(fun, y, rtol, atol, t0, t1)
     return SolveResult(
         y.reshape(shape).to(dtype),
         solver_nfe=calls,
