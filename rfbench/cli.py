@@ -690,10 +690,16 @@ def _add_report(sub, names: _Names) -> None:
 def _add_figures(sub, names: _Names) -> None:
     fg = sub.add_parser(
         "figures",
-        help="publication figures of a run directory (PDF, PNG, SVG)",
+        help="publication figures of one or more run directories (PDF, PNG, SVG)",
         formatter_class=DefaultsFormatter,
     )
-    fg.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `rfbench run`")
+    fg.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        nargs="+",
+        help="directories written by `rfbench run`; several are drawn as one run (each "
+        "cell in one of them only)",
+    )
     fg.add_argument(
         "--format",
         type=_list_of(str, "figure format", choices=C.FIGURE_FORMATS),
@@ -707,7 +713,12 @@ def _add_figures(sub, names: _Names) -> None:
         default="single",
         help="figure width: a single paper column (3.25 in) or both (6.75 in)",
     )
-    fg.add_argument("--out", default=None, metavar="DIR", help="default: RUN_DIR/figures")
+    fg.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="default: RUN_DIR/figures for one run; required for several",
+    )
     fg.set_defaults(handler=_cmd_figures)
 
 

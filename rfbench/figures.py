@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from rfbench.config import FIGURE_FORMATS  # noqa: E402
-from rfbench.results import STATUS_OK, cell_id  # noqa: E402
+from rfbench.results import STATUS_OK, cell_id, cell_key  # noqa: E402
 
 FORMATS = FIGURE_FORMATS
 WIDTHS = {"single": 3.25, "double": 6.75}  # inches: one column, the full text width
@@ -389,12 +389,16 @@ def _has(frame: pd.DataFrame, column: str) -> bool:
 
 def _cells(frame: pd.DataFrame, run_dir: str | Path, folder: str) -> list[tuple[dict, Path]]:
     """Successful rows of the smallest seed with a saved ``folder/<cell_id>.npz``, in
-    solver, variant and NFE order, each with its file."""
+    solver, variant and NFE order, each with its file: under the row's own run directory
+    where the frame holds several runs (RUN_DIR_COLUMN), else under ``run_dir``."""
     ok = _ok(frame, "nfe")
     first = ok[ok["seed"] == ok["seed"].min()] if ok["seed"].notna().any() else ok
     first = first.assign(label=_labels(first.reset_index(drop=True)).to_numpy())
     first = first.sort_values(["solver", "label", "nfe"], kind="stable")
-    cells = [(r, Path(run_dir) / folder / f"{cell_id(r)}.npz") for r in first.to_dict("records")]
+    cells = [
+        (r, Path(r.get(RUN_DIR_COLUMN) or run_dir) / folder / f"{cell_id(r)}.npz")
+        for r in first.to_dict("records")
+    ]
     cells = [(r, p) for r, p in cells if p.exists()]
     if not cells:
         raise NoDataError(f"no saved {folder} of the results under {Path(run_dir) / folder}")
@@ -510,22 +514,53 @@ def trajectories(
 # Everything for a run.
 
 
+RUN_DIR_COLUMN = "_run_dir"  # a row's run directory, where make_all reads several
+
+
+def read_run_dirs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """The results of one or more run directories as one frame; with several, each row
+    carries its directory (RUN_DIR_COLUMN), and a cell done in two of them is refused: a
+    figure draws each cell once (``rfbench report`` keeps repeats apart)."""
+    frames = []
+    for run_dir in run_dirs:
+        csv = Path(run_dir) / "results.csv"
+        if not csv.exists():
+            raise NoDataError(f"{run_dir} holds no results.csv")
+        frames.append(pd.read_csv(csv))
+    if len(frames) == 1:
+        return frames[0]
+    frame = pd.concat(
+        [f.assign(**{RUN_DIR_COLUMN: str(d)}) for f, d in zip(frames, run_dirs)],
+        ignore_index=True,
+    )
+    ok = frame[frame["status"] == STATUS_OK]
+    keys = pd.Series([cell_key(r) for r in ok.to_dict("records")], dtype=object)
+    if keys.duplicated().any():
+        row = ok.iloc[int(np.flatnonzero(keys.duplicated(keep=False))[0])]
+        raise NoDataError(
+            f"cell {cell_id(row.to_dict())} ({row['solver']}) succeeded in more than one of "
+            f"{', '.join(map(str, run_dirs))}; a figure draws each cell once"
+        )
+    return frame
+
+
 def make_all(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     formats: Sequence[str] = FORMATS,
     width: str = "single",
     out: str | Path | None = None,
 ) -> list[Path]:
     """Draw every figure the run in ``run_dir`` supports into run_dir/figures (or ``out``);
     return the paths written. Figures without data are skipped; NoDataError if none has any.
+    Several run directories (``out`` then required) are drawn as one run.
 
     >>> paths = make_all("results/quickstart-fashion", formats=("pdf",))  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
-    csv = run_dir / "results.csv"
-    if not csv.exists():
-        raise NoDataError(f"{run_dir} holds no results.csv")
-    frame = pd.read_csv(csv)
+    dirs = [Path(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else list(map(Path, run_dir))
+    if len(dirs) > 1 and out is None:
+        raise NoDataError("figures of several runs need a directory to go to (--out)")
+    frame = read_run_dirs(dirs)
+    run_dir = dirs[0]
     out = Path(out) if out is not None else run_dir / "figures"
     try:
         metric = quality_column(frame)
@@ -545,5 +580,6 @@ def make_all(
         except NoDataError as e:
             skipped.append(f"{name}: {e}")
     if not paths:
-        raise NoDataError(f"no figure to draw from {csv}: " + "; ".join(skipped))
+        where = ", ".join(str(d / "results.csv") for d in dirs)
+        raise NoDataError(f"no figure to draw from {where}: " + "; ".join(skipped))
     return paths

@@ -170,3 +170,35 @@ def test_models_are_told_apart_by_their_short_names():
         "euler (2rf-9f8e7d6c)",
         "euler (2rf-d1-5e)",
     ]
+
+
+def test_several_runs_are_drawn_as_one(tmp_path, capsys):
+    """Two runs holding different cells give the figures of one run holding both: the same
+    bytes, with sample and trajectory panels read from each cell's own run."""
+    (tmp_path / "whole").mkdir()
+    whole = _run_dir(tmp_path / "whole")
+    parts = [tmp_path / "euler", tmp_path / "rk45"]
+    frame = records_to_frame(_rows())
+    ids = frame.apply(lambda r: cell_id(r.to_dict()), axis=1)
+    for part, solver in zip(parts, ("euler", "rk45")):
+        frame[frame["solver"] == solver].to_csv(part.mkdir() or part / "results.csv", index=False)
+        for folder in ("samples", "trajectories"):
+            (part / folder).mkdir()
+            for f in (whole / folder).glob("*.npz"):
+                if (frame.loc[ids == f.stem, "solver"] == solver).any():
+                    (part / folder / f.name).write_bytes(f.read_bytes())
+    one = make_all(whole, formats=("svg",), out=tmp_path / "one")
+    two = make_all(parts, formats=("svg",), out=tmp_path / "two")
+    assert [p.name for p in two] == [p.name for p in one] and len(one) == len(FIGURES)
+    for a, b in zip(one, two):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    with pytest.raises(NoDataError, match="need a directory"):
+        make_all(parts)
+    from rfbench.cli import main
+
+    assert main(["figures", *map(str, parts)]) == 2
+    assert "(--out)" in capsys.readouterr().err
+    assert main(["figures", *map(str, parts), "--format", "png", "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "samples.png").exists()
+    with pytest.raises(NoDataError, match="more than one of"):
+        make_all([whole, parts[0]], out=tmp_path / "three")
