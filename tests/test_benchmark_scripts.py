@@ -565,3 +565,56 @@ def test_per_sample_stepping_small(tmp_path):
     (found,) = _targets(text, 1)
     ratio = float(vec["wall_s"]) / float(batched["wall_s"])
     assert found["value"] == pytest.approx(ratio, rel=2e-3)
+
+
+@pytest.mark.slow
+def test_blog_study_small(tmp_path, mnist_root):
+    """The whole study on a one-epoch model of a small MNIST-like set: cache add, the four
+    runs (the Euler step count matched to RK45's NFE), reflow, the frontier rescored by
+    `rfbench eval`, and the README's numbers read back from the runs."""
+    from rfbench.cli import main as rfbench
+
+    model, root = tmp_path / "model", ["--data-root", str(mnist_root)]
+    train = ["train", "--dataset", "mnist", "--epochs", "1", *root, "--out", str(model)]
+    assert rfbench(train) == 0
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--checkpoint", str(model / "checkpoint.pt"), "--dataset", "mnist", *root]
+    argv += ["--preset", "quick", "--epochs", "1", "--out", str(out), "--work", str(work)]
+    argv += ["--num-samples", "64", "--seeds", "0,1", "--tols", "1e-2", "--fixed-steps", "1,2"]
+    argv += ["--euler-more-steps", "4", "--multistep-steps", "2", "--pairs", "128"]
+    argv += ["--pair-tol", "1e-2", "--reflow-epochs", "1", "--reflow-eval-tol", "1e-2"]
+    argv += ["--frontier-extractor", "classifier"]
+    assert _load("blog_study").main(argv) == 0
+    adaptive = pd.read_csv(out / "adaptive" / "results.csv")
+    rk45 = adaptive[adaptive["solver"] == "rk45"]["nfe"].mean()
+    more = pd.read_csv(out / "euler-more" / "results.csv")
+    assert sorted(more["steps"].unique()) == sorted({4, max(1, round(rk45))})
+    for name in ("fixed", "multistep"):
+        frame = pd.read_csv(out / name / "results.csv")
+        assert (frame["status"] == "ok").all() and set(frame["seed"]) == {0, 1}
+    for name in ("adaptive", "fixed"):  # run --preset reused the added model: no training
+        log = (out / name / "run.log").read_text()
+        assert "reusing cached model" in log and "training mnist" not in log
+    text = (out / "README.md").read_text()
+    assert f"rfbench cache add {model / 'checkpoint.pt'}" in text
+    (line,) = _targets(text, 1)
+    reflow = pd.read_csv(out / "reflow" / "run" / "results.csv")
+
+    def seed_mean(rows):
+        return rows.groupby("seed")["fid"].mean().mean()
+
+    one = reflow[~reflow["model_id"].str.contains("rf-")]
+    dist = reflow[reflow["model_id"].str.contains("-2rf-d1-")]
+    ratio = seed_mean(dist[(dist["solver"] == "euler") & (dist["steps"] == 1)]) / seed_mean(
+        one[one["solver"] == "rk45"]
+    )
+    assert line["value"] == pytest.approx(ratio, rel=1e-3)
+    # The frontier's rescoring: one eval row per frontier cell, its FID in the README.
+    rescored = pd.read_csv(out / "frontier-classifier" / "results.csv")
+    assert len(rescored) >= 2 and rescored["fid"].notna().all()
+    assert f"{rescored['fid'].iloc[0]:.4g}" in text
+    assert (out / "figures" / "fid_vs_nfe.png").exists()
+    # Done steps are skipped: a second call runs no `rfbench run` again.
+    stamp = (out / "fixed" / "results.csv").stat().st_mtime_ns
+    assert _load("blog_study").main(argv) == 0
+    assert (out / "fixed" / "results.csv").stat().st_mtime_ns == stamp

@@ -1,0 +1,378 @@
+"""A trained model through every solver family, and reflow from it: issue 19's study.
+
+    python benchmarks/blog_study.py --out results/blog-fashion --notes results/blog-fashion/notes.md
+
+runs, each step skipped when its output exists (an interrupted study resumes with the same
+command), all through the ``rfbench`` command line:
+
+1. ``rfbench cache add CHECKPOINT``: the trained model becomes the one ``run --preset``
+   reuses (default: the blog recipe's Fashion-MNIST model, ``results/blog-fashion``);
+2. ``rfbench run --preset P`` four times, the same seeds and n in every cell, each run
+   saving its samples (``--save-samples npz``) for step 5:
+   - ``adaptive``: scipy RK45 and torchdiffeq dopri5 at --tols;
+   - ``fixed``: Euler, Heun and RK4 at --fixed-steps on each of --grids;
+   - ``euler-more``: Euler at --euler-more-steps and at the step count nearest to RK45's
+     NFE at the loosest tolerance (RK45 against Euler at equal NFE), on each of --grids;
+   - ``multistep``: every multistep solver at --multistep-steps on --multistep-grid;
+3. ``benchmarks/reflow_study.py --parent CHECKPOINT``: pairs, the 2-RF and the one-step
+   distilled 2-RF, evaluated in one run with the 1-RF (cells alternate);
+4. ``rfbench report`` (budget and pivot views) and ``rfbench figures`` over the four runs;
+5. ``rfbench eval --feature-extractor inception`` (--frontier-extractor) of the first
+   seed's samples of every cell on the budget frontier: the standard Inception FID,
+   against the test split;
+6. OUT/README.md: the commands with their durations, the tables, the headline numbers,
+   then --notes (a written reading of them).
+
+Step durations go to WORK/step-times.json and into the README, so that the cost of each
+stage can be planned: they are wall seconds on whatever shared the machine at the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reflow_study  # noqa: E402
+from reflow_study import _step  # noqa: E402
+from targets import target  # noqa: E402
+
+from rfbench.cli import main as rfbench  # noqa: E402
+from rfbench.report import setting_stats  # noqa: E402
+from rfbench.results import KEY_COLUMNS, cell_id, read_runs  # noqa: E402
+from rfbench.solvers import SOLVERS  # noqa: E402
+
+MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
+RUNS = ("adaptive", "fixed", "euler-more", "multistep")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--checkpoint", default="results/blog-fashion/checkpoint.pt")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--preset", default="blog")
+    p.add_argument("--out", type=Path, default=Path("results/blog-fashion"))
+    p.add_argument("--work", type=Path, default=Path("runs/blog-fashion"))
+    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--epochs", type=int, default=None, help="the model's, if not the preset's")
+    p.add_argument("--tols", default="1e-3,1e-5")
+    p.add_argument("--grids", default="uniform,sd3")
+    p.add_argument("--fixed-steps", default="1,2,4,8")
+    p.add_argument("--euler-more-steps", default="16")
+    p.add_argument("--multistep-steps", default="2,4,6,8,10")
+    p.add_argument("--multistep-grid", default="sd3")
+    p.add_argument("--pairs", type=int, default=10_000)
+    p.add_argument("--pair-tol", default="1e-3")
+    p.add_argument("--reflow-epochs", type=int, default=6)
+    p.add_argument("--reflow-eval-tol", default="1e-3")
+    p.add_argument(
+        "--frontier-extractor",
+        choices=("inception", "classifier", "none"),
+        default="inception",
+        help="step 5's features (none: skip it; toy2d has no images)",
+    )
+    p.add_argument("--reflow", action=argparse.BooleanOptionalAction, default=True, help="step 3")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--notes", type=Path, default=None, help="appended to the README")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log: list[str] = []
+    times = args.work / "step-times.json"
+    root = ["--data-root", args.data_root] if args.data_root else []
+
+    log.append(f"rfbench cache add {args.checkpoint}")
+    if rfbench(["cache", "add", args.checkpoint, *root]) != 0:
+        raise SystemExit(f"rfbench cache add {args.checkpoint} failed")
+    common = ["--dataset", args.dataset, "--preset", args.preset, "--seeds", args.seeds]
+    common += ["--num-samples", str(args.num_samples), *root]
+    common += ["--save-samples", "npz"] if args.frontier_extractor != "none" else []
+    common += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    common += ["--epochs", str(args.epochs)] if args.epochs else []
+    runs = {name: args.out / name for name in RUNS}
+    _run(["--solvers", "rk45,dopri5", "--tols", args.tols], runs["adaptive"], common, log, times)
+    fixed = ["--steps", args.fixed_steps, "--grids", args.grids]
+    _run(["--solvers", "euler,heun,rk4", *fixed], runs["fixed"], common, log, times)
+    matched = _matched_steps(runs["adaptive"], args.tols)
+    steps = ",".join(sorted({*args.euler_more_steps.split(","), str(matched)}, key=int))
+    more = ["--solvers", "euler", "--steps", steps, "--grids", args.grids]
+    _run(more, runs["euler-more"], common, log, times)
+    ms = ["--solvers", ",".join(MULTISTEP), "--steps", args.multistep_steps]
+    _run([*ms, "--grids", args.multistep_grid], runs["multistep"], common, log, times)
+
+    if args.reflow:
+        reflow = ["--dataset", args.dataset, "--parent", args.checkpoint]
+        reflow += ["--out", str(args.out / "reflow"), "--work", str(args.work / "reflow")]
+        reflow += ["--pairs", str(args.pairs), "--pair-tol", args.pair_tol]
+        reflow += ["--reflow-epochs", str(args.reflow_epochs), "--eval-tol", args.reflow_eval_tol]
+        reflow += ["--num-samples", str(args.num_samples), "--seeds", args.seeds]
+        reflow += ["--data-root", args.data_root] if args.data_root else []
+        command = "python benchmarks/reflow_study.py " + shlex.join(reflow)
+        _timed(
+            command,
+            args.out / "reflow" / "README.md",
+            lambda: reflow_study.main(reflow),
+            log,
+            times,
+        )
+
+    dirs = [str(d) for d in runs.values()]
+    frame = read_runs(dirs)
+    metric = "fid" if frame["fid"].notna().any() else "swd"
+    reports = {}
+    for view, extra in (("budget", ["--time-budget", "10,30,100,300"]), ("pivot", [])):
+        target = args.out / f"{view}-{metric}.md"
+        argv_r = ["report", *dirs, "--view", view, "--metric", metric, *extra, "--out", str(target)]
+        log.append("rfbench " + shlex.join(argv_r))
+        if rfbench(argv_r) != 0:
+            raise SystemExit(f"rfbench {shlex.join(argv_r)} failed")
+        reports[view] = target.read_text()
+    argv_f = ["figures", *dirs, "--format", "png,pdf", "--out", str(args.out / "figures")]
+    log.append("rfbench " + shlex.join(argv_f))
+    rfbench(argv_f)
+
+    frontier = _frontier(frame, metric)
+    rescored = None
+    if args.frontier_extractor != "none":
+        rescored = _rescore(frontier, runs, args, log, times)
+    _readme(frame, metric, frontier, rescored, reports, log, args)
+    print((args.out / "README.md").read_text())
+    return 0
+
+
+def _timed(command: str, done: Path, work, log: list[str], times: Path) -> None:
+    """Run ``work`` unless ``done`` exists, keeping its duration, like ``_step``."""
+    recorded = json.loads(times.read_text()) if times.exists() else {}
+    if not done.exists():
+        print(f"run: {command}", file=sys.stderr)
+        start = time.perf_counter()
+        if work() != 0:
+            raise SystemExit(f"failed: {command}")
+        recorded[command] = round(time.perf_counter() - start)
+        times.parent.mkdir(parents=True, exist_ok=True)
+        times.write_text(json.dumps(recorded, indent=1) + "\n")
+    log.append(command + (f"  # {recorded[command]} s" if command in recorded else ""))
+
+
+def _run(grid: list[str], out: Path, common: list[str], log: list[str], times: Path) -> None:
+    """One ``rfbench run`` of the study, resumed where its directory exists unfinished."""
+    argv = ["run", *common, *grid, "--out", str(out)]
+    _step(argv, out / "table.md", log, times, ["--resume"] if out.exists() else [])
+
+
+def _matched_steps(adaptive: Path, tols: str) -> int:
+    """The Euler step count nearest RK45's mean NFE at the loosest tolerance."""
+    frame = read_runs([adaptive])
+    loosest = max(float(t) for t in tols.split(","))
+    rows = frame[(frame["solver"] == "rk45") & (frame["rtol"] == loosest)]
+    rows = rows[rows["status"] == "ok"]
+    if rows.empty:
+        raise SystemExit(f"no successful rk45 cell at rtol {loosest:g} in {adaptive}")
+    return max(1, round(float(rows["nfe"].mean())))
+
+
+def _frontier(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The budget frontier: per NFE budget (powers of two up to the largest NFE), the
+    setting with the best seed mean within it, and the id of its first seed's cell; each
+    setting once, in budget order."""
+    stats = setting_stats(frame, metric)
+    keys = [c for c in ("model_id", *KEY_COLUMNS) if c in stats]
+    top = math.ceil(math.log2(max(float(stats["nfe"].max()), 1)))
+    rows = []
+    for budget in (2**k for k in range(top + 1)):
+        fit = stats[stats["nfe"] <= budget * (1 + 1e-9)]
+        if fit.empty:
+            continue
+        best = fit.sort_values([f"{metric}_mean", "nfe"], kind="stable").iloc[0]
+        cells = frame[(frame["status"] == "ok") & frame[metric].notna()]
+        for k in keys:
+            v = best[k]
+            cells = cells[cells[k].isna()] if pd.isna(v) else cells[cells[k] == v]
+        first = cells.sort_values("seed").iloc[0]
+        rows.append(
+            {
+                "budget": f"NFE ≤ {budget}",
+                "solver": best["solver"],
+                "setting": best["setting"],
+                "nfe": best["nfe"],
+                metric: best[f"{metric}_mean"],
+                "cell": cell_id(first.to_dict()),
+                "seed": int(first["seed"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _rescore(frontier: pd.DataFrame, runs: dict, args, log: list[str], times: Path):
+    """FID with --frontier-extractor (the standard Inception), against the test split, of
+    each frontier cell's saved samples (its first seed), by one ``rfbench eval``; its
+    rows, by cell."""
+    cells = frontier.drop_duplicates(subset="cell")
+    files = []
+    for cell in cells["cell"]:
+        found = [d / "all-samples" / f"{cell}.npz" for d in runs.values()]
+        found = [f for f in found if f.is_file()]
+        if not found:
+            raise SystemExit(f"no saved samples of frontier cell {cell} (--save-samples npz)")
+        files.append(str(found[0]))
+    out = args.out / f"frontier-{args.frontier_extractor}"
+    argv = ["eval", *files, "--dataset", args.dataset, "--split", "test"]
+    argv += ["--feature-extractor", args.frontier_extractor, "--out", str(out)]
+    argv += ["--data-root", args.data_root] if args.data_root else []
+    _step(argv, out / "results.csv", log, times)
+    rows = pd.read_csv(out / "results.csv")
+    return rows.assign(cell=[Path(str(s)).stem for s in rows["samples"]])
+
+
+def _mean_std(frame: pd.DataFrame, metric: str, **match) -> tuple[float, float, float]:
+    """A setting's seed mean and std of ``metric``, and its mean NFE (NaN if absent)."""
+    rows = frame[frame["status"] == "ok"]
+    for k, v in match.items():
+        rows = rows[rows[k] == v]
+    per_seed = rows.groupby("seed")[metric].mean()
+    if per_seed.empty:
+        return math.nan, math.nan, math.nan
+    std = per_seed.std(ddof=1) if len(per_seed) > 1 else math.nan
+    return float(per_seed.mean()), float(std), float(rows["nfe"].mean())
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.4g}" + (f" ± {std:.2g}" if not math.isnan(std) else "")
+
+
+def _headline(frame: pd.DataFrame, metric: str, args) -> list[str]:
+    """RK45 at each tolerance against Euler at the step count nearest its NFE."""
+    lines = [
+        f"| solver | setting | NFE | {metric} (mean ± std over seeds) |",
+        "|---|---|---:|---:|",
+    ]
+    grids = args.grids.split(",")
+    for tol in sorted({float(t) for t in args.tols.split(",")}, reverse=True):
+        for solver in ("rk45", "dopri5"):
+            m, s, nfe = _mean_std(frame, metric, solver=solver, rtol=tol)
+            lines.append(f"| {solver} | rtol {tol:g} | {nfe:.1f} | {_fmt(m, s)} |")
+    euler = frame[(frame["solver"] == "euler") & (frame["status"] == "ok")]
+    for steps in sorted(euler["steps"].dropna().unique()):
+        for grid in sorted(euler["grid"].dropna().unique()):
+            if not any(str(grid).startswith(g.split("-")[0]) for g in grids):
+                continue
+            m, s, nfe = _mean_std(frame, metric, solver="euler", steps=steps, grid=grid)
+            if not math.isnan(m):
+                lines.append(f"| euler | {int(steps)} steps, {grid} | {nfe:.0f} | {_fmt(m, s)} |")
+    return lines
+
+
+def _reflow_lines(out: Path, metric: str, eval_tol: str) -> list[str]:
+    """The reflow ratios from the reflow run: one Euler step of the 2-RF and of the
+    distilled 2-RF over the 1-RF's RK45, against the paper's CIFAR-10 ratios."""
+    csv = out / "reflow" / "run" / "results.csv"
+    if not csv.exists():
+        return ["The reflow step has not run yet."]
+    frame = read_runs([csv])
+    ids = frame["model_id"].dropna().unique()
+    by = {
+        "1-RF": [i for i in ids if "rf-" not in i],
+        "2-RF": [i for i in ids if "-2rf-" in i and "-d1-" not in i],
+        "distilled": [i for i in ids if "-2rf-d1-" in i],
+    }
+    if any(len(v) != 1 for v in by.values()):
+        return [f"The reflow run does not hold one model of each kind: {sorted(ids)}."]
+    base, base_s, base_nfe = _mean_std(
+        frame, metric, model_id=by["1-RF"][0], solver="rk45", rtol=float(eval_tol)
+    )
+    lines = [
+        f"1-RF, rk45 rtol {eval_tol}: {metric} {_fmt(base, base_s)} at {base_nfe:.1f} NFE.",
+        "",
+    ]
+    for name, paper in (("2-RF", 4.7), ("distilled", 1.9)):
+        m, s, _ = _mean_std(frame, metric, model_id=by[name][0], solver="euler", steps=1)
+        lines.append(
+            f"- {name} one Euler step: {metric} {_fmt(m, s)}; ratio to 1-RF rk45 "
+            f"**{m / base:.2f}** (Liu et al. 2023, CIFAR-10, Inception FID: {paper})."
+        )
+    m, _, _ = _mean_std(frame, metric, model_id=by["distilled"][0], solver="euler", steps=1)
+    lines += ["", target("distilled 2-RF one-step / 1-RF rk45 " + metric, m / base, "<=", 1.5)]
+    return lines
+
+
+def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
+    ok = frame[frame["status"] == "ok"]
+    env = ok.iloc[0]
+    text = [
+        f"# {args.dataset}, the `{args.preset}` model: every solver family, and reflow",
+        "",
+        f"Made by `python benchmarks/blog_study.py {shlex.join(args.argv)}` on {env['device']} "
+        f"({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}); "
+        "it ran, or found done (wall seconds after each command; other work shared the "
+        "machine at times, see the notes):",
+        "",
+        "```",
+        *log,
+        "```",
+        "",
+        f"Model `{env['model_id']}`; n = {int(env['n_samples'])} per cell and seed, seeds "
+        f"{args.seeds}; {metric} against the {env['reference']} split"
+        + (f" with `{env['feature_extractor']}`" if metric == "fid" else "")
+        + ".",
+        "",
+        "## RK45 against Euler at equal NFE",
+        "",
+        *_headline(frame, metric, args),
+        "",
+        "## The best setting at each budget",
+        "",
+        reports["budget"].rstrip(),
+        "",
+    ]
+    if rescored is not None:
+        name = args.frontier_extractor
+        joined = frontier.merge(rescored, on="cell", how="left", suffixes=("", "_eval"))
+        show = joined[["budget", "solver", "setting", "nfe", metric, "seed", "fid_eval"]]
+        show = show.rename(
+            columns={
+                metric: f"{metric} (seed mean, the run's)",
+                "fid_eval": f"FID, {name} (that seed, test split)",
+            }
+        )
+        text += [
+            f"## FID with the {name} features on the frontier",
+            "",
+            "Each frontier setting's first-seed samples, scored by `rfbench eval "
+            f"--feature-extractor {name}` against the test split"
+            f" (`frontier-{name}/`):",
+            "",
+            show.to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
+    text += [
+        "## Reflow",
+        "",
+        "From `reflow/README.md` (`reflow/run`: the 1-RF, the 2-RF and the distilled 2-RF in "
+        "one run, so their cells alternate):",
+        "",
+        *_reflow_lines(args.out, metric, args.reflow_eval_tol),
+        "",
+        "## Every cell",
+        "",
+        reports["pivot"].rstrip(),
+        "",
+        "Figures in `figures/` (`rfbench figures` over the four runs): "
+        f"`{metric}_vs_nfe`, `{metric}_vs_time` (with its Pareto front), "
+        "`straightness_vs_nfe`, `samples`.",
+    ]
+    if args.notes is not None and args.notes.exists():
+        text += ["", args.notes.read_text().rstrip()]
+    (args.out / "README.md").write_text("\n".join(text) + "\n")
