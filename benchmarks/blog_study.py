@@ -323,6 +323,11 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
         *log,
         "```",
         "",
+        *(
+            ["How the model was trained, with its loss curve and checkpoint: `training.md`.", ""]
+            if (args.out / "training.md").exists()
+            else []
+        ),
         f"Model `{env['model_id']}`; n = {int(env['n_samples'])} per cell and seed, seeds "
         f"{args.seeds}; {metric} against the {env['reference']} split"
         + (f" with `{env['feature_extractor']}`" if metric == "fid" else "")

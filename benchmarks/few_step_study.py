@@ -28,13 +28,18 @@ Fashion-MNIST (the quick model, classifier FID), it makes:
     rfbench run --dataset fashion-mnist --solvers heun --steps 1,2,3,4,5 \\
         --grids dense-noise,dense-data,cosine --seeds 0,1 --num-samples 500 \\
         --out results/few-step-fashion/heun-more
+    rfbench run --dataset fashion-mnist --solvers euler,ab2,ab3,ab4,dpmpp-2m,dpmpp-3m,\\
+        unipc-bh1,unipc-bh2 --steps 1,2,3,4,5,6,8,10 --grids dense-noise,dense-data,cosine \\
+        --seeds 0,1 --num-samples 500 --out results/few-step-fashion/multistep-more
     python benchmarks/few_step_study.py --work runs/few-step --out results/few-step \\
+        --grids uniform,edm,sd3,dense-noise,dense-data,cosine \\
         --fashion results/few-step-fashion/multistep,results/few-step-fashion/heun,\\
 results/few-step-fashion/rk45,results/few-step-fashion/midpoint,results/few-step-fashion/rk4,\\
-results/few-step-fashion/heun-more --notes results/few-step/notes.md
+results/few-step-fashion/heun-more,results/few-step-fashion/multistep-more \\
+        --notes results/few-step/notes.md
 
-Only the cells on ``--grids`` (uniform, edm, sd3 by default) enter the tables, so that
-every solver picks its best schedule among the same ones.
+Only the cells on ``--grids`` (uniform, edm, sd3 by default; the committed study gives all
+six) enter the tables, so that every solver picks its best schedule among the same ones.
 
 An adaptive run among the Fashion runs (rk45 here) is the converged reference: its FID is
 printed beside the tables, and every cell's saved samples are compared with its samples
@@ -252,13 +257,17 @@ def _best_per_nfe(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _wide(best: pd.DataFrame, metric: str) -> str:
-    cells = best.assign(
-        cell=[f"{v:.4g} ({g.split('-')[0]})" for v, g in zip(best.value, best.grid)]
-    )
+    cells = best.assign(cell=[f"{v:.4g} ({_short(g)})" for v, g in zip(best.value, best.grid)])
     table = cells.pivot(index="solver", columns="nfe", values="cell").fillna("")
     table.columns = [f"NFE {c}" for c in table.columns]
     order = [s for s in ORDER if s in table.index]
     return table.loc[order].to_markdown()
+
+
+def _short(grid: str) -> str:
+    """A schedule's name without its default parameter: sd3-shift3 -> sd3, edm-rho7 -> edm;
+    dense-noise and dense-data stay whole."""
+    return grid.removesuffix("-shift3").removesuffix("-rho7")
 
 
 def _verdicts(best: pd.DataFrame, frame: pd.DataFrame, metric: str) -> list[str]:
