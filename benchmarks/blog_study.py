@@ -381,3 +381,7 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
     if args.notes is not None and args.notes.exists():
         text += ["", args.notes.read_text().rstrip()]
     (args.out / "README.md").write_text("\n".join(text) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
