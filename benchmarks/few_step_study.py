@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         runs = [Path(p) for p in args.fashion.split(",")]
         fashion = _on_grids(read_runs(runs), grids)
         sections.append(_section("fashion-mnist", fashion, "fid", args.out, overhead=True))
-        sections.append((_accuracy_section(runs, grids), True))
+        sections.append((_accuracy_section(runs, grids, args.out), True))
     ok = all(s[1] for s in sections)
     lines = [
         "# Few-step solvers and schedules",
@@ -225,7 +225,7 @@ def _section(dataset: str, frame: pd.DataFrame, metric: str, out: Path, overhead
             f"{100 * cell['share']:.2f}% of its {cell['model_time_s']:.3g} s of network time.",
             target("largest multistep cell's overhead share", cell["share"], "<=", MAX_OVERHEAD),
             "",
-            "The Fashion-MNIST runs shared the 2 cores with other work for part of their "
+            "The Fashion-MNIST runs shared the 2 cores with other work for much of their "
             "time (network time per NFE ranges from "
             f"{per_nfe.min():.2f} to {per_nfe.max():.2f} s over the cells): compare wall "
             "times between these rows only as the shares above, each measured within one "
@@ -350,13 +350,27 @@ def _on_grids(frame: pd.DataFrame, grids: list[str]) -> pd.DataFrame:
     return frame[frame["grid"].isin(grids) | frame["rtol"].notna()]
 
 
-def _accuracy_section(runs: list[Path], grids: list[str]) -> list[str]:
-    """Each solver's distance from the converged solution at each NFE, best schedule."""
+def _accuracy_section(runs: list[Path], grids: list[str], out: Path) -> list[str]:
+    """Each solver's distance from the converged solution at each NFE, best schedule. The
+    distances are kept in OUT/distances.csv, since the samples they come from are not
+    committed: without the samples, that file is read instead."""
     d = _distances(runs)
-    d = d[d["grid"].isin(grids)] if len(d) else d
+    kept = out / "distances.csv"
+    lines = ["### Distance from the converged solution", ""]
+    if len(d):
+        d.to_csv(kept, index=False)
+    elif kept.exists():
+        d = pd.read_csv(kept)
+        lines += [
+            f"(The runs' saved samples are not here: these distances are `{kept.name}`, "
+            "written when they were.)",
+            "",
+        ]
+    else:
+        return [*lines, "No saved samples and no distances.csv: rerun the runs to make it.", ""]
+    d = d[d["grid"].isin(grids)]
     if d.empty:
         return []
-    lines = ["### Distance from the converged solution", ""]
     for model, g in d.groupby("model_id", sort=True):
         mean = g.groupby(["solver", "grid", "nfe"], as_index=False)["rmse"].mean()
         mean = mean[mean["nfe"].isin(BUDGETS)].astype({"nfe": int})
@@ -399,12 +413,13 @@ def _figure(
     for c in converged:
         label = f"{c['solver']} rtol {c['rtol']:g} ({c['nfe']:.0f} NFE)"
         ax.axhline(c["value"], color="0.4", ls=":", lw=1, label=label)
-    for solver in ORDER:
+    colours = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
+    for i, solver in enumerate(ORDER):  # one colour each: 11 solvers, 20 colours
         g = best[best["solver"] == solver].sort_values("nfe")
         if g.empty:
             continue
         style = "-" if solver in RUNGE_KUTTA else "--"
-        ax.plot(g["nfe"], g["value"], style, marker="o", ms=3, label=solver)
+        ax.plot(g["nfe"], g["value"], style, marker="o", ms=3, color=colours[i], label=solver)
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"{metric} (best schedule)")
     ax.set_yscale("log")
