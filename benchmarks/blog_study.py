@@ -50,6 +50,7 @@ from rfbench.cli import main as rfbench  # noqa: E402
 from rfbench.report import setting_stats  # noqa: E402
 from rfbench.results import KEY_COLUMNS, cell_id, read_runs  # noqa: E402
 from rfbench.solvers import SOLVERS  # noqa: E402
+from rfbench.train import load_model  # noqa: E402
 
 MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
 RUNS = ("adaptive", "fixed", "euler-more", "multistep")
@@ -67,7 +68,6 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    p.add_argument("--epochs", type=int, default=None, help="the model's, if not the preset's")
     p.add_argument("--tols", default="1e-3,1e-5")
     p.add_argument("--grids", default="uniform,sd3")
     p.add_argument("--fixed-steps", default="1,2,4,8")
@@ -101,13 +101,15 @@ def main(argv=None) -> int:
     common += ["--num-samples", str(args.num_samples), *root]
     common += ["--save-samples", "npz"] if args.frontier_extractor != "none" else []
     common += ["--batch-size", str(args.batch_size)] if args.batch_size else []
-    common += ["--epochs", str(args.epochs)] if args.epochs else []
+    trained = load_model(args.checkpoint).spec.train  # the runs must ask for this model
+    common += ["--epochs", str(trained.epochs), "--train-seed", str(trained.seed)]
     runs = {name: args.out / name for name in RUNS}
     _run(["--solvers", "rk45,dopri5", "--tols", args.tols], runs["adaptive"], common, log, times)
     fixed = ["--steps", args.fixed_steps, "--grids", args.grids]
     _run(["--solvers", "euler,heun,rk4", *fixed], runs["fixed"], common, log, times)
     matched = _matched_steps(runs["adaptive"], args.tols)
-    steps = ",".join(sorted({*args.euler_more_steps.split(","), str(matched)}, key=int))
+    more = {int(k) for k in args.euler_more_steps.split(",")} | {matched}
+    steps = ",".join(map(str, sorted(more - {int(k) for k in args.fixed_steps.split(",")})))
     more = ["--solvers", "euler", "--steps", steps, "--grids", args.grids]
     _run(more, runs["euler-more"], common, log, times)
     ms = ["--solvers", ",".join(MULTISTEP), "--steps", args.multistep_steps]
@@ -142,7 +144,8 @@ def main(argv=None) -> int:
         reports[view] = target.read_text()
     argv_f = ["figures", *dirs, "--format", "png,pdf", "--out", str(args.out / "figures")]
     log.append("rfbench " + shlex.join(argv_f))
-    rfbench(argv_f)
+    if rfbench(argv_f) != 0:
+        raise SystemExit(f"rfbench {shlex.join(argv_f)} failed")
 
     frontier = _frontier(frame, metric)
     rescored = None

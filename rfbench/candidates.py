@@ -126,6 +126,10 @@ def install_model(
             f"{checkpoint} names no preset, so no `run` asks for it; evaluate it with "
             f"`rfbench run --checkpoint {checkpoint}` instead"
         )
+    from rfbench.config import PRESETS
+
+    if spec.preset not in PRESETS:
+        raise UserError(f"{checkpoint} names preset {spec.preset!r}, which this rfbench lacks")
     size = spec.sample_shape[-1] if spec.dataset == "image-folder" else None
     data = datamod.load_split(spec.dataset, "train", data_root, image_size=size)
     wanted = model_spec(spec.dataset, spec.preset, data, spec.train.seed, spec.train.epochs)
@@ -149,6 +153,8 @@ def install_model(
                 h.update(chunk)
         return h.hexdigest()
 
+    if path.is_dir():
+        raise UserError(f"the model cache holds a directory at {path}; remove it first")
     if path.exists():
         if digest(path) == digest(checkpoint):
             return trained, path, False

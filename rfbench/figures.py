@@ -392,7 +392,12 @@ def _cells(frame: pd.DataFrame, run_dir: str | Path, folder: str) -> list[tuple[
     solver, variant and NFE order, each with its file: under the row's own run directory
     where the frame holds several runs (RUN_DIR_COLUMN), else under ``run_dir``."""
     ok = _ok(frame, "nfe")
-    first = ok[ok["seed"] == ok["seed"].min()] if ok["seed"].notna().any() else ok
+    if RUN_DIR_COLUMN in ok:  # each run's own smallest seed
+        first = ok[ok["seed"] == ok.groupby(RUN_DIR_COLUMN)["seed"].transform("min")]
+    elif ok["seed"].notna().any():
+        first = ok[ok["seed"] == ok["seed"].min()]
+    else:
+        first = ok
     first = first.assign(label=_labels(first.reset_index(drop=True)).to_numpy())
     first = first.sort_values(["solver", "label", "nfe"], kind="stable")
     cells = [
@@ -526,9 +531,19 @@ def read_run_dirs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         csv = Path(run_dir) / "results.csv"
         if not csv.exists():
             raise NoDataError(f"{run_dir} holds no results.csv")
-        frames.append(pd.read_csv(csv))
+        try:
+            frames.append(pd.read_csv(csv))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise NoDataError(f"{csv} is not a results table: {str(e).splitlines()[0]}") from None
     if len(frames) == 1:
         return frames[0]
+    for column in ("dataset", "feature_extractor", "reference", "n_samples"):
+        values = {str(v) for f in frames if column in f for v in f[column].dropna().unique()}
+        if len(values) > 1:
+            raise NoDataError(
+                f"the runs differ in {column} ({', '.join(sorted(values))}): their quality "
+                "values do not share one axis"
+            )
     frame = pd.concat(
         [f.assign(**{RUN_DIR_COLUMN: str(d)}) for f, d in zip(frames, run_dirs)],
         ignore_index=True,

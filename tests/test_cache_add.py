@@ -85,6 +85,7 @@ def _edited(src, dst, edit):
         (lambda c: c["spec"].update(data_hash="0" * 64), "not the local split's"),
         (lambda c: c.update(epoch=0), "partly trained (0 of 1 epochs)"),
         (lambda c: c["spec"].update(preset=""), "names no preset"),
+        (lambda c: c["spec"].update(preset="nosuch"), "which this rfbench lacks"),
     ],
 )
 def test_a_checkpoint_run_would_not_train_is_refused(
@@ -111,3 +112,13 @@ def test_missing_checkpoint_is_one_line(cache, tmp_path, capsys):
     assert main(["cache", "add", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err
     assert "nope.pt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_directory_at_the_cache_path_is_one_line(cache, toy_checkpoint, capsys):
+    assert main(["cache", "add", str(toy_checkpoint)]) == 0
+    (cached,) = cache.glob("*.pt")
+    cached.unlink()
+    cached.mkdir()
+    capsys.readouterr()
+    assert main(["cache", "add", str(toy_checkpoint)]) == 2
+    assert "holds a directory" in capsys.readouterr().err and cached.is_dir()

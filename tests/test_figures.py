@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from rfbench.figures import (
@@ -202,3 +203,11 @@ def test_several_runs_are_drawn_as_one(tmp_path, capsys):
     assert (tmp_path / "c" / "samples.png").exists()
     with pytest.raises(NoDataError, match="more than one of"):
         make_all([whole, parts[0]], out=tmp_path / "three")
+    # runs scored on other sample counts share no axis; an empty table is one line
+    other = pd.read_csv(parts[1] / "results.csv").assign(n_samples=128)
+    other.to_csv(parts[1] / "results.csv", index=False)
+    with pytest.raises(NoDataError, match="differ in n_samples"):
+        make_all(parts, out=tmp_path / "four")
+    (parts[1] / "results.csv").write_text("")
+    with pytest.raises(NoDataError, match="not a results table"):
+        make_all(parts, out=tmp_path / "five")
