@@ -109,10 +109,9 @@ def install_model(
 
     Returns the model, its cache path and whether it was copied (False: that very file is
     there already). A different file already at that path is never replaced."""
-    import hashlib
     import shutil
 
-    from rfbench.atomic import atomic_write, ensure_writable_dir
+    from rfbench.atomic import atomic_write, ensure_writable_dir, sha256_of
 
     trained = load_model(checkpoint, "cpu")
     spec = trained.spec
@@ -146,17 +145,10 @@ def install_model(
         )
     path = model_cache_path(spec)
 
-    def digest(p: str | Path) -> str:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-
     if path.is_dir():
         raise UserError(f"the model cache holds a directory at {path}; remove it first")
     if path.exists():
-        if digest(path) == digest(checkpoint):
+        if sha256_of(path) == sha256_of(checkpoint):
             return trained, path, False
         raise UserError(
             f"another file is cached for this model at {path}; it is left as it is: delete it "

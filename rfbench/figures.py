@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from rfbench.config import FIGURE_FORMATS  # noqa: E402
-from rfbench.results import STATUS_OK, cell_id, cell_key  # noqa: E402
+from rfbench.results import STATUS_OK, cell_id, cell_keys  # noqa: E402
 
 FORMATS = FIGURE_FORMATS
 WIDTHS = {"single": 3.25, "double": 6.75}  # inches: one column, the full text width
@@ -549,9 +549,9 @@ def read_run_dirs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         ignore_index=True,
     )
     ok = frame[frame["status"] == STATUS_OK]
-    keys = pd.Series([cell_key(r) for r in ok.to_dict("records")], dtype=object)
-    if keys.duplicated().any():
-        row = ok.iloc[int(np.flatnonzero(keys.duplicated(keep=False))[0])]
+    repeated = cell_keys(ok).duplicated(keep=False)
+    if repeated.any():
+        row = ok[repeated].iloc[0]
         raise NoDataError(
             f"cell {cell_id(row.to_dict())} ({row['solver']}) succeeded in more than one of "
             f"{', '.join(map(str, run_dirs))}; a figure draws each cell once"

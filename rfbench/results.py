@@ -242,6 +242,13 @@ def cell_key(row: dict) -> tuple:
     return (row.get("model_id"), *Setting.from_row(row).key(), seed)
 
 
+def cell_keys(frame: pd.DataFrame) -> pd.Series:
+    """Each row's ``cell_key``, on the frame's index (``.duplicated()`` finds repeats)."""
+    return pd.Series(
+        [cell_key(r) for r in frame.to_dict("records")], index=frame.index, dtype=object
+    )
+
+
 def cell_id(row: dict) -> str:
     """A file-name-safe name of a cell, unique within a run: the name of its saved samples
     (``samples/<cell_id>.npz``) and toy2d trajectories (``trajectories/<cell_id>.npz``)."""
@@ -540,6 +547,6 @@ def read_runs(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     merged = typed(pd.concat(runs or [frames[0].assign(run=names[0])], ignore_index=True))
     merged = merged.reindex(columns=[*COLUMNS, *(c for c in merged if c not in COLUMNS)])
     ok = merged[merged["status"] == STATUS_OK]
-    if not pd.Series([cell_key(r) for r in ok.to_dict("records")], dtype=object).duplicated().any():
+    if not cell_keys(ok).duplicated().any():
         merged = merged.drop(columns="run")
     return merged

