@@ -7,21 +7,27 @@ command), all through the ``rfbench`` command line:
 
 1. ``rfbench cache add CHECKPOINT``: the trained model becomes the one ``run --preset``
    reuses (default: the blog recipe's Fashion-MNIST model, ``results/blog-fashion``);
-2. ``rfbench run --preset P`` four times, the same seeds and n in every cell, each run
+2. ``rfbench run --preset P`` five times, the same seeds and n in every cell, each run
    saving its samples (``--save-samples npz``) for step 5:
    - ``adaptive``: scipy RK45 and torchdiffeq dopri5 at --tols;
-   - ``fixed``: Euler, Heun and RK4 at --fixed-steps on each of --grids;
+   - ``fixed``: Euler and Heun at --fixed-steps on each of --grids;
+   - ``rk4``: RK4 at --rk4-steps on each of --grids (4 NFE a step: by default no more
+     than 16 NFE, like Heun's 8 steps);
    - ``euler-more``: Euler at --euler-more-steps and at the step count nearest to RK45's
      NFE at the loosest tolerance (RK45 against Euler at equal NFE), on each of --grids;
    - ``multistep``: every multistep solver at --multistep-steps on --multistep-grid;
-3. ``benchmarks/reflow_study.py --parent CHECKPOINT``: pairs, the 2-RF and the one-step
-   distilled 2-RF, evaluated in one run with the 1-RF (cells alternate);
-4. ``rfbench report`` (budget and pivot views) and ``rfbench figures`` over the four runs;
+3. ``benchmarks/reflow_study.py --parent CHECKPOINT --no-in-sample``: pairs, the 2-RF and
+   the one-step distilled 2-RF, evaluated in one run with the 1-RF (cells alternate);
+4. ``rfbench report`` (budget and pivot views) and ``rfbench figures`` over the five runs;
 5. ``rfbench eval --feature-extractor inception`` (--frontier-extractor) of the first
    seed's samples of every cell on the budget frontier: the standard Inception FID,
    against the test split;
 6. OUT/README.md: the commands with their durations, the tables, the headline numbers,
    then --notes (a written reading of them).
+
+``--plan`` first: the cost of every stage at the network's throughput timed then, in
+OUT/plan.md, and nothing run. Sampling runs with --channels-last and --compile unless told
+otherwise (``benchmarks/speed_options.py`` measures what they buy on this CPU).
 
 Step durations go to WORK/step-times.json and into the README, so that the cost of each
 stage can be planned: they are wall seconds on whatever shared the machine at the time.
@@ -34,6 +40,7 @@ import json
 import math
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,6 +53,7 @@ import reflow_study  # noqa: E402
 from reflow_study import _step  # noqa: E402
 from targets import target  # noqa: E402
 
+from rfbench.cli import DefaultsFormatter
 from rfbench.cli import main as rfbench  # noqa: E402
 from rfbench.report import setting_stats  # noqa: E402
 from rfbench.results import KEY_COLUMNS, cell_id, read_runs  # noqa: E402
@@ -53,12 +61,12 @@ from rfbench.solvers import SOLVERS  # noqa: E402
 from rfbench.train import load_model  # noqa: E402
 
 MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
-RUNS = ("adaptive", "fixed", "euler-more", "multistep")
+RUNS = ("adaptive", "fixed", "rk4", "euler-more", "multistep")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--checkpoint", default="results/blog-fashion/checkpoint.pt")
     p.add_argument("--dataset", default="fashion-mnist")
@@ -70,7 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     p.add_argument("--tols", default="1e-3,1e-5")
     p.add_argument("--grids", default="uniform,sd3")
-    p.add_argument("--fixed-steps", default="1,2,4,8")
+    p.add_argument("--fixed-steps", default="1,2,4,8", help="Euler and Heun")
+    p.add_argument("--rk4-steps", default="1,2,4")
     p.add_argument("--euler-more-steps", default="16")
     p.add_argument("--multistep-steps", default="2,4,6,8,10")
     p.add_argument("--multistep-grid", default="sd3")
@@ -85,11 +94,49 @@ def main(argv=None) -> int:
         help="step 5's features (none: skip it; toy2d has no images)",
     )
     p.add_argument("--reflow", action=argparse.BooleanOptionalAction, default=True, help="step 3")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every sampling step's --channels-last (benchmarks/speed_options.py)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every sampling step's --compile (benchmarks/speed_options.py)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="time the network with these options, write OUT/plan.md (the cost of every "
+        "stage before it runs) and stop",
+    )
+    p.add_argument(
+        "--adaptive-nfe",
+        default="1e-3:50,1e-5:120",
+        help="--plan's guess of an adaptive solver's NFE per tolerance, until the adaptive "
+        "run has measured it",
+    )
+    p.add_argument(
+        "--inception-rate",
+        type=float,
+        default=4.47,
+        help="--plan: Inception images/s on this CPU (results/inception-proof.md, "
+        "benchmarks/inception_proof.py)",
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument("--notes", type=Path, default=None, help="appended to the README")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    speed = ["--channels-last"] if args.channels_last else []
+    speed += ["--compile"] if args.compile else []
+    if args.plan:
+        text = _plan(args, speed)
+        (args.out / "plan.md").write_text(text)
+        print(text)
+        return 0
     log: list[str] = []
     times = args.work / "step-times.json"
     root = ["--data-root", args.data_root] if args.data_root else []
@@ -101,12 +148,15 @@ def main(argv=None) -> int:
     common += ["--num-samples", str(args.num_samples), *root]
     common += ["--save-samples", "npz"] if args.frontier_extractor != "none" else []
     common += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    common += speed
     trained = load_model(args.checkpoint).spec.train  # the runs must ask for this model
     common += ["--epochs", str(trained.epochs), "--train-seed", str(trained.seed)]
     runs = {name: args.out / name for name in RUNS}
     _run(["--solvers", "rk45,dopri5", "--tols", args.tols], runs["adaptive"], common, log, times)
     fixed = ["--steps", args.fixed_steps, "--grids", args.grids]
-    _run(["--solvers", "euler,heun,rk4", *fixed], runs["fixed"], common, log, times)
+    _run(["--solvers", "euler,heun", *fixed], runs["fixed"], common, log, times)
+    rk4 = ["--solvers", "rk4", "--steps", args.rk4_steps, "--grids", args.grids]
+    _run(rk4, runs["rk4"], common, log, times)
     matched = _matched_steps(runs["adaptive"], args.tols)
     more = {int(k) for k in args.euler_more_steps.split(",")} | {matched}
     steps = ",".join(map(str, sorted(more - {int(k) for k in args.fixed_steps.split(",")})))
@@ -122,6 +172,7 @@ def main(argv=None) -> int:
         reflow += ["--reflow-epochs", str(args.reflow_epochs), "--eval-tol", args.reflow_eval_tol]
         reflow += ["--num-samples", str(args.num_samples), "--seeds", args.seeds]
         reflow += ["--data-root", args.data_root] if args.data_root else []
+        reflow += [*speed, "--no-in-sample"]
         command = "python benchmarks/reflow_study.py " + shlex.join(reflow)
         _timed(
             command,
@@ -154,6 +205,130 @@ def main(argv=None) -> int:
     _readme(frame, metric, frontier, rescored, reports, log, args)
     print((args.out / "README.md").read_text())
     return 0
+
+
+TRAIN_FORWARDS = 3  # --plan: one training sample ~ forward + backward ~ 3 forwards (assumed)
+
+
+def _plan(args, speed: list[str]) -> str:
+    """The study's cost before it runs: images x NFE of every stage, in hours at the
+    network's throughput timed here with the study's speed options (one forward pass of
+    the sampling batch, median of 3), the reflow training at TRAIN_FORWARDS forwards per
+    sample, and the Inception rescoring at --inception-rate."""
+    import speed_options
+
+    from rfbench.config import PRESETS
+    from rfbench.runtime import Acceleration
+
+    trained = load_model(args.checkpoint)
+    batch = args.batch_size or PRESETS[args.preset].batch_size
+    options = Acceleration(channels_last=args.channels_last, compile=args.compile)
+    variants = {"study": options, "eager": Acceleration()}
+    seconds, _, ran = speed_options.time_forward(trained, variants, batch, 3, "inductor")
+    rate, eager = (batch / statistics.median(seconds[k]) for k in ("study", "eager"))
+    per_cell = args.num_samples * len(args.seeds.split(","))
+    guess = {float(k): float(v) for k, v in (x.split(":") for x in args.adaptive_nfe.split(","))}
+    measured = read_runs([args.out / "adaptive"]) if (args.out / "adaptive").exists() else None
+
+    def adaptive(solver: str, tol: float) -> tuple[float, str]:
+        if measured is not None:
+            rows = measured[(measured["solver"] == solver) & (measured["rtol"] == tol)]
+            if not rows.empty:
+                return float(rows["nfe"].mean()), "measured"
+        if tol not in guess:
+            raise SystemExit(f"--adaptive-nfe has no guess for tolerance {tol:g}")
+        return guess[tol], "guess"
+
+    rows = []
+
+    def add(stage: str, what: str, image_nfe: float, hours: float | None = None) -> None:
+        rows.append(
+            (stage, what, image_nfe, hours if hours is not None else image_nfe / rate / 3600)
+        )
+
+    tols = [float(t) for t in args.tols.split(",")]
+    for solver in ("rk45", "dopri5"):
+        for tol in tols:
+            nfe, how = adaptive(solver, tol)
+            add("adaptive", f"{solver} {tol:g}: {nfe:.0f} NFE ({how})", nfe * per_cell)
+    fixed_steps = [int(k) for k in args.fixed_steps.split(",")]
+    grids = args.grids.split(",")
+    for solver, stage, steps in (
+        ("euler", "fixed", args.fixed_steps),
+        ("heun", "fixed", args.fixed_steps),
+        ("rk4", "rk4", args.rk4_steps),
+    ):
+        nfe = sum(int(k) for k in steps.split(",")) * SOLVERS[solver].nfe_per_step * len(grids)
+        add(stage, f"{solver} {steps} steps x {len(grids)} grids", nfe * per_cell)
+    matched, how = adaptive("rk45", max(tols))
+    more = {int(k) for k in args.euler_more_steps.split(",")} | {max(1, round(matched))}
+    more -= set(fixed_steps)
+    add(
+        "euler-more",
+        f"euler {sorted(more)} steps x {len(grids)} grids (matched to rk45, {how})",
+        sum(more) * len(grids) * per_cell,
+    )
+    ms = [int(k) for k in args.multistep_steps.split(",")]
+    add(
+        "multistep",
+        f"{len(MULTISTEP)} solvers x {args.multistep_steps}",
+        len(MULTISTEP) * sum(ms) * per_cell,
+    )
+    if args.reflow:
+        pair_nfe, how = adaptive("rk45", float(args.pair_tol))
+        add(
+            "reflow",
+            f"pairs: 2 x {args.pairs} at rk45 {args.pair_tol} ({how})",
+            2 * args.pairs * pair_nfe,
+        )
+        add(
+            "reflow",
+            f"training: 2 models x {args.reflow_epochs} epochs x {args.pairs} pairs "
+            f"x {TRAIN_FORWARDS} forwards, at the eager rate",
+            2 * args.reflow_epochs * args.pairs * TRAIN_FORWARDS,
+            2 * args.reflow_epochs * args.pairs * TRAIN_FORWARDS / eager / 3600,
+        )
+        eval_nfe, how = adaptive("rk45", float(args.reflow_eval_tol))
+        steps = sum(int(k) for k in reflow_study.STEPS.split(","))
+        add(
+            "reflow",
+            f"evaluation: 3 models x (euler {reflow_study.STEPS} + rk45, {how})",
+            3 * (steps + eval_nfe) * per_cell,
+        )
+    if args.frontier_extractor != "none":
+        adaptive_nfe = [adaptive(solver, tol)[0] for solver in ("rk45", "dopri5") for tol in tols]
+        rk4_top = max(int(k) for k in args.rk4_steps.split(",")) * 4
+        top = max(max(fixed_steps) * 2, rk4_top, *more, *ms, *adaptive_nfe)
+        cells = math.ceil(math.log2(top)) + 1
+        add(
+            "frontier",
+            f"at most {cells} cells x {args.num_samples} images, Inception at "
+            f"{args.inception_rate:g} images/s",
+            0,
+            cells * args.num_samples / args.inception_rate / 3600,
+        )
+    table = pd.DataFrame(rows, columns=["stage", "what", "images x NFE", "hours"])
+    total = table["hours"].sum()
+    how_ran = ", ".join(k for k, v in ran["study"].columns().items() if v is True) or "eager"
+    return "\n".join(
+        [
+            "# The study's cost, planned before it runs",
+            "",
+            f"`python benchmarks/blog_study.py {shlex.join(args.argv)}` "
+            f"({platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}).",
+            "",
+            f"Network throughput with {' '.join(speed) or 'no speed options'} (ran as {how_ran}): "
+            f"{rate:.1f} images x NFE per second, eager {eager:.1f} (batch {batch}, median of "
+            "3 interleaved, timed now, on whatever shares the machine). Adaptive NFE are "
+            "measured where the adaptive run has the cell, else --adaptive-nfe's guess.",
+            "",
+            table.to_markdown(index=False, floatfmt=(".0f", ".0f", ".0f", ".2f")),
+            "",
+            f"Total: {total:.1f} hours.",
+            "",
+        ]
+    )
 
 
 def _timed(command: str, done: Path, work, log: list[str], times: Path) -> None:
@@ -377,7 +552,7 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
         "",
         reports["pivot"].rstrip(),
         "",
-        "Figures in `figures/` (`rfbench figures` over the four runs): "
+        "Figures in `figures/` (`rfbench figures` over the five runs): "
         f"`{metric}_vs_nfe`, `{metric}_vs_time` (with its Pareto front), "
         "`straightness_vs_nfe`, `samples`.",
     ]

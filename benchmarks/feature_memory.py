@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from rfbench.cli import DefaultsFormatter
+
 MODES = ("stream", "hold")
 SIZES = (2000, 10_000)
 BATCH = 500
@@ -101,7 +103,7 @@ def _child(mode: str, n: int, dataset: str, device: str) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--out", default="results/feature-memory.md")
     p.add_argument("--dataset", default="fashion-mnist")

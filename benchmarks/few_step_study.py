@@ -357,17 +357,21 @@ def _accuracy_section(runs: list[Path], grids: list[str], out: Path) -> list[str
     d = _distances(runs)
     kept = out / "distances.csv"
     lines = ["### Distance from the converged solution", ""]
-    if len(d):
-        d.to_csv(kept, index=False)
-    elif kept.exists():
-        d = pd.read_csv(kept)
-        lines += [
-            f"(The runs' saved samples are not here: these distances are `{kept.name}`, "
-            "written when they were.)",
-            "",
-        ]
-    else:
+    if kept.exists():  # cells whose samples are gone keep the distances they had
+        old = pd.read_csv(kept)
+        key = ["model_id", "solver", "grid", "nfe", "seed"]
+        fresh = set(map(tuple, d[key].astype(str).to_numpy())) if len(d) else set()
+        old = old[[tuple(r) not in fresh for r in old[key].astype(str).to_numpy()]]
+        if len(old):
+            lines += [
+                f"({len(old)} of these distances are from `{kept.name}`: their cells' saved "
+                "samples are not here.)",
+                "",
+            ]
+        d = pd.concat([d, old], ignore_index=True) if len(d) else old
+    if d.empty:
         return [*lines, "No saved samples and no distances.csv: rerun the runs to make it.", ""]
+    d.sort_values(["model_id", "solver", "grid", "nfe", "seed"]).to_csv(kept, index=False)
     d = d[d["grid"].isin(grids)]
     if d.empty:
         return []

@@ -65,6 +65,7 @@ import torch
 from rfbench import candidates, reflow, runner, runtime
 from rfbench import data as datamod
 from rfbench.atomic import atomic_write_text
+from rfbench.cli import DefaultsFormatter
 from rfbench.config import PRESETS, RunConfig
 from rfbench.errors import first_line
 from rfbench.flow import sample_t
@@ -754,7 +755,7 @@ def run_step(ck: Check, number: int, key: str, title: str, fn) -> tuple[list[str
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--out", default="results/gpu", help="writes <out>/<YYYY-MM-DD>.md")
     p.add_argument("--device", default="auto", help="auto (CUDA), cuda, cuda:N, cpu")

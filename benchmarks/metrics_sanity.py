@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from rfbench import candidates, runtime  # noqa: E402
+from rfbench.cli import DefaultsFormatter
 from rfbench.data import load_split  # noqa: E402
 from rfbench.figures import PALETTE  # noqa: E402
 from rfbench.metrics.classifier import get_classifier  # noqa: E402
@@ -41,7 +42,7 @@ SIZES = (500, 1000, 2000, 5000, 10_000)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--out", default="results/metrics-sanity.md")
     p.add_argument("--dataset", default="fashion-mnist")

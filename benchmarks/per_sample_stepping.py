@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from targets import target  # noqa: E402
 
 from rfbench import candidates, runtime  # noqa: E402
+from rfbench.cli import DefaultsFormatter
 from rfbench.data import load_split  # noqa: E402
 from rfbench.results import environment  # noqa: E402
 from rfbench.sample import generate, warm_up  # noqa: E402
@@ -101,7 +102,7 @@ def summarise(runs: dict) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--out", default="results/per-sample-stepping.md")
     p.add_argument("--dataset", default="fashion-mnist")

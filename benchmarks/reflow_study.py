@@ -18,7 +18,8 @@ the `rfbench` command line:
    own starting noise (the first n of the "pairs" stream), with the run's metric and
    reference. The run itself draws from the "samples" stream, which reflow never trains
    on; the check shows how much a score on training noise flatters the reflowed models
-   (the study used to be scored that way). Written to OUT/in-sample.csv.
+   (the study used to be scored that way). Written to OUT/in-sample.csv; --no-in-sample
+   leaves it out (it costs each model one more --eval-solver solve of n samples).
 
 Models and pairs stay in WORK (default runs/reflow-<dataset>, not committed).
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rfbench.cli import DefaultsFormatter
 from rfbench.cli import main as rfbench
 
 STEPS = "1,2,4,8"
@@ -60,7 +62,7 @@ def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) ->
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--dataset", default="toy2d")
     p.add_argument("--out", default=None, help="default: results/reflow-<dataset>")
@@ -80,6 +82,16 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--note", default=None, help="a line for the README, e.g. on the machine")
     p.add_argument("--device", default="cpu", help="every step's --device")
+    p.add_argument(
+        "--channels-last", action="store_true", help="the pairs' and the evaluation's solves"
+    )
+    p.add_argument("--compile", action="store_true", help="the pairs' and the evaluation's solves")
+    p.add_argument(
+        "--in-sample",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step 6, the in-sample check",
+    )
     p.add_argument("--data-root", default=None, help="the dataset's files (train and run)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -91,6 +103,8 @@ def main(argv=None) -> int:
     rf1, rf2, d1 = (work / name / "checkpoint.pt" for name in ("1rf", "2rf", "2rf-d1"))
     epochs = ["--epochs", str(args.train_epochs)] if args.train_epochs else []
     dev = ["--device", args.device]
+    speed = ["--channels-last"] if args.channels_last else []
+    speed += ["--compile"] if args.compile else []
     root = ["--data-root", args.data_root] if args.data_root else []
     if args.parent:
         rf1 = Path(args.parent)
@@ -101,6 +115,8 @@ def main(argv=None) -> int:
             log,
             times,
         )
+    _same_parent(rf2, rf1)
+    _same_parent(d1, rf2)
     setting = ["--steps", args.pair_steps] if args.pair_steps else ["--tols", args.pair_tol]
     pairs = ["--pairs", str(args.pairs), "--solver", args.pair_solver, *setting]
     reflow_epochs = ["--epochs", str(args.reflow_epochs)] if args.reflow_epochs else []
@@ -112,6 +128,7 @@ def main(argv=None) -> int:
             *pairs,
             *reflow_epochs,
             *dev,
+            *speed,
             "--out",
             str(rf2.parent),
         ],
@@ -129,6 +146,7 @@ def main(argv=None) -> int:
             "--distill",
             "1",
             *dev,
+            *speed,
             "--out",
             str(d1.parent),
         ],
@@ -155,6 +173,7 @@ def main(argv=None) -> int:
             args.seeds,
             *n,
             *dev,
+            *speed,
             *root,
             "--out",
             str(run_dir),
@@ -172,10 +191,26 @@ def main(argv=None) -> int:
         target = out / f"{view}-{m}.md"
         log.append(f"rfbench report {run_dir} --view {view} --metric {m} --out {target}")
         rfbench(["report", str(run_dir), "--view", view, "--metric", m, "--out", str(target)])
-    in_sample = _in_sample(frame, metric, (rf1, rf2, d1), work, out, args)
+    in_sample = (
+        _in_sample(frame, metric, (rf1, rf2, d1), work, out, args) if args.in_sample else None
+    )
     _summary(frame, metric, out, log, args, in_sample)
     print((out / "README.md").read_text())
     return 0
+
+
+def _same_parent(child: Path, parent: Path) -> None:
+    """Refuse a work directory whose ``child`` model was reflowed from another parent than
+    ``parent`` (a changed --parent or 1-RF): its steps would be skipped as done."""
+    if not (child.exists() and parent.exists()):
+        return
+    from rfbench.train import load_model
+
+    got, want = load_model(child).spec.lineage.parent, load_model(parent).model_id
+    if got != want:
+        raise SystemExit(
+            f"{child} was reflowed from {got}, not from {want} ({parent}); give another --work"
+        )
 
 
 def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> pd.DataFrame:
@@ -233,7 +268,12 @@ def _in_sample(frame, metric: str, checkpoints, work: Path, out: Path, args) -> 
 
 
 def _summary(
-    frame: pd.DataFrame, metric: str, out: Path, log: list[str], args, in_sample: pd.DataFrame
+    frame: pd.DataFrame,
+    metric: str,
+    out: Path,
+    log: list[str],
+    args,
+    in_sample: pd.DataFrame | None,
 ) -> None:
     ok = frame[frame["status"] == "ok"]
     ids = sorted(ok["model_id"].unique(), key=lambda i: ("-2rf-" in i, "-d1-" in i))
@@ -267,26 +307,6 @@ def _summary(
     )
     s1, s2 = (mean(by[k], "euler", 8)["straightness"] for k in ("1-RF", "2-RF"))
 
-    def inside(model, solver) -> float:
-        g = in_sample[(in_sample.model_id == model) & (in_sample.solver == solver)]
-        return float(g[metric].iloc[0])
-
-    base_in = inside(by["1-RF"], args.eval_solver)
-    ratio_in = inside(by["2-RF"], "euler") / base_in
-    ratio_d_in = inside(by["2-RF distilled (1 step)"], "euler") / base_in
-    check = pd.DataFrame(
-        [
-            {
-                "model": name[i],
-                "model_id": i,
-                f"euler 1, seeds {args.seeds} (out of sample)": mean(i, "euler", 1)[metric],
-                "euler 1, pair noise (in sample)": inside(i, "euler"),
-                f"{args.eval_solver}, seeds {args.seeds}": mean(i, args.eval_solver)[metric],
-                f"{args.eval_solver}, pair noise": inside(i, args.eval_solver),
-            }
-            for i in ids
-        ]
-    )
     env = ok.iloc[0]
     text = [
         f"# Reflow study: {args.dataset}",
@@ -313,6 +333,44 @@ def _summary(
         "4.85 / 2.58 = 1.9 with it.)",
         f"- Straightness along 8 Euler steps: 1-RF {s1:.4g}, 2-RF {s2:.4g} (ratio {s2 / s1:.3g}).",
         "",
+        *_in_sample_section(in_sample, mean, name, metric, args, ratio, ratio_d),
+        *([f"- Note: {args.note}"] if args.note else []),
+        "",
+        "Figures in `run/figures/` (`rfbench figures`); tables `pivot-*.md`, `budget-*.md`.",
+    ]
+    (out / "README.md").write_text("\n".join(text) + "\n")
+
+
+def _in_sample_section(in_sample, mean, name, metric, args, ratio, ratio_d) -> list[str]:
+    """The README's in-sample check (step 6), or one line saying it was left out;
+    ``mean(model_id, solver, steps)`` is a setting's out-of-sample row, ``name`` the
+    models' names by id."""
+    if in_sample is None:
+        return ["The in-sample check (step 6) was left out (--no-in-sample).", ""]
+    ids = list(name)
+    by = {v: k for k, v in name.items()}
+
+    def inside(model, solver) -> float:
+        g = in_sample[(in_sample.model_id == model) & (in_sample.solver == solver)]
+        return float(g[metric].iloc[0])
+
+    base_in = inside(by["1-RF"], args.eval_solver)
+    ratio_in = inside(by["2-RF"], "euler") / base_in
+    ratio_d_in = inside(by["2-RF distilled (1 step)"], "euler") / base_in
+    check = pd.DataFrame(
+        [
+            {
+                "model": name[i],
+                "model_id": i,
+                f"euler 1, seeds {args.seeds} (out of sample)": mean(i, "euler", 1)[metric],
+                "euler 1, pair noise (in sample)": inside(i, "euler"),
+                f"{args.eval_solver}, seeds {args.seeds}": mean(i, args.eval_solver)[metric],
+                f"{args.eval_solver}, pair noise": inside(i, args.eval_solver),
+            }
+            for i in ids
+        ]
+    )
+    return [
         "## In sample against out of sample",
         "",
         "The grid above draws its noise from the evaluation stream, which no model trained "
@@ -323,11 +381,7 @@ def _summary(
         "",
         f"- In sample, the ratios would read {ratio_in:.2f} (2-RF) and {ratio_d_in:.2f} "
         f"(distilled), against {ratio:.2f} and {ratio_d:.2f} out of sample.",
-        *([f"- Note: {args.note}"] if args.note else []),
-        "",
-        "Figures in `run/figures/` (`rfbench figures`); tables `pivot-*.md`, `budget-*.md`.",
     ]
-    (out / "README.md").write_text("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from targets import target  # benchmarks/targets.py
 
+from rfbench.cli import DefaultsFormatter
+
 VARIANTS = ("baseline", "bare", "stats", "trajectory")
 
 
@@ -79,7 +81,7 @@ def _child(variant: str, batch: int, steps: int, device: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--out", default="results/solve-memory.md")
     p.add_argument("--batch", type=int, default=256)

@@ -26,6 +26,7 @@ import torch
 from targets import target  # benchmarks/targets.py
 
 from rfbench import candidates, runtime
+from rfbench.cli import DefaultsFormatter
 from rfbench.data import load_split
 from rfbench.results import environment
 from rfbench.sample import generate, warm_up
@@ -85,7 +86,7 @@ def measure(model, shape, solver, options, batch, repeats, device) -> tuple[dict
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--out", default="results/solver-overhead.md")
     p.add_argument("--dataset", default="fashion-mnist")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from rfbench import candidates, runtime
+from rfbench.cli import DefaultsFormatter
 from rfbench.data import load_split
 from rfbench.results import environment
 from rfbench.sample import generate
@@ -56,7 +57,7 @@ def compare(trained, solver: str, n: int, tol: float, device) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--out", default="results/stepping-modes.md")
     p.add_argument("--datasets", default="toy2d,fashion-mnist")

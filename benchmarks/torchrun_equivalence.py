@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from rfbench import candidates
+from rfbench.cli import DefaultsFormatter
 from rfbench.data import load_split
 from rfbench.results import cell_id, environment
 from rfbench.runtime import resolve_device
@@ -39,7 +40,7 @@ def timed(cmd: list[str], env: dict) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-root", default=None)

@@ -24,6 +24,7 @@ import torch
 from targets import target  # benchmarks/targets.py
 
 from rfbench import candidates
+from rfbench.cli import DefaultsFormatter
 from rfbench.data import load_split
 from rfbench.flow import sample_t
 from rfbench.models import build_model
@@ -53,7 +54,7 @@ def bare_epoch(spec: ModelSpec, x: torch.Tensor) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--out", default="results/train-epoch.md")
     p.add_argument("--dataset", default="fashion-mnist")

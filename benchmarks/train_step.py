@@ -22,6 +22,7 @@ import torch
 from targets import target  # benchmarks/targets.py
 from torch.nn import functional as F
 
+from rfbench.cli import DefaultsFormatter
 from rfbench.config import PRESETS
 from rfbench.flow import interpolate, sample_t, target_velocity
 from rfbench.models import build_model
@@ -33,7 +34,7 @@ TARGET = 0.95
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--out", default="results/train-step.md")
     p.add_argument("--preset", default="quick")

@@ -577,6 +577,12 @@ def _add_reflow(sub, names: _Names) -> None:
         "--batch-size", type=_positive_int, default=250, help="sampling batch size for the pairs"
     )
     rf.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    _acceleration_args(
+        rf.add_argument_group(
+            "speed of the pairs' solves (recorded per shard in DIR/pairs/manifest.json; "
+            "training is unchanged)"
+        )
+    )
     rf.add_argument(
         "--out", required=True, metavar="DIR", help="writes DIR/pairs/ and DIR/checkpoint.pt"
     )
@@ -837,11 +843,16 @@ def _workers_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _speed_args(p: argparse.ArgumentParser) -> None:
-    from rfbench.runtime import PRECISIONS
-
     g = p.add_argument_group(
         "speed (each recorded in the rows: compute_dtype, channels_last, compiled)"
     )
+    _acceleration_args(g)
+    _workers_arg(p)
+
+
+def _acceleration_args(g) -> None:
+    from rfbench.runtime import PRECISIONS
+
     g.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -860,7 +871,6 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
         help="torch.compile the network, once per batch size, before any timing; "
         "if compiling fails the run goes on eager and says so",
     )
-    _workers_arg(p)
 
 
 def _timesteps_arg(p: argparse.ArgumentParser) -> None:
@@ -988,7 +998,7 @@ def _cmd_reflow(args: argparse.Namespace) -> int:
     from rfbench import reflow
     from rfbench.atomic import check_can_write
     from rfbench.errors import UserError
-    from rfbench.runtime import resolve_device
+    from rfbench.runtime import Acceleration, resolve_device
     from rfbench.solvers import LABEL_PARTS, Setting
     from rfbench.train import load_model
 
@@ -1018,7 +1028,10 @@ def _cmd_reflow(args: argparse.Namespace) -> int:
         setting.label(LABEL_PARTS),
         out,
     )
-    store = reflow.generate_pairs(parent, spec, out, batch_size=args.batch_size, device=device)
+    speed = Acceleration(args.precision, args.channels_last, args.compile)
+    store = reflow.generate_pairs(
+        parent, spec, out, batch_size=args.batch_size, device=device, acceleration=speed
+    )
     trained = reflow.reflow(
         parent, store, recipe, path, distill_steps=args.distill, device=device, resume=args.resume
     )

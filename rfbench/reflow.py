@@ -30,8 +30,9 @@ from rfbench.config import TrainConfig
 from rfbench.data import DataSplit, content_hash
 from rfbench.errors import UserError
 from rfbench.flow import T_DATA, T_NOISE
+from rfbench.runtime import Acceleration, accelerate, compile_or_fall_back
 from rfbench.safeload import load_dict
-from rfbench.sample import Batching, Measuring, integrate, noise
+from rfbench.sample import Batching, Measuring, integrate, noise, warm_up
 from rfbench.solvers import LABEL_PARTS, Setting
 from rfbench.train import Lineage, ModelSpec, TrainedModel, train
 
@@ -177,15 +178,27 @@ def generate_pairs(
     *,
     batch_size: int = 250,
     device: str | torch.device = "cpu",
+    acceleration: Acceleration | None = None,
     progress: bool | None = None,
 ) -> PairStore:
-    """Write the pairs of ``spec`` under ``out/pairs``, resuming at the first missing shard."""
+    """Write the pairs of ``spec`` under ``out/pairs``, resuming at the first missing shard.
+
+    ``acceleration`` (channels_last, torch.compile, bf16) only changes how the parent runs,
+    not what the pairs are: it is recorded per shard, not in the spec."""
     store = PairStore(out)
     manifest = store.open(spec)
     count = -(-spec.pairs // spec.shard_size)
     todo = [i for i in range(count) if str(i) not in manifest["shards"]]
     if len(todo) < count:
         log.info("pairs: %d of %d shards already done in %s", count - len(todo), count, store.dir)
+    device = torch.device(device)
+    model, options = parent.model, acceleration or Acceleration()
+    if todo:
+        model, options = accelerate(parent.model, options, device, spec.sample_shape)
+        batch = min(batch_size, spec.shard_size, spec.pairs)
+        model, options = compile_or_fall_back(
+            model, options, lambda m: warm_up(m, spec.sample_shape, batch, device)
+        )
     bar = tqdm(
         todo,
         desc=f"pairs ({spec.solver})",
@@ -195,7 +208,7 @@ def generate_pairs(
     for i in bar:
         lo, hi = i * spec.shard_size, min((i + 1) * spec.shard_size, spec.pairs)
         run = integrate(
-            parent.model,
+            model,
             spec.setting,
             hi - lo,
             lambda a, b, lo=lo: noise(
@@ -221,6 +234,7 @@ def generate_pairs(
                 "nfe_per_sample": run.nfe_per_sample,
                 "nfe_per_batch": run.nfe_per_solve,
                 "wall_time_s": run.wall_time_s,
+                **options.columns(),
             },
         )
     return store

@@ -283,6 +283,12 @@ def test_reflow_study_small(tmp_path):
     (first,) = [i for i in one["model_id"].unique() if "rf-" not in i]  # the 1-RF's id
     assert first in set(two["model_id"])
     assert not (tmp_path / "w2" / "1rf").exists()
+    # Another --parent with the same --work is refused: its done steps are another lineage.
+    assert (
+        main(["train", "--dataset", "toy2d", "--epochs", "1", "--out", str(tmp_path / "p3")]) == 0
+    )
+    with pytest.raises(SystemExit, match="was reflowed from .*give another --work"):
+        _load("reflow_study").main([*other, "--parent", str(tmp_path / "p3" / "checkpoint.pt")])
 
 
 def test_train_step_small(tmp_path):
@@ -479,6 +485,17 @@ def test_few_step_study_small(tmp_path):
     ref = np.load(next((rk / "samples").glob("*rtol1e-05*seed1.npz")))["x"] / 255
     assert row.rmse == pytest.approx(np.sqrt(((x - ref) ** 2).mean()), rel=1e-6)  # float32
     assert row.rmse > 0 and row.samples == len(x)
+    # distances.csv keeps the cells whose samples are gone, and fresh samples replace theirs
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    gone = {**row.to_dict(), "model_id": "gone-model", "rmse": 0.5}
+    stale = {**row.to_dict(), "rmse": 99.0}
+    pd.DataFrame([gone, stale]).to_csv(kept / "distances.csv", index=False)
+    lines = study._accuracy_section([out / "toy2d-multistep", rk], ["uniform", "edm-rho7"], kept)
+    merged = pd.read_csv(kept / "distances.csv")
+    assert len(merged) == len(d) + 1 and "1 of these distances" in "\n".join(lines)
+    assert merged[merged.model_id == "gone-model"].rmse.tolist() == [0.5]
+    assert 99.0 not in merged.rmse.tolist()
     rows = pd.DataFrame(
         {
             "solver": ["euler", "ab2", "ab2", "unipc-bh1"],
@@ -533,12 +550,16 @@ def test_few_step_study_small(tmp_path):
     assert c["std"] == pytest.approx(2**0.5 * 2)  # seeds 11 and 15, ddof 1
 
 
-def _table(text: str) -> dict[str, dict[str, str]]:
-    """The first markdown table of a report, by its first column."""
+def _rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table of a report."""
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
-    return {row[header[0]]: row for row in rows}
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def _table(text: str) -> dict[str, dict[str, str]]:
+    """The first markdown table of a report, by its first column."""
+    return {next(iter(row.values())): row for row in _rows(text)}
 
 
 def test_per_sample_stepping_small(tmp_path):
@@ -567,6 +588,42 @@ def test_per_sample_stepping_small(tmp_path):
     assert found["value"] == pytest.approx(ratio, rel=2e-3)
 
 
+def test_blog_study_plan(tmp_path):
+    """--plan: exact images x NFE for every fixed-step stage, the adaptive NFE guessed until
+    the adaptive run has measured it, then measured; and nothing run."""
+    from rfbench.cli import main as rfbench
+
+    assert rfbench(["train", "--dataset", "toy2d", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    ckpt, out = str(tmp_path / "checkpoint.pt"), tmp_path / "out"
+    argv = ["--checkpoint", ckpt, "--dataset", "toy2d", "--preset", "quick", "--out", str(out)]
+    argv += ["--num-samples", "100", "--seeds", "0,1", "--frontier-extractor", "none"]
+    argv += ["--no-compile", "--plan", "--adaptive-nfe", "1e-3:50,1e-5:120"]
+    study = _load("blog_study")
+    assert study.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["plan.md"]  # planned, not run
+    by_what = {r["what"]: float(r["images x NFE"]) for r in _rows((out / "plan.md").read_text())}
+    per_cell = 100 * 2
+    assert by_what["euler 1,2,4,8 steps x 2 grids"] == 15 * 2 * per_cell
+    assert by_what["heun 1,2,4,8 steps x 2 grids"] == 2 * 15 * 2 * per_cell
+    assert by_what["rk4 1,2,4 steps x 2 grids"] == 4 * 7 * 2 * per_cell
+    assert by_what[f"{len(study.MULTISTEP)} solvers x 2,4,6,8,10"] == 7 * 30 * per_cell
+    assert by_what["rk45 1e-05: 120 NFE (guess)"] == 120 * per_cell
+    assert by_what["euler [16, 50] steps x 2 grids (matched to rk45, guess)"] == 66 * 2 * per_cell
+    # once the adaptive run exists, its NFE replaces the guess
+    run = ["run", "--dataset", "toy2d", "--checkpoint", ckpt, "--solvers", "rk45,dopri5"]
+    run += ["--tols", "1e-3", "--num-samples", "50", "--seeds", "0", "--out", str(out / "adaptive")]
+    assert rfbench(run) == 0
+    nfe = pd.read_csv(out / "adaptive" / "results.csv").set_index("solver")["nfe"]
+    assert study.main(argv) == 0
+    plan = (out / "plan.md").read_text()
+    by_what = {r["what"]: float(r["images x NFE"]) for r in _rows(plan)}
+    assert by_what[f"rk45 0.001: {nfe['rk45']:.0f} NFE (measured)"] == nfe["rk45"] * per_cell
+    assert by_what["dopri5 1e-05: 120 NFE (guess)"] == 120 * per_cell
+    hours = [float(r["hours"]) for r in _rows(plan)]
+    total = float(re.search(r"Total: ([0-9.]+) hours", plan)[1])
+    assert total == pytest.approx(sum(hours), abs=0.1)
+
+
 @pytest.mark.slow
 def test_blog_study_small(tmp_path, mnist_root):
     """The whole study on a one-epoch model of a small MNIST-like set: cache add, the four
@@ -581,17 +638,19 @@ def test_blog_study_small(tmp_path, mnist_root):
     argv = ["--checkpoint", str(model / "checkpoint.pt"), "--dataset", "mnist", *root]
     argv += ["--preset", "quick", "--out", str(out), "--work", str(work)]
     argv += ["--num-samples", "64", "--seeds", "0,1", "--tols", "1e-2", "--fixed-steps", "1,2"]
+    argv += ["--rk4-steps", "1"]
     argv += ["--euler-more-steps", "4", "--multistep-steps", "2", "--pairs", "128"]
     argv += ["--pair-tol", "1e-2", "--reflow-epochs", "1", "--reflow-eval-tol", "1e-2"]
-    argv += ["--frontier-extractor", "classifier"]
+    argv += ["--frontier-extractor", "classifier", "--no-compile"]  # compiling: minutes
     assert _load("blog_study").main(argv) == 0
     adaptive = pd.read_csv(out / "adaptive" / "results.csv")
     rk45 = adaptive[adaptive["solver"] == "rk45"]["nfe"].mean()
     more = pd.read_csv(out / "euler-more" / "results.csv")
     assert sorted(more["steps"].unique()) == sorted({4, max(1, round(rk45))} - {1, 2})
-    for name in ("fixed", "multistep"):
+    for name in ("fixed", "rk4", "multistep"):
         frame = pd.read_csv(out / name / "results.csv")
         assert (frame["status"] == "ok").all() and set(frame["seed"]) == {0, 1}
+        assert frame["channels_last"].all() and not frame["compiled"].any()  # as asked
     for name in ("adaptive", "fixed"):  # run --preset reused the added model: no training
         log = (out / name / "run.log").read_text()
         assert "reusing cached model" in log and "training mnist" not in log
@@ -609,6 +668,8 @@ def test_blog_study_small(tmp_path, mnist_root):
         one[one["solver"] == "rk45"]
     )
     assert line["value"] == pytest.approx(ratio, rel=1e-3)
+    assert not (out / "reflow" / "in-sample.csv").exists()  # --no-in-sample
+    assert "left out (--no-in-sample)" in (out / "reflow" / "README.md").read_text()
     # The frontier's rescoring: one eval row per frontier cell, its FID in the README.
     rescored = pd.read_csv(out / "frontier-classifier" / "results.csv")
     assert len(rescored) >= 2 and rescored["fid"].notna().all()
@@ -618,3 +679,20 @@ def test_blog_study_small(tmp_path, mnist_root):
     stamp = (out / "fixed" / "results.csv").stat().st_mtime_ns
     assert _load("blog_study").main(argv) == 0
     assert (out / "fixed" / "results.csv").stat().st_mtime_ns == stamp
+
+
+def test_speed_options_small(tmp_path):
+    assert main(["train", "--dataset", "toy2d", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    speed = _load("speed_options")
+    argv = ["--checkpoint", str(tmp_path / "checkpoint.pt"), "--backend", "eager"]
+    argv += ["--batch-size", "32", "--repeats", "2", "--out", str(tmp_path / "speed.md")]
+    assert speed.main([*argv, "--min-speedup", "0"]) == 0
+    text = (tmp_path / "speed.md").read_text()
+    rows = _table(text)
+    assert set(rows) == {"eager", "channels-last", "compile", "channels-last+compile"}
+    assert rows["compile"]["ran as"] == "compiled" and rows["eager"]["ran as"] == "eager"
+    assert rows["eager"]["speed-up over eager"] == "1.00"
+    ratio, diff = _targets(text, 2)
+    assert ratio["met"] and diff["met"] and diff["value"] == 0  # eager backend: the same ops
+    assert speed.main([*argv, "--min-speedup", "1e9"]) == 1  # no variant is a billion times faster
+    assert not _targets((tmp_path / "speed.md").read_text(), 2)[0]["met"]

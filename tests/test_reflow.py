@@ -344,3 +344,50 @@ def test_old_reflowed_checkpoints_are_refused_on_their_training_seed(flows, tmp_
     bogus = [*base[:3], "--checkpoint", str(tmp_path / "bogus.pt"), *base[5:]]
     assert _exit([*bogus, "--seeds", "1", "--out", str(tmp_path / "d")]) == 2
     assert "unknown pair noise stream 'bogus'" in capsys.readouterr().err
+
+
+def test_accelerated_pairs_equal_plain_ones_and_say_how_they_ran(flows, tmp_path):
+    from rfbench.runtime import Acceleration
+
+    rf1 = flows["1rf"]
+    spec = reflow.pair_spec(rf1, 1500, "euler", steps=4, seed=5, shard_size=1000)
+    plain = reflow.generate_pairs(rf1, spec, tmp_path / "plain", progress=False).load()
+    fast = Acceleration(compile=True, compile_backend="eager")  # torch.compile's path, no C++
+    compiled = reflow.generate_pairs(
+        rf1, spec, tmp_path / "fast", acceleration=fast, progress=False
+    ).load()
+    assert torch.equal(compiled[1], plain[1]) and torch.equal(compiled[0], plain[0])
+    assert {s["compiled"] for s in compiled[2]["shards"].values()} == {True}
+    assert {s["compiled"] for s in plain[2]["shards"].values()} == {False}
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler here (simulated)")
+
+    spec2 = replace(spec, pairs=500)
+    fell = reflow.generate_pairs(
+        rf1,
+        spec2,
+        tmp_path / "fell",
+        acceleration=Acceleration(compile=True, compile_backend=broken),
+        progress=False,
+    ).load()
+    assert torch.equal(fell[1], plain[1][:500])
+    assert fell[2]["shards"]["0"]["compiled"] is False  # it ran eager, and says so
+
+
+def test_cli_reflow_passes_its_speed_options_to_the_pairs(tmp_path, monkeypatch):
+    ckpt = tmp_path / "1rf.pt"
+    assert _exit(["train", "--dataset", "toy2d", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    (tmp_path / "checkpoint.pt").rename(ckpt)
+    seen = {}
+
+    def stop(parent, spec, out, **kwargs):
+        seen.update(kwargs)
+        raise UserError("stopped after the options were seen")
+
+    monkeypatch.setattr(reflow, "generate_pairs", stop)
+    argv = ["reflow", "--checkpoint", str(ckpt), "--pairs", "10", "--out", str(tmp_path / "r")]
+    assert _exit([*argv, "--compile", "--channels-last"]) == 2
+    assert (seen["acceleration"].compile, seen["acceleration"].channels_last) == (True, True)
+    assert _exit([*argv[:-1], str(tmp_path / "r2")]) == 2
+    assert (seen["acceleration"].compile, seen["acceleration"].channels_last) == (False, False)
