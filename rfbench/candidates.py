@@ -147,17 +147,20 @@ def install_model(
 
     if path.is_dir():
         raise UserError(f"the model cache holds a directory at {path}; remove it first")
-    if path.exists():
-        if sha256_of(path) == sha256_of(checkpoint):
-            return trained, path, False
-        raise UserError(
-            f"another file is cached for this model at {path}; it is left as it is: delete it "
-            "first to put this checkpoint there"
-        )
-    ensure_writable_dir(path.parent, "the model cache")
-    with open(checkpoint, "rb") as src:
-        atomic_write(path, lambda f: shutil.copyfileobj(src, f))
-    return trained, path, True
+    if not path.exists():
+        ensure_writable_dir(path.parent, "the model cache")
+        try:
+            with open(checkpoint, "rb") as src:
+                atomic_write(path, lambda f: shutil.copyfileobj(src, f), replace=False)
+            return trained, path, True
+        except FileExistsError:
+            pass  # written meanwhile (a run training this model): compared below
+    if sha256_of(path) == sha256_of(checkpoint):
+        return trained, path, False
+    raise UserError(
+        f"another file is cached for this model at {path}; it is left as it is: delete it "
+        "first to put this checkpoint there"
+    )
 
 
 def _differences(have: ModelSpec, want: ModelSpec) -> str:

@@ -319,7 +319,10 @@ def budget_table(
     """Per model, the best seed-mean ``metric`` among settings with mean NFE per sample
     <= each budget (the budget itself included; default ``default_nfe_budgets``) and with
     mean ``wall_time_s`` <= each time budget (seconds), with the solver and setting that
-    reach it. Lowest is best, except for ``HIGHER_IS_BETTER``; ties go to the cheaper.
+    reach it. Lowest is best, except for ``HIGHER_IS_BETTER``. Ties go to the lower NFE,
+    then to the solver listed first in the registry (Euler before the multistep solvers
+    whose first steps are Euler's, so identical solves are named by the simplest), and
+    only then to the lower wall time.
     A budget that no setting fits gives a row with empty cells.
 
     >>> from rfbench.results import read_runs
@@ -327,6 +330,9 @@ def budget_table(
     >>> budget_table(run, nfe_budgets=[4, 100])[["budget", "solver", "setting"]].values.tolist()
     [['NFE ≤ 4', 'euler', '4 steps'], ['NFE ≤ 100', 'rk45', 'rtol 1e-05']]
     """
+    from rfbench.solvers import SOLVERS
+
+    order = {name: i for i, name in enumerate(SOLVERS)}
     stats = setting_stats(frame, metric)
     if nfe_budgets is None:
         nfe_budgets = default_nfe_budgets(stats["nfe"])
@@ -338,7 +344,8 @@ def budget_table(
     rows = []
     for key, g in stats.groupby(group, sort=True, dropna=False):
         head = {k: v for k, v in zip(group, key) if k in keys}
-        g = g.sort_values(["score", "nfe", "wall_time_s"], kind="stable")
+        g = g.assign(_simple=[order.get(v, len(order)) for v in g["solver"]])
+        g = g.sort_values(["score", "nfe", "_simple", "wall_time_s"], kind="stable")
         for col, limit, label in budgets:
             fit = g[g[col] <= limit * (1 + 1e-9)]
             row = dict(head, budget=label)

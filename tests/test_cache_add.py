@@ -71,6 +71,46 @@ def test_a_different_cached_file_is_left_alone(cache, toy_checkpoint, capsys):
     assert cached.read_bytes() == b"someone else's model"
 
 
+def test_a_file_cached_meanwhile_is_not_overwritten(cache, toy_checkpoint, capsys, monkeypatch):
+    """A run that finishes training this model between cache add's check and its write:
+    the run's file stays, and cache add says so in one line."""
+    import rfbench.atomic
+
+    real, target = rfbench.atomic.ensure_writable_dir, _cache_path(toy_checkpoint)
+
+    def race(path, what):
+        made = real(path, what)
+        if path == target.parent:  # (real() recurses through the parents)
+            target.write_bytes(b"the run's model")  # the run's file lands now
+        return made
+
+    monkeypatch.setattr(rfbench.atomic, "ensure_writable_dir", race)
+    assert main(["cache", "add", str(toy_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "another file is cached" in err and len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == b"the run's model"
+    assert not list(cache.glob(".*.tmp"))  # no temporary file left behind
+
+
+def _cache_path(checkpoint):
+    from rfbench.candidates import model_cache_path
+    from rfbench.train import load_model
+
+    return model_cache_path(load_model(checkpoint).spec)
+
+
+def test_atomic_write_without_replace_keeps_what_is_there(tmp_path):
+    from rfbench.atomic import atomic_write
+
+    target = tmp_path / "f"
+    atomic_write(target, lambda f: f.write(b"first"), replace=False)
+    with pytest.raises(FileExistsError):
+        atomic_write(target, lambda f: f.write(b"second"), replace=False)
+    assert target.read_bytes() == b"first" and sorted(tmp_path.iterdir()) == [target]
+    atomic_write(target, lambda f: f.write(b"third"))  # the default replaces
+    assert target.read_bytes() == b"third"
+
+
 def _edited(src, dst, edit):
     ckpt = torch.load(src, weights_only=False)
     edit(ckpt)

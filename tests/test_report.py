@@ -193,6 +193,17 @@ def test_budget_picks_the_best_setting_and_counts_the_boundary():
     assert best.loc["time ≤ 3.8 s", "wall_time_s"] == pytest.approx(3.8)
 
 
+def test_budget_names_an_exact_tie_by_the_simplest_solver_not_the_clock():
+    # ab2 and unipc-bh1 at 1 step are Euler's step: the same FID, faster by noise alone
+    rows = [r for r in _cells(seeds=(0,)) if r["solver"] == "euler" and r["steps"] == 1]
+    rows += [dict(rows[0], solver=s, wall_time_s=0.001) for s in ("unipc-bh1", "ab2")]
+    best = budget_table(records_to_frame(rows), nfe_budgets=(1,)).iloc[0]
+    assert best["solver"] == "euler" and best["wall_time_s"] > 0.001
+    # a real win is kept whatever the registry order
+    rows.append(dict(rows[0], solver="ab2", grid="cosine", fid=rows[0]["fid"] - 1))
+    assert budget_table(records_to_frame(rows), nfe_budgets=(1,)).iloc[0]["solver"] == "ab2"
+
+
 def test_budget_uses_seed_means_and_defaults():
     table = budget_table(records_to_frame(_cells()), time_budgets=())
     assert table["budget"].tolist() == [f"NFE ≤ {k}" for k in (1, 2, 4, 8, 16, 32, 64, 128)]
