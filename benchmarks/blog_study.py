@@ -36,13 +36,11 @@ stage can be planned: they are wall seconds on whatever shared the machine at th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reflow_study  # noqa: E402
-from reflow_study import _step  # noqa: E402
+from reflow_study import _step, timed  # noqa: E402
 from targets import target  # noqa: E402
 
 from rfbench.cli import DefaultsFormatter
@@ -174,7 +172,7 @@ def main(argv=None) -> int:
         reflow += ["--data-root", args.data_root] if args.data_root else []
         reflow += [*speed, "--no-in-sample"]
         command = "python benchmarks/reflow_study.py " + shlex.join(reflow)
-        _timed(
+        timed(
             command,
             args.out / "reflow" / "README.md",
             lambda: reflow_study.main(reflow),
@@ -329,20 +327,6 @@ def _plan(args, speed: list[str]) -> str:
             "",
         ]
     )
-
-
-def _timed(command: str, done: Path, work, log: list[str], times: Path) -> None:
-    """Run ``work`` unless ``done`` exists, keeping its duration, like ``_step``."""
-    recorded = json.loads(times.read_text()) if times.exists() else {}
-    if not done.exists():
-        print(f"run: {command}", file=sys.stderr)
-        start = time.perf_counter()
-        if work() != 0:
-            raise SystemExit(f"failed: {command}")
-        recorded[command] = round(time.perf_counter() - start)
-        times.parent.mkdir(parents=True, exist_ok=True)
-        times.write_text(json.dumps(recorded, indent=1) + "\n")
-    log.append(command + (f"  # {recorded[command]} s" if command in recorded else ""))
 
 
 def _run(grid: list[str], out: Path, common: list[str], log: list[str], times: Path) -> None:

@@ -42,18 +42,25 @@ STEPS = "1,2,4,8"
 
 
 def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) -> None:
-    """Run one rfbench command unless ``done`` exists; its duration is kept in ``times``."""
+    """Run one rfbench command unless ``done`` exists; its duration is kept in ``times``
+    (not a resumed one's, with ``extra`` arguments: that is not the step's time)."""
     command = "rfbench " + shlex.join(argv)
+    timed(command, done, lambda: rfbench([*argv, *extra]), log, times, record=not extra)
+
+
+def timed(command: str, done: Path, work, log: list[str], times: Path, record=True) -> None:
+    """Run ``work()`` (an exit code) unless ``done`` exists, and log ``command`` with the
+    seconds it took, which ``times`` (a JSON file) keeps across calls."""
     recorded = json.loads(times.read_text()) if times.exists() else {}
     if done.exists():
         print(f"skip (done): {command}", file=sys.stderr)
     else:
         print(f"run: {command}", file=sys.stderr)
         start = time.perf_counter()
-        code = rfbench([*argv, *extra])
+        code = work()
         if code != 0:
             raise SystemExit(f"failed ({code}): {command}")
-        if not extra:  # a resumed command's time is not the step's
+        if record:
             recorded[command] = round(time.perf_counter() - start)
             times.parent.mkdir(parents=True, exist_ok=True)
             times.write_text(json.dumps(recorded, indent=1) + "\n")
