@@ -36,6 +36,7 @@ stage can be planned: they are wall seconds on whatever shared the machine at th
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import shlex
@@ -51,9 +52,10 @@ import reflow_study  # noqa: E402
 from reflow_study import _step, timed  # noqa: E402
 from targets import target  # noqa: E402
 
-from rfbench.cli import DefaultsFormatter
+from rfbench.cli import DefaultsFormatter, _list_of, _seed  # noqa: E402
 from rfbench.cli import main as rfbench  # noqa: E402
-from rfbench.report import setting_stats  # noqa: E402
+from rfbench.errors import UserError  # noqa: E402
+from rfbench.report import best_first, setting_stats  # noqa: E402
 from rfbench.results import KEY_COLUMNS, cell_id, read_runs  # noqa: E402
 from rfbench.solvers import SOLVERS  # noqa: E402
 from rfbench.train import load_model  # noqa: E402
@@ -62,24 +64,59 @@ MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
 RUNS = ("adaptive", "fixed", "rk4", "euler-more", "multistep")
 
 
+def _checked(kind, what: str, positive: bool = False):
+    """An argparse type that checks a comma-separated list as ``rfbench`` does (one-line
+    errors, no repeats) and keeps the text, which the study passes on to ``rfbench``."""
+    parse = _list_of(kind, what, positive=positive)
+
+    def check(text: str) -> str:
+        parse(text)
+        return text
+
+    check.__name__ = what
+    return check
+
+
+def _nfe_guesses(text: str) -> dict[float, float]:
+    """--adaptive-nfe: tolerance:NFE pairs, a,b."""
+    out = {}
+    for item in text.split(","):
+        tol, _, nfe = item.partition(":")
+        try:
+            out[float(tol)] = float(nfe)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not TOL:NFE (e.g. 1e-3:50)") from None
+    return out
+
+
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except UserError as e:  # a missing checkpoint, an unreadable run: one line
+        raise SystemExit(f"blog_study: {e}") from None
+
+
+def _main(argv=None) -> int:
+    from rfbench.config import PRESETS
+
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
     p.add_argument("--checkpoint", default="results/blog-fashion/checkpoint.pt")
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--preset", default="blog")
+    p.add_argument("--preset", default="blog", choices=tuple(PRESETS))
     p.add_argument("--out", type=Path, default=Path("results/blog-fashion"))
     p.add_argument("--work", type=Path, default=Path("runs/blog-fashion"))
     p.add_argument("--num-samples", type=int, default=2000)
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", default="0,1", type=_checked(_seed, "seed"))
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    p.add_argument("--tols", default="1e-3,1e-5")
-    p.add_argument("--grids", default="uniform,sd3")
-    p.add_argument("--fixed-steps", default="1,2,4,8", help="Euler and Heun")
-    p.add_argument("--rk4-steps", default="1,2,4")
-    p.add_argument("--euler-more-steps", default="16")
-    p.add_argument("--multistep-steps", default="2,4,6,8,10")
+    p.add_argument("--tols", default="1e-3,1e-5", type=_checked(float, "tolerance", True))
+    p.add_argument("--grids", default="uniform,sd3", type=_checked(str, "grid"))
+    steps = _checked(int, "step count", True)
+    p.add_argument("--fixed-steps", default="1,2,4,8", type=steps, help="Euler and Heun")
+    p.add_argument("--rk4-steps", default="1,2,4", type=steps)
+    p.add_argument("--euler-more-steps", default="16", type=steps)
+    p.add_argument("--multistep-steps", default="2,4,6,8,10", type=steps)
     p.add_argument("--multistep-grid", default="sd3")
     p.add_argument("--pairs", type=int, default=10_000)
     p.add_argument("--pair-tol", default="1e-3")
@@ -113,6 +150,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--adaptive-nfe",
         default="1e-3:50,1e-5:120",
+        type=_nfe_guesses,
         help="--plan's guess of an adaptive solver's NFE per tolerance, until the adaptive "
         "run has measured it",
     )
@@ -178,6 +216,7 @@ def main(argv=None) -> int:
             lambda: reflow_study.main(reflow),
             log,
             times,
+            record=not (args.work / "reflow").exists(),  # a resumed study's time is partial
         )
 
     dirs = [str(d) for d in runs.values()]
@@ -216,17 +255,17 @@ def _plan(args, speed: list[str]) -> str:
     import speed_options
 
     from rfbench.config import PRESETS
-    from rfbench.runtime import Acceleration
+    from rfbench.runtime import Acceleration, resolve_device
 
-    trained = load_model(args.checkpoint)
+    device = resolve_device("auto")  # where the study's runs will sample
+    trained = load_model(args.checkpoint, device)
     batch = args.batch_size or PRESETS[args.preset].batch_size
-    options = Acceleration(channels_last=args.channels_last, compile=args.compile)
-    variants = {"study": options, "eager": Acceleration()}
-    seconds, _, ran = speed_options.time_forward(trained, variants, batch, 3, "inductor")
-    rate, eager = (batch / statistics.median(seconds[k]) for k in ("study", "eager"))
     per_cell = args.num_samples * len(args.seeds.split(","))
-    guess = {float(k): float(v) for k, v in (x.split(":") for x in args.adaptive_nfe.split(","))}
-    measured = read_runs([args.out / "adaptive"]) if (args.out / "adaptive").exists() else None
+    guess = args.adaptive_nfe
+    measured = None
+    if (args.out / "adaptive" / "results.csv").exists():
+        measured = read_runs([args.out / "adaptive"])
+        measured = measured[measured["status"] == "ok"]
 
     def adaptive(solver: str, tol: float) -> tuple[float, str]:
         if measured is not None:
@@ -237,6 +276,14 @@ def _plan(args, speed: list[str]) -> str:
             raise SystemExit(f"--adaptive-nfe has no guess for tolerance {tol:g}")
         return guess[tol], "guess"
 
+    tols = [float(t) for t in args.tols.split(",")]
+    for tol in {*tols, float(args.pair_tol), float(args.reflow_eval_tol)}:
+        adaptive("rk45", tol)  # a missing guess fails here, before the timing
+    options = Acceleration(channels_last=args.channels_last, compile=args.compile)
+    variants = {"study": options, "eager": Acceleration()}
+    seconds, _, ran = speed_options.time_forward(trained, variants, batch, 3, "inductor", device)
+    rate, eager = (batch / statistics.median(seconds[k]) for k in ("study", "eager"))
+
     rows = []
 
     def add(stage: str, what: str, image_nfe: float, hours: float | None = None) -> None:
@@ -244,7 +291,6 @@ def _plan(args, speed: list[str]) -> str:
             (stage, what, image_nfe, hours if hours is not None else image_nfe / rate / 3600)
         )
 
-    tols = [float(t) for t in args.tols.split(",")]
     for solver in ("rk45", "dopri5"):
         for tol in tols:
             nfe, how = adaptive(solver, tol)
@@ -276,7 +322,8 @@ def _plan(args, speed: list[str]) -> str:
         pair_nfe, how = adaptive("rk45", float(args.pair_tol))
         add(
             "reflow",
-            f"pairs: 2 x {args.pairs} at rk45 {args.pair_tol} ({how})",
+            f"pairs: 2 x {args.pairs} at rk45 {args.pair_tol} (the 1-RF's NFE, {how}, for "
+            "the 2-RF's too)",
             2 * args.pairs * pair_nfe,
         )
         add(
@@ -290,13 +337,14 @@ def _plan(args, speed: list[str]) -> str:
         steps = sum(int(k) for k in reflow_study.STEPS.split(","))
         add(
             "reflow",
-            f"evaluation: 3 models x (euler {reflow_study.STEPS} + rk45, {how})",
+            f"evaluation: 3 models x (euler {reflow_study.STEPS} + rk45 at the 1-RF's NFE, {how})",
             3 * (steps + eval_nfe) * per_cell,
         )
     if args.frontier_extractor != "none":
         adaptive_nfe = [adaptive(solver, tol)[0] for solver in ("rk45", "dopri5") for tol in tols]
-        rk4_top = max(int(k) for k in args.rk4_steps.split(",")) * 4
-        top = max(max(fixed_steps) * 2, rk4_top, *more, *ms, *adaptive_nfe)
+        rk4_top = max(int(k) for k in args.rk4_steps.split(",")) * SOLVERS["rk4"].nfe_per_step
+        heun_top = max(fixed_steps) * SOLVERS["heun"].nfe_per_step
+        top = max(heun_top, rk4_top, *more, *ms, *adaptive_nfe)
         cells = math.ceil(math.log2(top)) + 1
         add(
             "frontier",
@@ -304,6 +352,13 @@ def _plan(args, speed: list[str]) -> str:
             f"{args.inception_rate:g} images/s",
             0,
             cells * args.num_samples / args.inception_rate / 3600,
+        )
+        add(
+            "frontier",
+            "Inception features of the test split (10,000 images in MNIST's and "
+            "Fashion-MNIST's), unless cached",
+            0,
+            10_000 / args.inception_rate / 3600,
         )
     table = pd.DataFrame(rows, columns=["stage", "what", "images x NFE", "hours"])
     total = table["hours"].sum()
@@ -319,7 +374,9 @@ def _plan(args, speed: list[str]) -> str:
             f"Network throughput with {' '.join(speed) or 'no speed options'} (ran as {how_ran}): "
             f"{rate:.1f} images x NFE per second, eager {eager:.1f} (batch {batch}, median of "
             "3 interleaved, timed now, on whatever shares the machine). Adaptive NFE are "
-            "measured where the adaptive run has the cell, else --adaptive-nfe's guess.",
+            "measured where the adaptive run has the cell, else --adaptive-nfe's guess. "
+            "Not counted: torch.compile's warm-up in each run (minutes on a CPU), and "
+            "other work sharing the machine.",
             "",
             table.to_markdown(index=False, floatfmt=(".0f", ".0f", ".0f", ".2f")),
             "",
@@ -330,8 +387,26 @@ def _plan(args, speed: list[str]) -> str:
 
 
 def _run(grid: list[str], out: Path, common: list[str], log: list[str], times: Path) -> None:
-    """One ``rfbench run`` of the study, resumed where its directory exists unfinished."""
+    """One ``rfbench run`` of the study, resumed where its directory exists unfinished;
+    one begun with other speed options, or an old layout's, is refused in one line."""
     argv = ["run", *common, *grid, "--out", str(out)]
+    config = out / "config.json"
+    if config.exists():
+        had = json.loads(config.read_text())
+        for flag in ("channels_last", "compile"):
+            want = f"--{flag.replace('_', '-')}" in common
+            if bool(had.get(flag)) != want:
+                no = "" if had.get(flag) else "no-"
+                raise SystemExit(
+                    f"{out} was begun with {flag}={bool(had.get(flag))}: pass "
+                    f"--{no}{flag.replace('_', '-')} to resume it, or move it aside"
+                )
+        solvers = grid[grid.index("--solvers") + 1].split(",")
+        if set(had.get("solvers", ())) - set(solvers):
+            raise SystemExit(
+                f"{out} holds solvers {', '.join(had['solvers'])} and this study runs "
+                f"{', '.join(solvers)} there (an older layout of the study): move it aside"
+            )
     _step(argv, out / "table.md", log, times, ["--resume"] if out.exists() else [])
 
 
@@ -358,7 +433,7 @@ def _frontier(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
         fit = stats[stats["nfe"] <= budget * (1 + 1e-9)]
         if fit.empty:
             continue
-        best = fit.sort_values([f"{metric}_mean", "nfe"], kind="stable").iloc[0]
+        best = best_first(fit, metric).iloc[0]  # as the budget table ranks them
         cells = frame[(frame["status"] == "ok") & frame[metric].notna()]
         for k in keys:
             v = best[k]

@@ -122,8 +122,8 @@ def main(argv=None) -> int:
             log,
             times,
         )
-    _same_parent(rf2, rf1)
-    _same_parent(d1, rf2)
+    _same_parent(rf2, rf1, args.pairs, args.pair_solver)
+    _same_parent(d1, rf2, args.pairs, args.pair_solver)
     setting = ["--steps", args.pair_steps] if args.pair_steps else ["--tols", args.pair_tol]
     pairs = ["--pairs", str(args.pairs), "--solver", args.pair_solver, *setting]
     reflow_epochs = ["--epochs", str(args.reflow_epochs)] if args.reflow_epochs else []
@@ -206,17 +206,21 @@ def main(argv=None) -> int:
     return 0
 
 
-def _same_parent(child: Path, parent: Path) -> None:
+def _same_parent(child: Path, parent: Path, pairs: int, solver: str) -> None:
     """Refuse a work directory whose ``child`` model was reflowed from another parent than
-    ``parent`` (a changed --parent or 1-RF): its steps would be skipped as done."""
+    ``parent``, or on another number of pairs or pair solver (a changed --parent, 1-RF,
+    --pairs or --pair-solver): its steps would be skipped as done."""
     if not (child.exists() and parent.exists()):
         return
     from rfbench.train import load_model
 
-    got, want = load_model(child).spec.lineage.parent, load_model(parent).model_id
-    if got != want:
+    lineage, want = load_model(child).spec.lineage, load_model(parent).model_id
+    had = (lineage.parent, lineage.pairs, lineage.pair_solver)
+    if had != (want, pairs, solver):
         raise SystemExit(
-            f"{child} was reflowed from {got}, not from {want} ({parent}); give another --work"
+            f"{child} was reflowed from {lineage.parent} on {lineage.pairs} "
+            f"{lineage.pair_solver} pairs, not from {want} ({parent}) on {pairs} {solver} "
+            "pairs; give another --work"
         )
 
 

@@ -183,8 +183,10 @@ def generate_pairs(
 ) -> PairStore:
     """Write the pairs of ``spec`` under ``out/pairs``, resuming at the first missing shard.
 
-    ``acceleration`` (channels_last, torch.compile, bf16) only changes how the parent runs,
-    not what the pairs are: it is recorded per shard, not in the spec."""
+    ``acceleration`` is recorded per shard. channels_last and torch.compile change only
+    the rounding of the parent's float32 sums (which can still move an adaptive solver's
+    steps a little); bf16 changes the pairs themselves, so a pair set is made in one
+    precision throughout: resuming it in another is refused."""
     store = PairStore(out)
     manifest = store.open(spec)
     count = -(-spec.pairs // spec.shard_size)
@@ -195,6 +197,12 @@ def generate_pairs(
     model, options = parent.model, acceleration or Acceleration()
     if todo:
         model, options = accelerate(parent.model, options, device, spec.sample_shape)
+        made = {s.get("compute_dtype", "fp32") for s in manifest["shards"].values()}
+        if made - {options.precision}:
+            raise UserError(
+                f"{store.dir} holds pairs made in {', '.join(sorted(made))}; resume them "
+                f"with --precision {sorted(made)[0]}, not {options.precision}"
+            )
         batch = min(batch_size, spec.shard_size, spec.pairs)
         model, options = compile_or_fall_back(
             model, options, lambda m: warm_up(m, spec.sample_shape, batch, device)

@@ -310,6 +310,23 @@ def default_nfe_budgets(nfe: pd.Series) -> list[int]:
         k *= 2
 
 
+def best_first(stats: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``setting_stats`` rows, best seed mean first (lowest, except for
+    ``HIGHER_IS_BETTER``). Ties go to the lower NFE, then to the solver listed first in
+    the registry (Euler before the multistep solvers whose first steps are Euler's, so
+    identical solves are named by the simplest), and only then to the lower wall time."""
+    from rfbench.solvers import SOLVERS
+
+    order = {name: i for i, name in enumerate(SOLVERS)}
+    mean = stats[f"{metric}_mean"]
+    ranked = stats.assign(
+        _score=-mean if metric in HIGHER_IS_BETTER else mean,
+        _simple=[order.get(v, len(order)) for v in stats["solver"]],
+    )
+    ranked = ranked.sort_values(["_score", "nfe", "_simple", "wall_time_s"], kind="stable")
+    return ranked.drop(columns=["_score", "_simple"])
+
+
 def budget_table(
     frame: pd.DataFrame,
     metric: str = "fid",
@@ -319,10 +336,7 @@ def budget_table(
     """Per model, the best seed-mean ``metric`` among settings with mean NFE per sample
     <= each budget (the budget itself included; default ``default_nfe_budgets``) and with
     mean ``wall_time_s`` <= each time budget (seconds), with the solver and setting that
-    reach it. Lowest is best, except for ``HIGHER_IS_BETTER``. Ties go to the lower NFE,
-    then to the solver listed first in the registry (Euler before the multistep solvers
-    whose first steps are Euler's, so identical solves are named by the simplest), and
-    only then to the lower wall time.
+    reach it, ranked by ``best_first`` (ties go to the lower NFE, then the simpler solver).
     A budget that no setting fits gives a row with empty cells.
 
     >>> from rfbench.results import read_runs
@@ -330,22 +344,17 @@ def budget_table(
     >>> budget_table(run, nfe_budgets=[4, 100])[["budget", "solver", "setting"]].values.tolist()
     [['NFE ≤ 4', 'euler', '4 steps'], ['NFE ≤ 100', 'rk45', 'rtol 1e-05']]
     """
-    from rfbench.solvers import SOLVERS
-
-    order = {name: i for i, name in enumerate(SOLVERS)}
     stats = setting_stats(frame, metric)
     if nfe_budgets is None:
         nfe_budgets = default_nfe_budgets(stats["nfe"])
     mean, std = f"{metric}_mean", f"{metric}_std"
-    stats["score"] = -stats[mean] if metric in HIGHER_IS_BETTER else stats[mean]
     group, keys = [k for k in ("run", "model_id") if k in stats], _model_keys(stats)
     budgets = [("nfe", k, f"NFE ≤ {k:g}") for k in nfe_budgets]
     budgets += [("wall_time_s", s, f"time ≤ {s:g} s") for s in time_budgets]
     rows = []
     for key, g in stats.groupby(group, sort=True, dropna=False):
         head = {k: v for k, v in zip(group, key) if k in keys}
-        g = g.assign(_simple=[order.get(v, len(order)) for v in g["solver"]])
-        g = g.sort_values(["score", "nfe", "_simple", "wall_time_s"], kind="stable")
+        g = best_first(g, metric)
         for col, limit, label in budgets:
             fit = g[g[col] <= limit * (1 + 1e-9)]
             row = dict(head, budget=label)

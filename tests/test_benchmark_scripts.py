@@ -289,6 +289,10 @@ def test_reflow_study_small(tmp_path):
     )
     with pytest.raises(SystemExit, match="was reflowed from .*give another --work"):
         _load("reflow_study").main([*other, "--parent", str(tmp_path / "p3" / "checkpoint.pt")])
+    # ... and so is the same parent on another number of pairs
+    more = ["700" if a == "600" else a for a in other]
+    with pytest.raises(SystemExit, match="on 600 euler pairs, not from .* on 700 euler pairs"):
+        _load("reflow_study").main([*more, "--parent", str(parent)])
 
 
 def test_train_step_small(tmp_path):
@@ -485,17 +489,29 @@ def test_few_step_study_small(tmp_path):
     ref = np.load(next((rk / "samples").glob("*rtol1e-05*seed1.npz")))["x"] / 255
     assert row.rmse == pytest.approx(np.sqrt(((x - ref) ** 2).mean()), rel=1e-6)  # float32
     assert row.rmse > 0 and row.samples == len(x)
-    # distances.csv keeps the cells whose samples are gone, and fresh samples replace theirs
+    # distances.csv keeps the cells of the study whose samples are gone, drops the cells
+    # no longer in it, and fresh samples replace a cell's old distance
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "toy2d-multistep", copy)
+    (copy / "samples" / name).unlink()  # row's samples are gone; its cell is still there
     kept = tmp_path / "kept"
     kept.mkdir()
-    gone = {**row.to_dict(), "model_id": "gone-model", "rmse": 0.5}
-    stale = {**row.to_dict(), "rmse": 99.0}
-    pd.DataFrame([gone, stale]).to_csv(kept / "distances.csv", index=False)
-    lines = study._accuracy_section([out / "toy2d-multistep", rk], ["uniform", "edm-rho7"], kept)
+    other = d[(d.solver == "ab2") & (d.nfe == 4) & (d.grid == "uniform")].iloc[0]
+    pd.DataFrame(
+        [
+            {**row.to_dict(), "rmse": 0.5},  # samples gone: kept
+            {**row.to_dict(), "model_id": "gone-model"},  # not in the study: dropped
+            {**other.to_dict(), "rmse": 99.0},  # samples here: recomputed
+        ]
+    ).to_csv(kept / "distances.csv", index=False)
+    lines = study._accuracy_section([copy, rk], ["uniform", "edm-rho7"], kept)
     merged = pd.read_csv(kept / "distances.csv")
-    assert len(merged) == len(d) + 1 and "1 of these distances" in "\n".join(lines)
-    assert merged[merged.model_id == "gone-model"].rmse.tolist() == [0.5]
-    assert 99.0 not in merged.rmse.tolist()
+    assert len(merged) == len(d) and "1 of these distances" in "\n".join(lines)
+    assert "gone-model" not in set(merged.model_id) and 99.0 not in merged.rmse.tolist()
+    again = merged[(merged.solver == "ab2") & (merged.nfe == 4) & (merged.seed == 1)]
+    assert again[again.grid == "edm-rho7"].rmse.tolist() == [0.5]
     rows = pd.DataFrame(
         {
             "solver": ["euler", "ab2", "ab2", "unipc-bh1"],
@@ -619,9 +635,53 @@ def test_blog_study_plan(tmp_path):
     by_what = {r["what"]: float(r["images x NFE"]) for r in _rows(plan)}
     assert by_what[f"rk45 0.001: {nfe['rk45']:.0f} NFE (measured)"] == nfe["rk45"] * per_cell
     assert by_what["dopri5 1e-05: 120 NFE (guess)"] == 120 * per_cell
-    hours = [float(r["hours"]) for r in _rows(plan)]
+    rate = float(re.search(r"([0-9.]+) images x NFE per second", plan)[1])
+    for r in _rows(plan):  # every sampling stage: its images x NFE at the timed rate
+        if r["stage"] in ("adaptive", "fixed", "rk4", "euler-more", "multistep"):
+            hours = float(r["images x NFE"]) / rate / 3600
+            assert float(r["hours"]) == pytest.approx(hours, abs=0.006), r
+    assert by_what[
+        "pairs: 2 x 10000 at rk45 1e-3 (the 1-RF's NFE, measured, for the 2-RF's too)"
+    ] == pytest.approx(2 * 10000 * nfe["rk45"], abs=1)
+    evaluation = "evaluation: 3 models x (euler 1,2,4,8 + rk45 at the 1-RF's NFE, measured)"
+    assert by_what[evaluation] == pytest.approx(3 * (15 + nfe["rk45"]) * per_cell, abs=1)
     total = float(re.search(r"Total: ([0-9.]+) hours", plan)[1])
-    assert total == pytest.approx(sum(hours), abs=0.1)
+    assert total == pytest.approx(sum(float(r["hours"]) for r in _rows(plan)), abs=0.1)
+
+
+def test_blog_study_frontier_names_a_tie_as_the_budget_table_does():
+    """dpmpp-2m's two steps are Euler's: the same FID, and the frontier must name the
+    cell the budget table names (Euler), not the alphabetically first."""
+    from rfbench.report import budget_table
+    from rfbench.results import records_to_frame
+    from tests.test_report import _cells
+
+    rows = [r for r in _cells() if r["solver"] == "euler" and r["steps"] == 1]
+    rows = [dict(r, steps=2, nfe=2, model_id="m") for r in rows]
+    rows += [dict(r, solver="dpmpp-2m", wall_time_s=0.001) for r in rows]
+    frame = records_to_frame(rows)
+    frontier = _load("blog_study")._frontier(frame, "fid")
+    assert frontier["solver"].tolist() == ["euler"]
+    assert budget_table(frame, nfe_budgets=(2,))["solver"].tolist() == ["euler"]
+
+
+def test_blog_study_refuses_to_resume_with_other_speed_options(tmp_path):
+    study = _load("blog_study")
+    out = tmp_path / "adaptive"
+    out.mkdir()
+    (out / "config.json").write_text(
+        '{"channels_last": false, "compile": false, "solvers": ["rk45", "dopri5"]}'
+    )
+    grid = ["--solvers", "rk45,dopri5"]
+    with pytest.raises(SystemExit, match="begun with channels_last=False: pass --no-channels"):
+        study._run(grid, out, ["--channels-last"], [], tmp_path / "t.json")
+    with pytest.raises(SystemExit, match="begun with compile=False: pass --no-compile"):
+        study._run(grid, out, ["--compile"], [], tmp_path / "t.json")
+    old = tmp_path / "fixed"
+    old.mkdir()
+    (old / "config.json").write_text('{"solvers": ["euler", "heun", "rk4"]}')
+    with pytest.raises(SystemExit, match="older layout of the study"):
+        study._run(["--solvers", "euler,heun"], old, [], [], tmp_path / "t.json")
 
 
 @pytest.mark.slow
@@ -696,3 +756,20 @@ def test_speed_options_small(tmp_path):
     assert ratio["met"] and diff["met"] and diff["value"] == 0  # eager backend: the same ops
     assert speed.main([*argv, "--min-speedup", "1e9"]) == 1  # no variant is a billion times faster
     assert not _targets((tmp_path / "speed.md").read_text(), 2)[0]["met"]
+    # the timed rounds run the compiled graph (no recompiling in them), each variant once
+    # per round after one untimed round
+    from rfbench.runtime import Acceleration
+    from rfbench.train import load_model
+
+    calls = []
+
+    def counting(gm, example_inputs):
+        calls.append("compiled")
+        return lambda *args: (calls.append("ran"), gm.forward(*args))[1]
+
+    variants = {"eager": Acceleration(), "compile": Acceleration(compile=True)}
+    trained = load_model(tmp_path / "checkpoint.pt")
+    seconds, _, ran = speed.time_forward(trained, variants, 16, 3, counting)
+    assert calls.count("compiled") == 1  # the warm-up's graph serves every timed round
+    assert calls.count("ran") == 2 + 1 + 3  # warm-up, untimed round, 3 timed rounds
+    assert [len(v) for v in seconds.values()] == [3, 3] and ran["compile"].compile

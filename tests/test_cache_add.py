@@ -80,7 +80,7 @@ def test_a_file_cached_meanwhile_is_not_overwritten(cache, toy_checkpoint, capsy
 
     def race(path, what):
         made = real(path, what)
-        if path == target.parent:  # (real() recurses through the parents)
+        if path == target.parent:  # cache_dir() checks the cache root first: wait for ours
             target.write_bytes(b"the run's model")  # the run's file lands now
         return made
 

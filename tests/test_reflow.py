@@ -352,10 +352,21 @@ def test_accelerated_pairs_equal_plain_ones_and_say_how_they_ran(flows, tmp_path
     rf1 = flows["1rf"]
     spec = reflow.pair_spec(rf1, 1500, "euler", steps=4, seed=5, shard_size=1000)
     plain = reflow.generate_pairs(rf1, spec, tmp_path / "plain", progress=False).load()
-    fast = Acceleration(compile=True, compile_backend="eager")  # torch.compile's path, no C++
+    graphs = []
+
+    def counting(gm, example_inputs):  # torch.compile's path without a C++ toolchain
+        def run(*args):
+            graphs.append(len(args))
+            return gm.forward(*args)
+
+        return run
+
+    fast = Acceleration(compile=True, compile_backend=counting)
     compiled = reflow.generate_pairs(
         rf1, spec, tmp_path / "fast", acceleration=fast, progress=False
     ).load()
+    # the compiled network made the pairs: 4 Euler calls per batch, past the warm-up's
+    assert len(graphs) >= 2 + 4 * 2
     assert torch.equal(compiled[1], plain[1]) and torch.equal(compiled[0], plain[0])
     assert {s["compiled"] for s in compiled[2]["shards"].values()} == {True}
     assert {s["compiled"] for s in plain[2]["shards"].values()} == {False}
@@ -373,6 +384,14 @@ def test_accelerated_pairs_equal_plain_ones_and_say_how_they_ran(flows, tmp_path
     ).load()
     assert torch.equal(fell[1], plain[1][:500])
     assert fell[2]["shards"]["0"]["compiled"] is False  # it ran eager, and says so
+    # a pair set is made in one precision: shards recorded as bf16 are not resumed in fp32
+    store = reflow.PairStore(tmp_path / "plain")
+    manifest = store.manifest()
+    del manifest["shards"]["1"]
+    manifest["shards"]["0"]["compute_dtype"] = "bf16"
+    store._write_manifest(manifest)
+    with pytest.raises(UserError, match="pairs made in bf16; resume them with --precision bf16"):
+        reflow.generate_pairs(rf1, spec, tmp_path / "plain", progress=False)
 
 
 def test_cli_reflow_passes_its_speed_options_to_the_pairs(tmp_path, monkeypatch):
@@ -387,7 +406,9 @@ def test_cli_reflow_passes_its_speed_options_to_the_pairs(tmp_path, monkeypatch)
 
     monkeypatch.setattr(reflow, "generate_pairs", stop)
     argv = ["reflow", "--checkpoint", str(ckpt), "--pairs", "10", "--out", str(tmp_path / "r")]
-    assert _exit([*argv, "--compile", "--channels-last"]) == 2
-    assert (seen["acceleration"].compile, seen["acceleration"].channels_last) == (True, True)
+    assert _exit([*argv, "--compile", "--channels-last", "--precision", "bf16"]) == 2
+    got = seen["acceleration"]
+    assert (got.compile, got.channels_last, got.precision) == (True, True, "bf16")
     assert _exit([*argv[:-1], str(tmp_path / "r2")]) == 2
-    assert (seen["acceleration"].compile, seen["acceleration"].channels_last) == (False, False)
+    got = seen["acceleration"]
+    assert (got.compile, got.channels_last, got.precision) == (False, False, "fp32")
