@@ -32,7 +32,17 @@ def atomic_write(
         if replace:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError as e:  # a filesystem without hard links
+                from rfbench.errors import UserError
+
+                raise UserError(
+                    f"cannot write {path} without the risk of replacing a file there: "
+                    f"{e.strerror or e} (this filesystem has no hard links)"
+                ) from None
             Path(tmp).unlink()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -111,6 +111,22 @@ def test_atomic_write_without_replace_keeps_what_is_there(tmp_path):
     assert target.read_bytes() == b"third"
 
 
+def test_no_hard_links_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from rfbench.atomic import atomic_write
+    from rfbench.errors import UserError
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(UserError, match="no hard links"):
+        atomic_write(tmp_path / "f", lambda f: f.write(b"x"), replace=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _edited(src, dst, edit):
     ckpt = torch.load(src, weights_only=False)
     edit(ckpt)
