@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--note", default=None, help="a line for the README, e.g. on the machine")
-    p.add_argument("--device", default="cpu", help="every step's --device")
+    p.add_argument("--device", default="auto", help="every step's --device")
     p.add_argument(
         "--channels-last", action="store_true", help="the pairs' and the evaluation's solves"
     )
