@@ -102,26 +102,65 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
-    p.add_argument("--checkpoint", default="results/blog-fashion/checkpoint.pt")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--preset", default="blog", choices=tuple(PRESETS))
-    p.add_argument("--out", type=Path, default=Path("results/blog-fashion"))
-    p.add_argument("--work", type=Path, default=Path("runs/blog-fashion"))
-    p.add_argument("--num-samples", type=int, default=2000)
-    p.add_argument("--seeds", default="0,1", type=_checked(_seed, "seed"))
+    p.add_argument(
+        "--checkpoint", default="results/blog-fashion/checkpoint.pt", help="the trained 1-RF"
+    )
+    p.add_argument("--dataset", default="fashion-mnist", help="its dataset")
+    p.add_argument("--preset", default="blog", choices=tuple(PRESETS), help="its preset")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/blog-fashion"),
+        help="the study's tables, figures and runs",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/blog-fashion"),
+        help="reflow's models and pairs, step times (not committed)",
+    )
+    p.add_argument("--num-samples", type=int, default=2000, help="n per cell and seed")
+    p.add_argument("--seeds", default="0,1", type=_checked(_seed, "seed"), help="every cell's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    p.add_argument("--tols", default="1e-3,1e-5", type=_checked(float, "tolerance", True))
-    p.add_argument("--grids", default="uniform,sd3", type=_checked(str, "grid"))
+    p.add_argument(
+        "--tols",
+        default="1e-3,1e-5",
+        type=_checked(float, "tolerance", True),
+        help="rk45 and dopri5 rtol = atol",
+    )
+    p.add_argument(
+        "--grids",
+        default="uniform,sd3",
+        type=_checked(str, "grid"),
+        help="schedules of the fixed-step runs",
+    )
     steps = _checked(int, "step count", True)
     p.add_argument("--fixed-steps", default="1,2,4,8", type=steps, help="Euler and Heun")
-    p.add_argument("--rk4-steps", default="1,2,4", type=steps)
-    p.add_argument("--euler-more-steps", default="16", type=steps)
-    p.add_argument("--multistep-steps", default="2,4,6,8,10", type=steps)
-    p.add_argument("--multistep-grid", default="sd3")
-    p.add_argument("--pairs", type=int, default=10_000)
-    p.add_argument("--pair-tol", default="1e-3")
-    p.add_argument("--reflow-epochs", type=int, default=6)
-    p.add_argument("--reflow-eval-tol", default="1e-3")
+    p.add_argument("--rk4-steps", default="1,2,4", type=steps, help="RK4 (4 NFE a step)")
+    p.add_argument(
+        "--euler-more-steps",
+        default="16",
+        type=steps,
+        help="Euler, beside the step count matched to rk45",
+    )
+    p.add_argument(
+        "--multistep-steps",
+        default="2,4,6,8,10",
+        type=steps,
+        help="every multistep solver (1 NFE a step)",
+    )
+    p.add_argument("--multistep-grid", default="sd3", help="their schedule")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=10_000,
+        help="reflow pairs (each for the 2-RF and the distilled 2-RF)",
+    )
+    p.add_argument("--pair-tol", default="1e-3", help="the pairs' rk45 tolerance")
+    p.add_argument("--reflow-epochs", type=int, default=6, help="epochs of each reflow training")
+    p.add_argument(
+        "--reflow-eval-tol", default="1e-3", help="rk45 tolerance of the reflow evaluation"
+    )
     p.add_argument(
         "--frontier-extractor",
         choices=("inception", "classifier", "none"),
@@ -161,7 +200,9 @@ def _main(argv=None) -> int:
         help="--plan: Inception images/s on this CPU (results/inception-proof.md, "
         "benchmarks/inception_proof.py)",
     )
-    p.add_argument("--data-root", default=None)
+    p.add_argument(
+        "--data-root", default=None, help="the dataset's files, if not where rfbench looks"
+    )
     p.add_argument("--notes", type=Path, default=None, help="appended to the README")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

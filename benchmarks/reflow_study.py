@@ -71,22 +71,31 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
-    p.add_argument("--dataset", default="toy2d")
+    p.add_argument("--dataset", default="toy2d", help="toy2d or an image dataset")
     p.add_argument("--out", default=None, help="default: results/reflow-<dataset>")
     p.add_argument("--work", default=None, help="models and pairs (default: runs/reflow-<dataset>)")
-    p.add_argument("--pairs", type=int, default=10_000)
-    p.add_argument("--pair-solver", default="rk45")
-    p.add_argument("--pair-tol", default="1e-5")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=10_000,
+        help="pairs for the 2-RF, and again for the distilled 2-RF",
+    )
+    p.add_argument("--pair-solver", default="rk45", help="the solver that makes the pairs")
+    p.add_argument("--pair-tol", default="1e-5", help="its rtol = atol (an adaptive --pair-solver)")
     p.add_argument("--pair-steps", default=None, help="for a fixed-step --pair-solver")
     p.add_argument(
         "--parent", default=None, help="a trained 1-RF checkpoint (default: train the quick one)"
     )
     p.add_argument("--train-epochs", type=int, default=None, help="1-RF (default: the preset's)")
     p.add_argument("--reflow-epochs", type=int, default=None, help="default: the preset's")
-    p.add_argument("--eval-solver", default="rk45")
-    p.add_argument("--eval-tol", default="1e-5")
-    p.add_argument("--num-samples", type=int, default=None)
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument(
+        "--eval-solver", default="rk45", help="the adaptive solver of the evaluation, beside Euler"
+    )
+    p.add_argument("--eval-tol", default="1e-5", help="its rtol = atol")
+    p.add_argument(
+        "--num-samples", type=int, default=None, help="n per cell and seed (default: the preset's)"
+    )
+    p.add_argument("--seeds", default="0,1", help="the evaluation's noise seeds")
     p.add_argument("--note", default=None, help="a line for the README, e.g. on the machine")
     p.add_argument("--device", default="auto", help="every step's --device")
     p.add_argument(
