@@ -31,8 +31,8 @@ from targets import read, target  # benchmarks/targets.py
 
 from rfbench.cli import DefaultsFormatter
 from rfbench.errors import UserError
-from rfbench.runtime import Acceleration, accelerate, compile_or_fall_back
-from rfbench.sample import synchronizer, warm_up
+from rfbench.runtime import Acceleration, prepared
+from rfbench.sample import synchronizer
 from rfbench.train import load_model
 
 VARIANTS = {
@@ -63,9 +63,8 @@ def time_forward(
     models, ran = {}, {}
     for name, options in variants.items():
         options = replace(options, compile_backend=backend)
-        model, options = accelerate(copy.deepcopy(trained.model), options, device, shape)
-        models[name], ran[name] = compile_or_fall_back(
-            model, options, lambda m: warm_up(m, shape, batch, device)
+        models[name], ran[name] = prepared(
+            copy.deepcopy(trained.model), options, device, shape, [batch]
         )
     seconds = {name: [] for name in models}
     outputs = {}

@@ -21,8 +21,7 @@ from rfbench import data as datamod
 from rfbench.config import RunConfig, cache_dir, check_preset
 from rfbench.distributed import World
 from rfbench.errors import UserError
-from rfbench.runtime import Acceleration, accelerate, compile_or_fall_back
-from rfbench.sample import warm_up
+from rfbench.runtime import Acceleration, prepared
 from rfbench.train import Lineage, ModelSpec, TrainedModel, load_model, train
 
 log = logging.getLogger("rfbench")
@@ -224,13 +223,7 @@ def prepare(
 ) -> Candidate:
     """The candidate with the run's acceleration options applied and warmed up at every
     batch size it will see (a compiled model compiles here, outside the timed solves)."""
-    model, options = accelerate(candidate.raw, options, device, candidate.sample_shape)
-
-    def warm(m: nn.Module) -> None:
-        for b in sorted(batch_sizes):
-            warm_up(m, candidate.sample_shape, b, device)
-
-    model, options = compile_or_fall_back(model, options, warm)
+    model, options = prepared(candidate.raw, options, device, candidate.sample_shape, batch_sizes)
     return replace(candidate, model=model, columns={**candidate.columns, **options.columns()})
 
 

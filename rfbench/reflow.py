@@ -30,9 +30,9 @@ from rfbench.config import TrainConfig
 from rfbench.data import DataSplit, content_hash
 from rfbench.errors import UserError
 from rfbench.flow import T_DATA, T_NOISE
-from rfbench.runtime import Acceleration, accelerate, compile_or_fall_back
+from rfbench.runtime import Acceleration, prepared
 from rfbench.safeload import load_dict
-from rfbench.sample import Batching, Measuring, integrate, noise, warm_up
+from rfbench.sample import Batching, Measuring, integrate, noise
 from rfbench.solvers import LABEL_PARTS, Setting
 from rfbench.train import Lineage, ModelSpec, TrainedModel, train
 
@@ -196,17 +196,14 @@ def generate_pairs(
     device = torch.device(device)
     model, options = parent.model, acceleration or Acceleration()
     if todo:
-        model, options = accelerate(parent.model, options, device, spec.sample_shape)
+        batch = min(batch_size, spec.shard_size, spec.pairs)
+        model, options = prepared(parent.model, options, device, spec.sample_shape, [batch])
         made = {s.get("compute_dtype", "fp32") for s in manifest["shards"].values()}
         if made - {options.precision}:
             raise UserError(
                 f"{store.dir} holds pairs made in {', '.join(sorted(made))}; resume them "
                 f"with --precision {sorted(made)[0]}, not {options.precision}"
             )
-        batch = min(batch_size, spec.shard_size, spec.pairs)
-        model, options = compile_or_fall_back(
-            model, options, lambda m: warm_up(m, spec.sample_shape, batch, device)
-        )
     bar = tqdm(
         todo,
         desc=f"pairs ({spec.solver})",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import torch
@@ -128,6 +128,26 @@ def accelerate(
     if options == Acceleration(compile_backend=options.compile_backend):
         return model, options
     return Accelerated(model, options, device).eval(), options
+
+
+def prepared(
+    model: nn.Module,
+    options: Acceleration,
+    device: torch.device,
+    sample_shape: tuple[int, ...],
+    batch_sizes: Iterable[int],
+) -> tuple[nn.Module, Acceleration]:
+    """``accelerate``, then warmed up at every batch size it will see (a compiled model
+    compiles here, outside any timing; if compiling fails it runs eager, and says so)."""
+    from rfbench.sample import warm_up
+
+    model, options = accelerate(model, options, device, sample_shape)
+
+    def warm(m: nn.Module) -> None:
+        for b in sorted(set(batch_sizes)):
+            warm_up(m, sample_shape, b, device)
+
+    return compile_or_fall_back(model, options, warm)
 
 
 def compile_or_fall_back(
