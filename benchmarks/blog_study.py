@@ -167,6 +167,14 @@ def _main(argv=None) -> int:
         default="inception",
         help="step 5's features (none: skip it; toy2d has no images)",
     )
+    p.add_argument(
+        "--rescore",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step 5; --no-rescore keeps the samples, lists the frontier's sample files in "
+        "OUT/frontier-samples.txt and stops before scoring them (for a machine without the "
+        "extractor's weights: a later call with --rescore, same arguments, scores them)",
+    )
     p.add_argument("--reflow", action=argparse.BooleanOptionalAction, default=True, help="step 3")
     p.add_argument(
         "--channels-last",
@@ -279,7 +287,10 @@ def _main(argv=None) -> int:
     frontier = _frontier(frame, metric)
     rescored = None
     if args.frontier_extractor != "none":
-        rescored = _rescore(frontier, runs, args, log, times)
+        files = _frontier_samples(frontier, runs)
+        (args.out / "frontier-samples.txt").write_text("".join(f"{f}\n" for f in files))
+        if args.rescore:
+            rescored = _rescore(files, args, log, times)
     _readme(frame, metric, frontier, rescored, reports, log, args)
     print((args.out / "README.md").read_text())
     return 0
@@ -494,18 +505,21 @@ def _frontier(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _rescore(frontier: pd.DataFrame, runs: dict, args, log: list[str], times: Path):
-    """FID with --frontier-extractor (the standard Inception), against the test split, of
-    each frontier cell's saved samples (its first seed), by one ``rfbench eval``; its
-    rows, by cell."""
-    cells = frontier.drop_duplicates(subset="cell")
+def _frontier_samples(frontier: pd.DataFrame, runs: dict) -> list[str]:
+    """The saved samples (its first seed's) of each frontier cell, once each."""
     files = []
-    for cell in cells["cell"]:
+    for cell in frontier.drop_duplicates(subset="cell")["cell"]:
         found = [d / "all-samples" / f"{cell}.npz" for d in runs.values()]
         found = [f for f in found if f.is_file()]
         if not found:
             raise SystemExit(f"no saved samples of frontier cell {cell} (--save-samples npz)")
         files.append(str(found[0]))
+    return files
+
+
+def _rescore(files: list[str], args, log: list[str], times: Path):
+    """FID with --frontier-extractor (the standard Inception), against the test split, of
+    the frontier cells' saved samples, by one ``rfbench eval``; its rows, by cell."""
     out = args.out / f"frontier-{args.frontier_extractor}"
     argv = ["eval", *files, "--dataset", args.dataset, "--split", "test"]
     argv += ["--feature-extractor", args.frontier_extractor, "--out", str(out)]
@@ -589,13 +603,16 @@ def _reflow_lines(out: Path, metric: str, eval_tol: str) -> list[str]:
 def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
     ok = frame[frame["status"] == "ok"]
     env = ok.iloc[0]
+    facts = args.out / RUNS[0] / "env.json"  # the machine the runs sampled on
+    ran = json.loads(facts.read_text()) if facts.exists() else {}
     text = [
         f"# {args.dataset}, the `{args.preset}` model: every solver family, and reflow",
         "",
-        f"Made by `python benchmarks/blog_study.py {shlex.join(args.argv)}` on {env['device']} "
-        f"({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}); "
-        "it ran, or found done (wall seconds after each command; other work shared the "
-        "machine at times, see the notes):",
+        f"Made by `python benchmarks/blog_study.py {shlex.join(args.argv)}`; the runs sampled "
+        f"on {env['device']} (torch {ran.get('torch', '?')}), this README was written on "
+        f"{platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}). "
+        "It ran, or found done (wall seconds after each command, where it ran them; other "
+        "work may have shared the machine, see the notes):",
         "",
         "```",
         *log,
@@ -620,8 +637,8 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
         reports["budget"].rstrip(),
         "",
     ]
+    name = args.frontier_extractor
     if rescored is not None:
-        name = args.frontier_extractor
         joined = frontier.merge(rescored, on="cell", how="left", suffixes=("", "_eval"))
         show = joined[["budget", "solver", "setting", "nfe", metric, "seed", "fid_eval"]]
         show = show.rename(
@@ -638,6 +655,14 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
             f" (`frontier-{name}/`):",
             "",
             show.to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
+    elif name != "none":
+        text += [
+            f"## FID with the {name} features on the frontier",
+            "",
+            "Not scored yet (--no-rescore): `frontier-samples.txt` lists the samples; the "
+            "same command with --rescore scores them.",
             "",
         ]
     text += [

@@ -702,6 +702,13 @@ def test_blog_study_small(tmp_path, mnist_root):
     argv += ["--euler-more-steps", "4", "--multistep-steps", "2", "--pairs", "128"]
     argv += ["--pair-tol", "1e-2", "--reflow-epochs", "1", "--reflow-eval-tol", "1e-2"]
     argv += ["--frontier-extractor", "classifier", "--no-compile"]  # compiling: minutes
+    # First without step 5 (a machine without the extractor's weights), then with it.
+    assert _load("blog_study").main([*argv, "--no-rescore"]) == 0
+    listed = (out / "frontier-samples.txt").read_text().split()
+    assert listed and all(Path(f).is_file() and "all-samples" in f for f in listed)
+    assert not (out / "frontier-classifier").exists()
+    assert "Not scored yet (--no-rescore)" in (out / "README.md").read_text()
+    stamp = (out / "fixed" / "results.csv").stat().st_mtime_ns
     assert _load("blog_study").main(argv) == 0
     adaptive = pd.read_csv(out / "adaptive" / "results.csv")
     rk45 = adaptive[adaptive["solver"] == "rk45"]["nfe"].mean()
@@ -732,12 +739,11 @@ def test_blog_study_small(tmp_path, mnist_root):
     assert "left out (--no-in-sample)" in (out / "reflow" / "README.md").read_text()
     # The frontier's rescoring: one eval row per frontier cell, its FID in the README.
     rescored = pd.read_csv(out / "frontier-classifier" / "results.csv")
-    assert len(rescored) >= 2 and rescored["fid"].notna().all()
-    assert f"{rescored['fid'].iloc[0]:.4g}" in text
+    assert len(rescored) == len(listed) >= 2 and rescored["fid"].notna().all()
+    assert sorted(rescored["samples"]) == sorted(listed)
+    assert f"{rescored['fid'].iloc[0]:.4g}" in text and "Not scored yet" not in text
     assert (out / "figures" / "fid_vs_nfe.png").exists()
-    # Done steps are skipped: a second call runs no `rfbench run` again.
-    stamp = (out / "fixed" / "results.csv").stat().st_mtime_ns
-    assert _load("blog_study").main(argv) == 0
+    # Done steps are skipped: the second call ran no `rfbench run` again.
     assert (out / "fixed" / "results.csv").stat().st_mtime_ns == stamp
 
 
