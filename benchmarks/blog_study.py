@@ -162,6 +162,12 @@ def _main(argv=None) -> int:
         "--reflow-eval-tol", default="1e-3", help="rk45 tolerance of the reflow evaluation"
     )
     p.add_argument(
+        "--time-budgets",
+        default="10,30,100,300",
+        type=_checked(float, "time budget", True),
+        help="the budget table's wall-time budgets, seconds per cell (n samples)",
+    )
+    p.add_argument(
         "--frontier-extractor",
         choices=("inception", "classifier", "none"),
         default="inception",
@@ -174,6 +180,13 @@ def _main(argv=None) -> int:
         help="step 5; --no-rescore keeps the samples, lists the frontier's sample files in "
         "OUT/frontier-samples.txt and stops before scoring them (for a machine without the "
         "extractor's weights: a later call with --rescore, same arguments, scores them)",
+    )
+    p.add_argument(
+        "--resample-frontier",
+        action="store_true",
+        help="step 5 scores the frontier cells sampled again here (OUT/frontier-resampled, "
+        "one `rfbench run` a cell, its first seed), for runs whose samples stayed on the "
+        "machine that made them; the README sets each cell's FID here beside the run's",
     )
     p.add_argument("--reflow", action=argparse.BooleanOptionalAction, default=True, help="step 3")
     p.add_argument(
@@ -272,7 +285,7 @@ def _main(argv=None) -> int:
     frame = read_runs(dirs)
     metric = "fid" if frame["fid"].notna().any() else "swd"
     reports = {}
-    for view, extra in (("budget", ["--time-budget", "10,30,100,300"]), ("pivot", [])):
+    for view, extra in (("budget", ["--time-budget", args.time_budgets]), ("pivot", [])):
         target = args.out / f"{view}-{metric}.md"
         argv_r = ["report", *dirs, "--view", view, "--metric", metric, *extra, "--out", str(target)]
         log.append("rfbench " + shlex.join(argv_r))
@@ -287,7 +300,10 @@ def _main(argv=None) -> int:
     frontier = _frontier(frame, metric)
     rescored = None
     if args.frontier_extractor != "none":
-        files = _frontier_samples(frontier, runs)
+        if args.resample_frontier:
+            files = _resample(frontier, frame, common, args.out / "frontier-resampled", log, times)
+        else:
+            files = _frontier_samples(frontier, runs)
         (args.out / "frontier-samples.txt").write_text("".join(f"{f}\n" for f in files))
         if args.rescore:
             rescored = _rescore(files, args, log, times)
@@ -517,6 +533,28 @@ def _frontier_samples(frontier: pd.DataFrame, runs: dict) -> list[str]:
     return files
 
 
+def _resample(frontier, frame, common: list[str], out: Path, log, times: Path) -> list[str]:
+    """--resample-frontier: each frontier cell's first seed sampled again on this machine,
+    with the study's options, by one ``rfbench run`` a cell; their saved samples."""
+    ids = frame.apply(lambda r: cell_id(r.to_dict()), axis=1)
+    seeds = common.index("--seeds")
+    files = []
+    for cell in frontier.drop_duplicates(subset="cell")["cell"]:
+        row = frame[ids == cell].iloc[0]
+        grid = ["--solvers", row["solver"]]
+        if pd.isna(row["steps"]):  # an adaptive solver's cell
+            grid += ["--tols", f"{row['rtol']:g}"]
+        else:
+            grid += ["--steps", str(int(row["steps"])), "--grids", str(row["grid"])]
+        argv = ["run", *common[:seeds], "--seeds", str(int(row["seed"]))]
+        argv += [*common[seeds + 2 :], *grid, "--out", str(out / cell)]
+        _step(argv, out / cell / "table.md", log, times)
+        files.append(str(out / cell / "all-samples" / f"{cell}.npz"))
+        if not Path(files[-1]).is_file():
+            raise SystemExit(f"{out / cell} made no {cell}.npz: is it the same model and cell?")
+    return files
+
+
 def _rescore(files: list[str], args, log: list[str], times: Path):
     """FID with --frontier-extractor (the standard Inception), against the test split, of
     the frontier cells' saved samples, by one ``rfbench eval``; its rows, by cell."""
@@ -640,17 +678,32 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
     name = args.frontier_extractor
     if rescored is not None:
         joined = frontier.merge(rescored, on="cell", how="left", suffixes=("", "_eval"))
-        show = joined[["budget", "solver", "setting", "nfe", metric, "seed", "fid_eval"]]
-        show = show.rename(
-            columns={
-                metric: f"{metric} (seed mean, the run's)",
-                "fid_eval": f"FID, {name} (that seed, test split)",
+        columns = ["budget", "solver", "setting", "nfe", metric, "seed"]
+        names = {metric: f"{metric} (seed mean, the run's)"}
+        if args.resample_frontier:  # the cell's own seed, in the run and sampled again here
+            ids = frame.apply(lambda r: cell_id(r.to_dict()), axis=1)
+            again = read_runs([args.out / "frontier-resampled" / c for c in rescored["cell"]])
+            again_ids = again.apply(lambda r: cell_id(r.to_dict()), axis=1)
+            joined["run_seed"] = [frame[ids == c][metric].iloc[0] for c in joined["cell"]]
+            joined["here"] = [again[again_ids == c][metric].iloc[0] for c in joined["cell"]]
+            columns += ["run_seed", "here"]
+            names |= {
+                "run_seed": f"{metric}, that seed, the run's ({frame['device'].iloc[0]})",
+                "here": f"{metric}, that seed, sampled again here ({again['device'].iloc[0]})",
             }
+        show = joined[[*columns, "fid_eval"]].rename(
+            columns={**names, "fid_eval": f"FID, {name} (that seed, test split)"}
         )
         text += [
             f"## FID with the {name} features on the frontier",
             "",
-            "Each frontier setting's first-seed samples, scored by `rfbench eval "
+            "Each frontier setting's first-seed samples"
+            + (
+                " (sampled again on this machine: `frontier-resampled/`)"
+                if args.resample_frontier
+                else ""
+            )
+            + ", scored by `rfbench eval "
             f"--feature-extractor {name}` against the test split"
             f" (`frontier-{name}/`):",
             "",

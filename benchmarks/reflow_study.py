@@ -48,11 +48,36 @@ def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) ->
     timed(command, done, lambda: rfbench([*argv, *extra]), log, times, record=not extra)
 
 
-def timed(command: str, done: Path, work, log: list[str], times: Path, record=True) -> None:
-    """Run ``work()`` (an exit code) unless ``done`` exists, and log ``command`` with the
-    seconds it took, which ``times`` (a JSON file) keeps across calls."""
+def _model_step(argv: list[str], checkpoint: Path, log: list[str], times: Path) -> None:
+    """A ``train`` or ``reflow`` step, done only once ``checkpoint`` holds every epoch it
+    was asked for: both write it after each epoch, so one cut short is continued with
+    --resume (and its time, not the whole step's, is not recorded)."""
+    started = checkpoint.parent.exists()
+    extra = ["--resume"] if started and not _finished(checkpoint) else []
+
+    def work() -> int:
+        return rfbench([*argv, *extra])
+
+    command = "rfbench " + shlex.join(argv)
+    timed(command, lambda: _finished(checkpoint), work, log, times, record=not started)
+
+
+def _finished(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` exists and has trained all the epochs of its spec."""
+    if not checkpoint.exists():
+        return False
+    from rfbench.train import load_model
+
+    model = load_model(checkpoint)
+    return model.epochs_done >= model.spec.train.epochs
+
+
+def timed(command: str, done, work, log: list[str], times: Path, record=True) -> None:
+    """Run ``work()`` (an exit code) unless ``done`` (a path that exists, or a function
+    that says so) is done, and log ``command`` with the seconds it took, which ``times``
+    (a JSON file) keeps across calls."""
     recorded = json.loads(times.read_text()) if times.exists() else {}
-    if done.exists():
+    if done() if callable(done) else done.exists():
         print(f"skip (done): {command}", file=sys.stderr)
     else:
         print(f"run: {command}", file=sys.stderr)
@@ -125,7 +150,7 @@ def main(argv=None) -> int:
     if args.parent:
         rf1 = Path(args.parent)
     else:
-        _step(
+        _model_step(
             ["train", "--dataset", args.dataset, *epochs, *dev, *root, "--out", str(rf1.parent)],
             rf1,
             log,
@@ -136,7 +161,7 @@ def main(argv=None) -> int:
     setting = ["--steps", args.pair_steps] if args.pair_steps else ["--tols", args.pair_tol]
     pairs = ["--pairs", str(args.pairs), "--solver", args.pair_solver, *setting]
     reflow_epochs = ["--epochs", str(args.reflow_epochs)] if args.reflow_epochs else []
-    _step(
+    _model_step(
         [
             "reflow",
             "--checkpoint",
@@ -152,7 +177,7 @@ def main(argv=None) -> int:
         log,
         times,
     )
-    _step(
+    _model_step(
         [
             "reflow",
             "--checkpoint",

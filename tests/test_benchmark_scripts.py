@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rfbench.cli import main
 
@@ -293,6 +295,40 @@ def test_reflow_study_small(tmp_path):
     more = ["700" if a == "600" else a for a in other]
     with pytest.raises(SystemExit, match="on 600 euler pairs, not from .* on 700 euler pairs"):
         _load("reflow_study").main([*more, "--parent", str(parent)])
+
+
+def test_reflow_study_continues_a_model_step_cut_short(tmp_path):
+    """A distillation killed after its first epoch leaves a checkpoint behind (one is
+    written after each epoch): the study continues it with --resume instead of skipping
+    it as done."""
+    from rfbench.train import load_model, read_checkpoint
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--dataset", "toy2d", "--out", str(out), "--work", str(work), "--train-epochs", "1"]
+    argv += ["--pairs", "300", "--pair-solver", "euler", "--pair-steps", "2"]
+    argv += ["--reflow-epochs", "2", "--num-samples", "100", "--seeds", "0", "--no-in-sample"]
+    study = _load("reflow_study")
+    assert study.main(argv) == 0
+    finished = load_model(work / "2rf-d1" / "checkpoint.pt")
+    assert finished.epochs_done == 2
+    # The same distillation, stopped after epoch 1 of 2: a 1-epoch run whose spec says 2.
+    cut = tmp_path / "cut"
+    distill = ["reflow", "--checkpoint", str(work / "2rf" / "checkpoint.pt"), "--pairs", "300"]
+    distill += ["--solver", "euler", "--steps", "2", "--distill", "1", "--device", "auto"]
+    assert main([*distill, "--epochs", "1", "--out", str(cut)]) == 0
+    ckpt = read_checkpoint(cut / "checkpoint.pt")
+    ckpt["spec"] = read_checkpoint(work / "2rf-d1" / "checkpoint.pt")["spec"]
+    torch.save(ckpt, cut / "checkpoint.pt")
+    shutil.rmtree(work / "2rf-d1")
+    shutil.copytree(cut, work / "2rf-d1")
+    shutil.rmtree(out)
+    assert load_model(work / "2rf-d1" / "checkpoint.pt").epochs_done == 1
+    assert study.main(argv) == 0
+    resumed = load_model(work / "2rf-d1" / "checkpoint.pt")
+    assert resumed.epochs_done == 2 and resumed.model_id == finished.model_id
+    assert resumed.losses[0] == ckpt["losses"][0]  # continued, not trained again
+    assert resumed.losses == finished.losses  # and exactly as the uninterrupted run
+    assert "distilled" in (out / "README.md").read_text()
 
 
 def test_train_step_small(tmp_path):
