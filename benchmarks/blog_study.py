@@ -258,10 +258,26 @@ def _main(argv=None) -> int:
     matched = _matched_steps(runs["adaptive"], args.tols)
     more = {int(k) for k in args.euler_more_steps.split(",")} | {matched}
     steps = ",".join(map(str, sorted(more - {int(k) for k in args.fixed_steps.split(",")})))
+    if not steps:
+        raise SystemExit(
+            f"--euler-more-steps {args.euler_more_steps} and the step count matched to rk45 "
+            f"({matched}) are all in --fixed-steps: give --euler-more-steps another count"
+        )
     more = ["--solvers", "euler", "--steps", steps, "--grids", args.grids]
     _run(more, runs["euler-more"], common, log, times)
     ms = ["--solvers", ",".join(MULTISTEP), "--steps", args.multistep_steps]
     _run([*ms, "--grids", args.multistep_grid], runs["multistep"], common, log, times)
+
+    dirs = [str(d) for d in runs.values()]
+    frame = read_runs(dirs)
+    metric = "fid" if frame["fid"].notna().any() else "swd"
+    frontier = _frontier(frame, metric)
+    listing = args.out / "frontier-samples.txt"
+    listing.unlink(missing_ok=True)
+    if args.frontier_extractor != "none" and not args.resample_frontier:
+        # listed before reflow, so that a study cut short there still names them
+        files = _frontier_samples(frontier, runs)
+        listing.write_text("".join(f"{f}\n" for f in files))
 
     if args.reflow:
         reflow = ["--dataset", args.dataset, "--parent", args.checkpoint]
@@ -272,18 +288,23 @@ def _main(argv=None) -> int:
         reflow += ["--data-root", args.data_root] if args.data_root else []
         reflow += [*speed, "--no-in-sample"]
         command = "python benchmarks/reflow_study.py " + shlex.join(reflow)
+        models = [Path(args.checkpoint)]
+        models += [args.work / "reflow" / k / "checkpoint.pt" for k in ("2rf", "2rf-d1")]
+
+        def reflow_done() -> bool:  # its README, of these models where they are here
+            if all(m.exists() for m in models):
+                reflow_study._same_models(args.out / "reflow" / "run", models)
+            return (args.out / "reflow" / "README.md").exists()
+
         timed(
             command,
-            args.out / "reflow" / "README.md",
+            reflow_done,
             lambda: reflow_study.main(reflow),
             log,
             times,
             record=not (args.work / "reflow").exists(),  # a resumed study's time is partial
         )
 
-    dirs = [str(d) for d in runs.values()]
-    frame = read_runs(dirs)
-    metric = "fid" if frame["fid"].notna().any() else "swd"
     reports = {}
     for view, extra in (("budget", ["--time-budget", args.time_budgets]), ("pivot", [])):
         target = args.out / f"{view}-{metric}.md"
@@ -297,14 +318,11 @@ def _main(argv=None) -> int:
     if rfbench(argv_f) != 0:
         raise SystemExit(f"rfbench {shlex.join(argv_f)} failed")
 
-    frontier = _frontier(frame, metric)
     rescored = None
     if args.frontier_extractor != "none":
         if args.resample_frontier:
             files = _resample(frontier, frame, common, args.out / "frontier-resampled", log, times)
-        else:
-            files = _frontier_samples(frontier, runs)
-        (args.out / "frontier-samples.txt").write_text("".join(f"{f}\n" for f in files))
+            listing.write_text("".join(f"{f}\n" for f in files))
         if args.rescore:
             rescored = _rescore(files, args, log, times)
     _readme(frame, metric, frontier, rescored, reports, log, args)
@@ -528,7 +546,10 @@ def _frontier_samples(frontier: pd.DataFrame, runs: dict) -> list[str]:
         found = [d / "all-samples" / f"{cell}.npz" for d in runs.values()]
         found = [f for f in found if f.is_file()]
         if not found:
-            raise SystemExit(f"no saved samples of frontier cell {cell} (--save-samples npz)")
+            raise SystemExit(
+                f"no saved samples of frontier cell {cell} (the runs' all-samples/): "
+                "--resample-frontier samples the frontier again here"
+            )
         files.append(str(found[0]))
     return files
 
@@ -548,7 +569,8 @@ def _resample(frontier, frame, common: list[str], out: Path, log, times: Path) -
             grid += ["--steps", str(int(row["steps"])), "--grids", str(row["grid"])]
         argv = ["run", *common[:seeds], "--seeds", str(int(row["seed"]))]
         argv += [*common[seeds + 2 :], *grid, "--out", str(out / cell)]
-        _step(argv, out / cell / "table.md", log, times)
+        resume = ["--resume"] if (out / cell).exists() else []
+        _step(argv, out / cell / "table.md", log, times, resume)
         files.append(str(out / cell / "all-samples" / f"{cell}.npz"))
         if not Path(files[-1]).is_file():
             raise SystemExit(f"{out / cell} made no {cell}.npz: is it the same model and cell?")
@@ -559,6 +581,13 @@ def _rescore(files: list[str], args, log: list[str], times: Path):
     """FID with --frontier-extractor (the standard Inception), against the test split, of
     the frontier cells' saved samples, by one ``rfbench eval``; its rows, by cell."""
     out = args.out / f"frontier-{args.frontier_extractor}"
+    if (out / "results.csv").exists():
+        scored = pd.read_csv(out / "results.csv")["samples"].astype(str)
+        if sorted(scored) != sorted(files):
+            raise SystemExit(
+                f"{out} scored other samples than this frontier's ({len(scored)} files; "
+                f"frontier-samples.txt lists {len(files)}): move it aside to score these"
+            )
     argv = ["eval", *files, "--dataset", args.dataset, "--split", "test"]
     argv += ["--feature-extractor", args.frontier_extractor, "--out", str(out)]
     argv += ["--data-root", args.data_root] if args.data_root else []
@@ -641,13 +670,20 @@ def _reflow_lines(out: Path, metric: str, eval_tol: str) -> list[str]:
 def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
     ok = frame[frame["status"] == "ok"]
     env = ok.iloc[0]
-    facts = args.out / RUNS[0] / "env.json"  # the machine the runs sampled on
-    ran = json.loads(facts.read_text()) if facts.exists() else {}
+    torches = set()
+    for run in RUNS:  # the software the runs sampled with (env.json: one entry per call)
+        try:
+            calls = json.loads((args.out / run / "env.json").read_text())["invocations"]
+            torches |= {str(call.get("torch")) for call in calls}
+        except (OSError, ValueError, KeyError, TypeError):
+            torches.add("?")
+    devices = ", ".join(sorted(ok["device"].astype(str).unique()))
+    seeds = ", ".join(str(int(k)) for k in sorted(ok["seed"].unique()))
     text = [
         f"# {args.dataset}, the `{args.preset}` model: every solver family, and reflow",
         "",
         f"Made by `python benchmarks/blog_study.py {shlex.join(args.argv)}`; the runs sampled "
-        f"on {env['device']} (torch {ran.get('torch', '?')}), this README was written on "
+        f"on {devices} (torch {', '.join(sorted(torches))}), this README was written on "
         f"{platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}). "
         "It ran, or found done (wall seconds after each command, where it ran them; other "
         "work may have shared the machine, see the notes):",
@@ -662,7 +698,7 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
             else []
         ),
         f"Model `{env['model_id']}`; n = {int(env['n_samples'])} per cell and seed, seeds "
-        f"{args.seeds}; {metric} against the {env['reference']} split"
+        f"{seeds}; {metric} against the {env['reference']} split"
         + (f" with `{env['feature_extractor']}`" if metric == "fid" else "")
         + ".",
         "",
@@ -684,8 +720,8 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
             ids = frame.apply(lambda r: cell_id(r.to_dict()), axis=1)
             again = read_runs([args.out / "frontier-resampled" / c for c in rescored["cell"]])
             again_ids = again.apply(lambda r: cell_id(r.to_dict()), axis=1)
-            joined["run_seed"] = [frame[ids == c][metric].iloc[0] for c in joined["cell"]]
-            joined["here"] = [again[again_ids == c][metric].iloc[0] for c in joined["cell"]]
+            joined["run_seed"] = [frame[ids == c][metric].mean() for c in joined["cell"]]
+            joined["here"] = [again[again_ids == c][metric].mean() for c in joined["cell"]]
             columns += ["run_seed", "here"]
             names |= {
                 "run_seed": f"{metric}, that seed, the run's ({frame['device'].iloc[0]})",

@@ -19,6 +19,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-blog-out}
 LIMIT_S=${1:-520}
+if ! [[ "$LIMIT_S" =~ ^[0-9]+$ ]]; then
+    echo "gpu_blog_study.sh: the first argument is the time limit in seconds, not '$LIMIT_S'" >&2
+    exit 2
+fi
 shift || true
 mkdir -p "$OUT"
 source benchmarks/gpu_carried.sh
@@ -42,9 +46,13 @@ fi
 keep=()
 for name in 2rf 2rf-d1; do
     ckpt="$work/reflow/$name/checkpoint.pt"
-    if [ -f "$ckpt" ]; then
-        python3 scripts/strip_checkpoint.py "$ckpt" "$work/$name.pt" >>"$log" 2>&1
+    rm -f "$work/$name.pt"
+    if [ -f "$ckpt" ] && python3 scripts/strip_checkpoint.py "$ckpt" "$work/$name.pt" >>"$log" 2>&1
+    then
         keep+=("$name.pt")
+        python3 -c 'import sys; from rfbench.train import load_model as l; m = l(sys.argv[1]);
+print(sys.argv[1], m.model_id, f"epochs {m.epochs_done} of {m.spec.train.epochs}")' \
+            "$work/$name.pt" >>"$log" 2>&1
     fi
 done
 (cd "$work" && tar czf "$OUT/work.tgz" --ignore-failed-read step-times.json \

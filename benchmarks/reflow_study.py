@@ -48,27 +48,50 @@ def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) ->
     timed(command, done, lambda: rfbench([*argv, *extra]), log, times, record=not extra)
 
 
-def _model_step(argv: list[str], checkpoint: Path, log: list[str], times: Path) -> None:
+def _model_step(
+    argv: list[str], checkpoint: Path, log: list[str], times: Path, epochs: int | None = None
+) -> None:
     """A ``train`` or ``reflow`` step, done only once ``checkpoint`` holds every epoch it
-    was asked for: both write it after each epoch, so one cut short is continued with
-    --resume (and its time, not the whole step's, is not recorded)."""
+    was asked for (``epochs``; None: the preset's, which its spec holds): both commands
+    write it after each epoch, so one cut short is continued with --resume (and its time,
+    not the whole step's, is not recorded)."""
     started = checkpoint.parent.exists()
-    extra = ["--resume"] if started and not _finished(checkpoint) else []
+    extra = []
+    if started and not _finished(checkpoint, epochs):
+        extra = ["--resume"]
+        if checkpoint.exists() and "optimizer" not in _read(checkpoint):
+            raise SystemExit(
+                f"{checkpoint} stopped after some epochs and holds no optimizer state (a "
+                "stripped checkpoint?), so it cannot be continued: give another --work"
+            )
 
     def work() -> int:
         return rfbench([*argv, *extra])
 
     command = "rfbench " + shlex.join(argv)
-    timed(command, lambda: _finished(checkpoint), work, log, times, record=not started)
+    timed(command, lambda: _finished(checkpoint, epochs), work, log, times, record=not started)
 
 
-def _finished(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` exists and has trained all the epochs of its spec."""
+def _read(checkpoint: Path) -> dict:
+    from rfbench.train import read_checkpoint
+
+    return read_checkpoint(checkpoint)
+
+
+def _finished(checkpoint: Path, epochs: int | None = None) -> bool:
+    """Whether ``checkpoint`` exists and has trained all its epochs; one trained for
+    another number of epochs than ``epochs`` is refused (its work directory is another
+    study's)."""
     if not checkpoint.exists():
         return False
     from rfbench.train import load_model
 
     model = load_model(checkpoint)
+    if epochs is not None and model.spec.train.epochs != epochs:
+        raise SystemExit(
+            f"{checkpoint} is a {model.spec.train.epochs}-epoch training, not {epochs}: "
+            "give another --work"
+        )
     return model.epochs_done >= model.spec.train.epochs
 
 
@@ -93,6 +116,15 @@ def timed(command: str, done, work, log: list[str], times: Path, record=True) ->
 
 
 def main(argv=None) -> int:
+    from rfbench.errors import UserError
+
+    try:
+        return _main(argv)
+    except UserError as e:  # an unreadable checkpoint in WORK, say: one line
+        raise SystemExit(f"reflow_study: {e}") from None
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter
     )
@@ -155,6 +187,7 @@ def main(argv=None) -> int:
             rf1,
             log,
             times,
+            args.train_epochs,
         )
     _same_parent(rf2, rf1, args.pairs, args.pair_solver)
     _same_parent(d1, rf2, args.pairs, args.pair_solver)
@@ -176,6 +209,7 @@ def main(argv=None) -> int:
         rf2,
         log,
         times,
+        args.reflow_epochs,
     )
     _model_step(
         [
@@ -194,9 +228,11 @@ def main(argv=None) -> int:
         d1,
         log,
         times,
+        args.reflow_epochs,
     )
     run_dir = out / "run"
     n = ["--num-samples", str(args.num_samples)] if args.num_samples else []
+    _same_models(run_dir, (rf1, rf2, d1))
     _step(
         [
             "run",
@@ -238,6 +274,24 @@ def main(argv=None) -> int:
     _summary(frame, metric, out, log, args, in_sample)
     print((out / "README.md").read_text())
     return 0
+
+
+def _same_models(run_dir: Path, checkpoints) -> None:
+    """Refuse an evaluation run that holds a model other than these three (an earlier
+    study's, or a model since continued: its id is its weights' hash), which would be
+    reported, or mixed with these, as if it were theirs."""
+    csv = run_dir / "results.csv"
+    if not csv.exists():
+        return
+    from rfbench.train import load_model
+
+    want = {load_model(c).model_id for c in checkpoints}
+    other = set(pd.read_csv(csv)["model_id"].dropna()) - want
+    if other:
+        raise SystemExit(
+            f"{run_dir} holds models {', '.join(sorted(other))}, not this study's "
+            f"{', '.join(sorted(want))}: move {run_dir.parent} aside"
+        )
 
 
 def _same_parent(child: Path, parent: Path, pairs: int, solver: str) -> None:

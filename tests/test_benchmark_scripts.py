@@ -4,6 +4,7 @@ before their real runs (and before a GPU is lent)."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import re
 import shutil
@@ -323,12 +324,37 @@ def test_reflow_study_continues_a_model_step_cut_short(tmp_path):
     shutil.copytree(cut, work / "2rf-d1")
     shutil.rmtree(out)
     assert load_model(work / "2rf-d1" / "checkpoint.pt").epochs_done == 1
+    calls = []
+    real = study.rfbench
+    study.rfbench = lambda a: calls.append(a) or real(a)
     assert study.main(argv) == 0
+    (continued,) = [a for a in calls if a[0] == "reflow"]  # the 2-RF is done: not called
+    assert "--distill" in continued and continued[-1] == "--resume"
     resumed = load_model(work / "2rf-d1" / "checkpoint.pt")
     assert resumed.epochs_done == 2 and resumed.model_id == finished.model_id
-    assert resumed.losses[0] == ckpt["losses"][0]  # continued, not trained again
-    assert resumed.losses == finished.losses  # and exactly as the uninterrupted run
+    assert resumed.losses == finished.losses  # exactly as the uninterrupted run
     assert "distilled" in (out / "README.md").read_text()
+    # A work directory trained for another number of epochs is another study's.
+    with pytest.raises(SystemExit, match="2-epoch training, not 3: give another --work"):
+        study.main(
+            [
+                *argv[: argv.index("--reflow-epochs") + 1],
+                "3",
+                *argv[argv.index("--reflow-epochs") + 2 :],
+            ]
+        )
+    # An evaluation run that holds another model than these is refused, not reported.
+    csv = out / "run" / "results.csv"
+    frame = pd.read_csv(csv)
+    frame.loc[frame["model_id"] == finished.model_id, "model_id"] = "toy2d-2rf-d1-older"
+    frame.to_csv(csv, index=False)
+    with pytest.raises(SystemExit, match="holds models toy2d-2rf-d1-older, not this study's"):
+        study.main(argv)
+    # A checkpoint cut short without its optimizer state cannot be continued: one line.
+    del ckpt["optimizer"]
+    torch.save(ckpt, work / "2rf-d1" / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="holds no optimizer state"):
+        study.main(argv)
 
 
 def test_train_step_small(tmp_path):
@@ -609,6 +635,17 @@ def _rows(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
 
 
+def _table_with(text: str, column: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table with a column whose name holds ``column``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        header = line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))
+        if header and column in line:
+            block = itertools.takewhile(lambda x: x.startswith("|"), lines[i:])
+            return _rows("\n".join(block))
+    raise AssertionError(f"no table with a column {column!r}")
+
+
 def _table(text: str) -> dict[str, dict[str, str]]:
     """The first markdown table of a report, by its first column."""
     return {next(iter(row.values())): row for row in _rows(text)}
@@ -781,6 +818,25 @@ def test_blog_study_small(tmp_path, mnist_root):
     assert (out / "figures" / "fid_vs_nfe.png").exists()
     # Done steps are skipped: the second call ran no `rfbench run` again.
     assert (out / "fixed" / "results.csv").stat().st_mtime_ns == stamp
+    assert f"torch {torch.__version__}), this README" in text
+    # The frontier sampled again here: the scores of the runs' samples are not reused ...
+    with pytest.raises(SystemExit, match="scored other samples than this frontier's"):
+        _load("blog_study").main([*argv, "--resample-frontier"])
+    shutil.move(out / "frontier-classifier", tmp_path / "scored-from-the-runs")
+    assert _load("blog_study").main([*argv, "--resample-frontier"]) == 0
+    again = (out / "frontier-samples.txt").read_text().split()
+    assert len(again) == len(listed) and all("frontier-resampled" in f for f in again)
+    assert [Path(f).name for f in again] == [Path(f).name for f in listed]  # the same cells
+    # ... and on this machine the same seed gives the same samples, so the same FID
+    rows = _table_with((out / "README.md").read_text(), "that seed, the run's")
+    assert len(rows) >= len(listed)  # one row per budget, a cell in several
+    for r in rows:
+        run_fid = [v for k, v in r.items() if "that seed, the run's" in k]
+        here_fid = [v for k, v in r.items() if "sampled again here" in k]
+        assert len(run_fid) == len(here_fid) == 1 and run_fid == here_fid and run_fid[0]
+    first = pd.read_csv(tmp_path / "scored-from-the-runs" / "results.csv")["fid"]
+    rescored_again = pd.read_csv(out / "frontier-classifier" / "results.csv")["fid"]
+    assert np.allclose(sorted(first), sorted(rescored_again))
 
 
 def test_speed_options_small(tmp_path):
