@@ -572,8 +572,6 @@ def _resample(frontier, frame, common: list[str], out: Path, log, times: Path) -
         resume = ["--resume"] if (out / cell).exists() else []
         _step(argv, out / cell / "table.md", log, times, resume)
         files.append(str(out / cell / "all-samples" / f"{cell}.npz"))
-        if not Path(files[-1]).is_file():
-            raise SystemExit(f"{out / cell} made no {cell}.npz: is it the same model and cell?")
     return files
 
 
@@ -588,6 +586,9 @@ def _rescore(files: list[str], args, log: list[str], times: Path):
                 f"{out} scored other samples than this frontier's ({len(scored)} files; "
                 f"frontier-samples.txt lists {len(files)}): move it aside to score these"
             )
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing and not (out / "results.csv").exists():  # not kept by git: all-samples/
+        raise SystemExit(f"no samples to score at {missing[0]} (moved, or not committed?)")
     argv = ["eval", *files, "--dataset", args.dataset, "--split", "test"]
     argv += ["--feature-extractor", args.frontier_extractor, "--out", str(out)]
     argv += ["--data-root", args.data_root] if args.data_root else []
