@@ -239,7 +239,7 @@ def _main(argv=None) -> int:
     times = args.work / "step-times.json"
     root = ["--data-root", args.data_root] if args.data_root else []
 
-    log.append(f"rfbench cache add {args.checkpoint}")
+    log.append("rfbench " + shlex.join(["cache", "add", args.checkpoint, *root]))
     if rfbench(["cache", "add", args.checkpoint, *root]) != 0:
         raise SystemExit(f"rfbench cache add {args.checkpoint} failed")
     common = ["--dataset", args.dataset, "--preset", args.preset, "--seeds", args.seeds]
@@ -640,7 +640,7 @@ def _reflow_lines(out: Path, metric: str, eval_tol: str) -> list[str]:
     distilled 2-RF over the 1-RF's RK45, against the paper's CIFAR-10 ratios."""
     csv = out / "reflow" / "run" / "results.csv"
     if not csv.exists():
-        return ["The reflow step has not run yet."]
+        return ["No reflow results in `reflow/` (see the notes)."]
     frame = read_runs([csv])
     ids = frame["model_id"].dropna().unique()
     by = {
