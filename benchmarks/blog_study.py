@@ -56,7 +56,7 @@ from rfbench.cli import DefaultsFormatter, _list_of, _seed  # noqa: E402
 from rfbench.cli import main as rfbench  # noqa: E402
 from rfbench.errors import UserError  # noqa: E402
 from rfbench.report import best_first, setting_stats  # noqa: E402
-from rfbench.results import KEY_COLUMNS, cell_id, read_runs  # noqa: E402
+from rfbench.results import KEY_COLUMNS, cell_id, cell_ids, read_runs  # noqa: E402
 from rfbench.solvers import SOLVERS  # noqa: E402
 from rfbench.train import load_model  # noqa: E402
 
@@ -557,7 +557,7 @@ def _frontier_samples(frontier: pd.DataFrame, runs: dict) -> list[str]:
 def _resample(frontier, frame, common: list[str], out: Path, log, times: Path) -> list[str]:
     """--resample-frontier: each frontier cell's first seed sampled again on this machine,
     with the study's options, by one ``rfbench run`` a cell; their saved samples."""
-    ids = frame.apply(lambda r: cell_id(r.to_dict()), axis=1)
+    ids = cell_ids(frame)
     seeds = common.index("--seeds")
     files = []
     for cell in frontier.drop_duplicates(subset="cell")["cell"]:
@@ -718,9 +718,9 @@ def _readme(frame, metric, frontier, rescored, reports, log, args) -> None:
         columns = ["budget", "solver", "setting", "nfe", metric, "seed"]
         names = {metric: f"{metric} (seed mean, the run's)"}
         if args.resample_frontier:  # the cell's own seed, in the run and sampled again here
-            ids = frame.apply(lambda r: cell_id(r.to_dict()), axis=1)
+            ids = cell_ids(frame)
             again = read_runs([args.out / "frontier-resampled" / c for c in rescored["cell"]])
-            again_ids = again.apply(lambda r: cell_id(r.to_dict()), axis=1)
+            again_ids = cell_ids(again)
             joined["run_seed"] = [frame[ids == c][metric].mean() for c in joined["cell"]]
             joined["here"] = [again[again_ids == c][metric].mean() for c in joined["cell"]]
             columns += ["run_seed", "here"]

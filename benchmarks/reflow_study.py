@@ -55,11 +55,13 @@ def _model_step(
     was asked for (``epochs``; None: the preset's, which its spec holds): both commands
     write it after each epoch, so one cut short is continued with --resume (and its time,
     not the whole step's, is not recorded)."""
-    started = checkpoint.parent.exists()
+    from rfbench.train import read_checkpoint
+
+    started, finished = checkpoint.parent.exists(), _finished(checkpoint, epochs)
     extra = []
-    if started and not _finished(checkpoint, epochs):
+    if started and not finished:
         extra = ["--resume"]
-        if checkpoint.exists() and "optimizer" not in _read(checkpoint):
+        if checkpoint.exists() and "optimizer" not in read_checkpoint(checkpoint):
             raise SystemExit(
                 f"{checkpoint} stopped after some epochs and holds no optimizer state (a "
                 "stripped checkpoint?), so it cannot be continued: give another --work"
@@ -69,13 +71,7 @@ def _model_step(
         return rfbench([*argv, *extra])
 
     command = "rfbench " + shlex.join(argv)
-    timed(command, lambda: _finished(checkpoint, epochs), work, log, times, record=not started)
-
-
-def _read(checkpoint: Path) -> dict:
-    from rfbench.train import read_checkpoint
-
-    return read_checkpoint(checkpoint)
+    timed(command, lambda: finished, work, log, times, record=not started)
 
 
 def _finished(checkpoint: Path, epochs: int | None = None) -> bool:

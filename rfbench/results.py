@@ -249,6 +249,11 @@ def cell_keys(frame: pd.DataFrame) -> pd.Series:
     )
 
 
+def cell_ids(frame: pd.DataFrame) -> pd.Series:
+    """:func:`cell_id` of every row of a results frame."""
+    return frame.apply(lambda r: cell_id(r.to_dict()), axis=1)
+
+
 def cell_id(row: dict) -> str:
     """A file-name-safe name of a cell, unique within a run: the name of its saved samples
     (``samples/<cell_id>.npz``) and toy2d trajectories (``trajectories/<cell_id>.npz``)."""
