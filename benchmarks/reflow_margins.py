@@ -1,6 +1,7 @@
 """The spread behind tests/test_reflow.py's margins: 1-RF against 2-RF over training seeds.
 
     python benchmarks/reflow_margins.py            # seeds 0, 1, 2; prints one line each
+    python benchmarks/reflow_margins.py 3 4        # other training seeds
 
 With the test's settings (1-RF 15 epochs, 4000 rk4 pairs at 16 steps, 2-RF 15 epochs):
 straightness along 16 Euler steps, and the sliced W2 to the truth at 1 and 16 Euler steps,
@@ -9,6 +10,7 @@ for the 1-RF, the 2-RF and the 1-RF distilled to one step.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -36,7 +38,11 @@ def measure(model) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> int:
-    seeds = [int(s) for s in (argv if argv is not None else sys.argv[1:])] or [0, 1, 2]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "seeds", nargs="*", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)"
+    )
+    seeds = p.parse_args(argv).seeds
     data = load_split("toy2d")
     print("seed model straightness swd_1 swd_16")
     for seed in seeds:

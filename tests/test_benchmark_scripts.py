@@ -41,6 +41,25 @@ def _targets(text: str, count: int) -> list[dict]:
     return found
 
 
+SCRIPTS = sorted(
+    p.stem for p in BENCHMARKS.glob("*.py") if "def main(argv" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_answers_help(name, capsys):
+    """--help prints the usage and exits 0 (reflow_margins.py once read it as a seed)."""
+    with pytest.raises(SystemExit) as stop:
+        _load(name).main(["--help"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
+
+
+def test_script_list_is_whole():
+    """The parametrisation above found the scripts (an empty list would test nothing)."""
+    assert {"blog_study", "reflow_study", "reflow_margins", "gpu_check"} <= set(SCRIPTS)
+
+
 def test_target_lines_say_what_the_numbers_say():
     targets = _load("targets")
     assert targets.target("x / y", 1.2, "<=", 1.5).endswith(": 1.2 (met)")
