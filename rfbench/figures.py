@@ -146,10 +146,18 @@ def quality_column(frame: pd.DataFrame) -> str:
     raise NoDataError("the results hold no quality metric (fid, swd, energy_distance) to plot")
 
 
-def solver_styles(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """Colour and marker per solver, assigned in sorted name order: the same in every figure."""
+def solver_styles(frame: pd.DataFrame) -> dict[str, dict]:
+    """Colour and marker per solver (plot keywords), assigned in sorted name order: the same
+    in every figure. Past the palette's colours the markers are hollow, so that two solvers
+    of one colour still look apart (14 solvers share 8 colours in a full study)."""
     names = sorted(frame["solver"].dropna().astype(str).unique())
-    return {s: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, s in enumerate(names)}
+    styles = {}
+    for i, name in enumerate(names):
+        style = dict(color=PALETTE[i % len(PALETTE)], marker=MARKERS[i % len(MARKERS)])
+        if (i // len(PALETTE)) % 2:
+            style["markerfacecolor"] = "white"
+        styles[name] = style
+    return styles
 
 
 def _ok(frame: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -213,17 +221,12 @@ def _lines(points: pd.DataFrame, styles: dict) -> Iterator[tuple[str, dict, pd.D
     comparison such a figure is for), marker and line style by solver."""
     models = sorted(points["model_id"].astype(str).unique()) if "model_id" in points else []
     for s, (solver, g) in enumerate(points.groupby("solver", sort=True)):
-        color, marker = styles[solver]
         for i, (label, line) in enumerate(g.groupby("label", sort=True)):
-            linestyle = LINESTYLES[i % len(LINESTYLES)]
+            style = dict(styles[solver], linestyle=LINESTYLES[i % len(LINESTYLES)])
             if len(models) > 1:
-                color = PALETTE[models.index(str(line["model_id"].iloc[0])) % len(PALETTE)]
-                linestyle = LINESTYLES[s % len(LINESTYLES)]
-            yield (
-                label,
-                dict(color=color, marker=marker, linestyle=linestyle),
-                line.sort_values("nfe"),
-            )
+                style["color"] = PALETTE[models.index(str(line["model_id"].iloc[0])) % len(PALETTE)]
+                style["linestyle"] = LINESTYLES[s % len(LINESTYLES)]
+            yield label, style, line.sort_values("nfe")
 
 
 def _unique(frame: pd.DataFrame, column: str) -> list[str]:
@@ -233,9 +236,10 @@ def _unique(frame: pd.DataFrame, column: str) -> list[str]:
 
 
 def _quality_label(frame: pd.DataFrame, metric: str) -> str:
-    """The y label: the metric, with the feature extractor for FID."""
+    """The y label: the metric, with the feature extractor for FID on a second line (on
+    one, "FID (classifier-426cd998)" is taller than a single-column figure's axes)."""
     extractors = _unique(frame, "feature_extractor") if metric == "fid" else []
-    return QUALITY_LABELS[metric] + (f" ({', '.join(extractors)})" if extractors else "")
+    return QUALITY_LABELS[metric] + (f"\n({', '.join(extractors)})" if extractors else "")
 
 
 def _title(frame: pd.DataFrame) -> str:

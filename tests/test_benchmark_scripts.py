@@ -41,9 +41,7 @@ def _targets(text: str, count: int) -> list[dict]:
     return found
 
 
-SCRIPTS = sorted(
-    p.stem for p in BENCHMARKS.glob("*.py") if "def main(argv" in p.read_text()
-)
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if "def main(argv" in p.read_text())
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

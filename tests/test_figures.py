@@ -211,3 +211,21 @@ def test_several_runs_are_drawn_as_one(tmp_path, capsys):
     (parts[1] / "results.csv").write_text("")
     with pytest.raises(NoDataError, match="not a results table"):
         make_all(parts, out=tmp_path / "five")
+
+
+def test_solvers_past_the_palette_still_look_apart():
+    """A full study draws 14 solvers with 8 colours: no two share both colour and marker
+    fill, and the lines carry those styles."""
+    from rfbench.figures import PALETTE, _lines, solver_styles
+
+    names = [f"s{i:02d}" for i in range(2 * len(PALETTE))]
+    frame = pd.DataFrame({"solver": names})
+    styles = solver_styles(frame)
+    looks = {(s["color"], s.get("markerfacecolor", "filled")) for s in styles.values()}
+    assert len(looks) == len(names)
+    assert styles["s00"]["color"] == styles["s08"]["color"]
+    assert "markerfacecolor" not in styles["s00"] and styles["s08"]["markerfacecolor"] == "white"
+    points = pd.DataFrame({"solver": names, "label": names, "nfe": 1.0})
+    drawn = {label: style for label, style, _ in _lines(points, styles)}
+    for name in names:
+        assert {k: drawn[name][k] for k in styles[name]} == styles[name]
