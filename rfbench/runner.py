@@ -38,6 +38,7 @@ from rfbench.metrics.quality import (
     build_quality,
     load_reference_stats,
     resolve_extractor,
+    wants_features,
 )
 from rfbench.report import frame_to_markdown
 from rfbench.results import ALL_SAMPLES, STATUS_FAILED, STATUS_OK, RunDir, cell_id, cell_key
@@ -414,9 +415,11 @@ def _inputs(cfg: RunConfig, world: World) -> _Inputs:
     test_split = datamod.load_split(cfg.dataset, "test", cfg.data_root, image_size=image_size)
     spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
     candidates = load_candidates(cfg, spec, device)
-    extractor = resolve_extractor(
-        cfg.dataset, cfg.feature_extractor, cfg.inception_weights, train_split
-    )
+    extractor = None
+    if wants_features(cfg.metrics):  # --metrics inversion alone needs no extractor
+        extractor = resolve_extractor(
+            cfg.dataset, cfg.feature_extractor, cfg.inception_weights, train_split
+        )
     stats = None
     if cfg.reference_stats is not None:
         stats = load_reference_stats(cfg.reference_stats, cfg.dataset, extractor, cfg.metrics)

@@ -4,7 +4,11 @@ already cached is ever replaced."""
 from __future__ import annotations
 
 import hashlib
+import re
+import shlex
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -178,3 +182,43 @@ def test_a_directory_at_the_cache_path_is_one_line(cache, toy_checkpoint, capsys
     capsys.readouterr()
     assert main(["cache", "add", str(toy_checkpoint)]) == 2
     assert "holds a directory" in capsys.readouterr().err and cached.is_dir()
+
+
+def test_image_folder_checkpoint_prints_the_run_that_reuses_it(
+    cache, tmp_path, capsys, monkeypatch
+):
+    """An unlabelled folder's model: `cache add --data-root` prints a run command with the
+    checkpoint's --image-size and the --data-root, and that command (asking for the
+    inversion metric only, so needing no Inception weights) reuses the model."""
+    from PIL import Image
+
+    import rfbench.metrics.inception as inception
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "model"
+    argv = ["train", "--dataset", "image-folder", "--data-root", str(folder)]
+    assert main([*argv, "--image-size", "8", "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["cache", "add", str(out / "checkpoint.pt"), "--data-root", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    run = re.search(r"`(rfbench run [^`]*)` reuses it", printed).group(1)
+    assert run == (
+        f"rfbench run --dataset image-folder --preset quick --image-size 8 --data-root {folder}"
+    )
+
+    def no_inception(*args, **kwargs):
+        raise AssertionError("--metrics inversion asked for the Inception extractor")
+
+    monkeypatch.setattr(inception, "inception_extractor", no_inception)
+    extra = ["--solvers", "euler", "--steps", "1", "--num-samples", "4", "--seeds", "0"]
+    extra += ["--metrics", "inversion", "--out", str(tmp_path / "run")]
+    assert main([*shlex.split(run)[1:], *extra]) == 0
+    err = capsys.readouterr().err
+    assert "reusing cached model" in err and "training image-folder" not in err
+    frame = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert frame["status"].tolist() == ["ok"] and frame["inversion_rmse"].notna().all()
+    assert "fid" not in frame or frame["fid"].isna().all()

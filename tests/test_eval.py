@@ -302,6 +302,11 @@ def test_other_bad_inputs_are_one_line(saved_run, mnist_root, tmp_path, capsys):
         ),
         (["run", "--dataset", "toy2d", "--reference-stats", str(tmp_path / "dim7.npz")], "toy2d"),
         (
+            ["run", "--dataset", "mnist", "--metrics", "inversion", "--out", str(tmp_path / "r")]
+            + ["--reference-stats", str(tmp_path / "dim7.npz")],
+            "add fid to --metrics",
+        ),
+        (
             ["eval", str(saved_run), "--dataset", "mnist", "--out", str(saved_run)],
             "already holds a run",
         ),
