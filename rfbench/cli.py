@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
 import signal
 import sys
 import threading
@@ -1161,7 +1162,7 @@ def _cmd_cache_add(args: argparse.Namespace) -> int:
     if spec.dataset == "image-folder":
         run += f" --image-size {spec.sample_shape[-1]}"
     if args.data_root:
-        run += f" --data-root {args.data_root}"
+        run += f" --data-root {shlex.quote(args.data_root)}"
     state = "cached" if copied else "already cached"
     print(f"{trained.model_id} {state} at {path}; `{run}` reuses it")
     return 0

@@ -195,7 +195,9 @@ def _gate_metric(
     column = GATED[name]
     b_col, c_col = f"{column}_b", f"{column}_c"
     judged = ok[ok[b_col].notna()]
-    differs = _protocol_differs(judged, PROTOCOL[name])
+    # a value lost is a regression, whatever the other columns say (an inversion-only
+    # run names no extractor, which is no reason to call its missing FID incomparable)
+    differs = _protocol_differs(judged, PROTOCOL[name]) & judged[c_col].notna()
     for _, r in judged[differs].iterrows():
         sides = {
             f"{k}_{side}": _text(r[f"{k}_{suffix}"])

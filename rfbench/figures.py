@@ -37,6 +37,7 @@ WIDTHS = {"single": 3.25, "double": 6.75}  # inches: one column, the full text w
 # Okabe & Ito's colour-blind-safe palette (yellow last: it reads worst on white).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+FILLS = ("full", "none", "left")  # marker fill per pass through the palette
 LINESTYLES = ("-", "--", ":", "-.")  # variants of one solver (model, grid, stepping)
 QUALITY_LABELS = {"fid": "FID", "swd": "sliced Wasserstein-2", "energy_distance": "energy distance"}
 # A setting; seeds are averaged over. VARIANT: what tells apart two lines of one solver.
@@ -147,17 +148,19 @@ def quality_column(frame: pd.DataFrame) -> str:
 
 
 def solver_styles(frame: pd.DataFrame) -> dict[str, dict]:
-    """Colour and marker per solver (plot keywords), assigned in sorted name order: the same
-    in every figure. Past the palette's colours the markers are hollow, so that two solvers
-    of one colour still look apart (14 solvers share 8 colours in a full study)."""
+    """Colour, marker and marker fill per solver (plot keywords), assigned in sorted name
+    order: the same in every figure. Each pass through the palette's 8 colours takes the
+    next fill (full, hollow, half), so that no two of up to 24 solvers share colour and fill
+    (the blog study draws 12; rfbench has 23)."""
     names = sorted(frame["solver"].dropna().astype(str).unique())
-    styles = {}
-    for i, name in enumerate(names):
-        style = dict(color=PALETTE[i % len(PALETTE)], marker=MARKERS[i % len(MARKERS)])
-        if (i // len(PALETTE)) % 2:
-            style["markerfacecolor"] = "white"
-        styles[name] = style
-    return styles
+    return {
+        name: dict(
+            color=PALETTE[i % len(PALETTE)],
+            marker=MARKERS[i % len(MARKERS)],
+            fillstyle=FILLS[i // len(PALETTE) % len(FILLS)],
+        )
+        for i, name in enumerate(names)
+    }
 
 
 def _ok(frame: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from rfbench.candidates import (
     prepare,
     preset_image_size,
 )
-from rfbench.config import Preset, RunConfig, check_preset
+from rfbench.config import DEFAULT_REFERENCE, Preset, RunConfig, check_preset
 from rfbench.data import to_uint8
 from rfbench.distributed import World, batch_ranges, shard
 from rfbench.errors import UserError
@@ -416,10 +416,26 @@ def _inputs(cfg: RunConfig, world: World) -> _Inputs:
     spec = model_spec(cfg.dataset, cfg.preset, train_split, cfg.train_seed, cfg.epochs)
     candidates = load_candidates(cfg, spec, device)
     extractor = None
-    if wants_features(cfg.metrics):  # --metrics inversion alone needs no extractor
+    if wants_features(cfg.metrics):
         extractor = resolve_extractor(
             cfg.dataset, cfg.feature_extractor, cfg.inception_weights, train_split
         )
+    elif datamod.get_dataset(cfg.dataset).kind != "toy":  # --metrics inversion alone
+        unused = [
+            option
+            for option, given in (
+                ("--feature-extractor", cfg.feature_extractor != "auto"),
+                ("--inception-weights", cfg.inception_weights is not None),
+                ("--reference", cfg.reference != DEFAULT_REFERENCE),
+            )
+            if given
+        ]
+        if unused:
+            log.warning(
+                "--metrics %s scores no features: %s unused",
+                ",".join(cfg.metrics),
+                ", ".join(unused),
+            )
     stats = None
     if cfg.reference_stats is not None:
         stats = load_reference_stats(cfg.reference_stats, cfg.dataset, extractor, cfg.metrics)

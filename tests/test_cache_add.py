@@ -194,7 +194,7 @@ def test_image_folder_checkpoint_prints_the_run_that_reuses_it(
 
     import rfbench.metrics.inception as inception
 
-    folder = tmp_path / "pictures"
+    folder = tmp_path / "my pictures"  # a space: the printed command quotes it
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(8):
@@ -206,9 +206,10 @@ def test_image_folder_checkpoint_prints_the_run_that_reuses_it(
     assert main(["cache", "add", str(out / "checkpoint.pt"), "--data-root", str(folder)]) == 0
     printed = capsys.readouterr().out
     run = re.search(r"`(rfbench run [^`]*)` reuses it", printed).group(1)
-    assert run == (
-        f"rfbench run --dataset image-folder --preset quick --image-size 8 --data-root {folder}"
-    )
+    assert shlex.split(run) == [
+        *("rfbench", "run", "--dataset", "image-folder", "--preset", "quick"),
+        *("--image-size", "8", "--data-root", str(folder)),
+    ]
 
     def no_inception(*args, **kwargs):
         raise AssertionError("--metrics inversion asked for the Inception extractor")
@@ -221,4 +222,23 @@ def test_image_folder_checkpoint_prints_the_run_that_reuses_it(
     assert "reusing cached model" in err and "training image-folder" not in err
     frame = pd.read_csv(tmp_path / "run" / "results.csv")
     assert frame["status"].tolist() == ["ok"] and frame["inversion_rmse"].notna().all()
-    assert "fid" not in frame or frame["fid"].isna().all()
+    assert frame[["fid", "feature_extractor", "reference"]].isna().all().all()
+
+
+def test_inversion_alone_trains_no_classifier(mnist_root, tmp_path, capsys, monkeypatch):
+    """The labelled, greyscale half of the above: MNIST's extractor would be the classifier,
+    which --metrics inversion must neither train nor read; options it cannot use are named."""
+    import rfbench.metrics.classifier as classifier
+
+    def no_classifier(*args, **kwargs):
+        raise AssertionError("--metrics inversion asked for the classifier")
+
+    monkeypatch.setattr(classifier, "get_classifier", no_classifier)
+    argv = ["run", "--dataset", "mnist", "--data-root", str(mnist_root), "--epochs", "1"]
+    argv += ["--solvers", "euler", "--steps", "1", "--num-samples", "8", "--seeds", "0"]
+    argv += ["--metrics", "inversion", "--feature-extractor", "classifier"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert "--feature-extractor unused" in capsys.readouterr().err
+    frame = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert frame["inversion_rmse"].notna().all()
+    assert frame[["fid", "feature_extractor", "reference"]].isna().all().all()

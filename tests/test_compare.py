@@ -259,6 +259,16 @@ def test_a_metric_lost_in_the_current_run_is_a_regression(lost):
     assert verdict["regressions"][0]["current"] is None
 
 
+def test_a_run_without_features_loses_fid_rather_than_differing():
+    """An inversion-only current run names no extractor: its missing FID is a regression
+    ("missing"), not a protocol difference."""
+    base = _frame(fid=(100.0,)).assign(feature_extractor="classifier-8766791e", reference="r")
+    cur = _frame(fid=(float("nan"),)).assign(feature_extractor=None, reference=None)
+    verdict = compare(base, cur)
+    assert not verdict["incomparable"] and _regressed(verdict) == {"fid"}
+    assert verdict["regressions"][0]["error"] == "fid is missing or NaN"
+
+
 def test_different_extractors_are_not_comparable():
     base = _frame(fid=(100.0,)).assign(feature_extractor="classifier-8766791e", reference="r")
     cur = _frame(fid=(100.0,)).assign(feature_extractor="classifier-7ffdd57a", reference="r")

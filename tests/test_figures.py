@@ -214,18 +214,28 @@ def test_several_runs_are_drawn_as_one(tmp_path, capsys):
 
 
 def test_solvers_past_the_palette_still_look_apart():
-    """A full study draws 14 solvers with 8 colours: no two share both colour and marker
-    fill, and the lines carry those styles."""
+    """rfbench's 23 solvers in one figure, 8 colours: no two share colour and marker fill,
+    and the lines carry those styles."""
     from rfbench.figures import PALETTE, _lines, solver_styles
+    from rfbench.solvers import SOLVERS
 
-    names = [f"s{i:02d}" for i in range(2 * len(PALETTE))]
-    frame = pd.DataFrame({"solver": names})
-    styles = solver_styles(frame)
-    looks = {(s["color"], s.get("markerfacecolor", "filled")) for s in styles.values()}
+    names = sorted(SOLVERS)
+    assert len(names) > 2 * len(PALETTE)  # the third fill is needed
+    styles = solver_styles(pd.DataFrame({"solver": names}))
+    looks = {(s["color"], s["fillstyle"]) for s in styles.values()}
     assert len(looks) == len(names)
-    assert styles["s00"]["color"] == styles["s08"]["color"]
-    assert "markerfacecolor" not in styles["s00"] and styles["s08"]["markerfacecolor"] == "white"
+    first, ninth = names[0], names[len(PALETTE)]
+    assert styles[first]["color"] == styles[ninth]["color"]
+    assert (styles[first]["fillstyle"], styles[ninth]["fillstyle"]) == ("full", "none")
     points = pd.DataFrame({"solver": names, "label": names, "nfe": 1.0})
     drawn = {label: style for label, style, _ in _lines(points, styles)}
     for name in names:
         assert {k: drawn[name][k] for k in styles[name]} == styles[name]
+
+
+def test_fid_label_names_the_extractor_on_its_own_line():
+    from rfbench.figures import _quality_label
+
+    frame = pd.DataFrame({"feature_extractor": ["classifier-426cd998"]})
+    assert _quality_label(frame, "fid") == "FID\n(classifier-426cd998)"
+    assert _quality_label(frame, "swd") == "sliced Wasserstein-2"
