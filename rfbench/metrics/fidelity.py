@@ -78,13 +78,14 @@ class FidelityMetrics:
     ``stream(n)`` returns a ``FeatureStream`` that takes samples in batches. The reference's
     features and FID statistics are computed (or read from the cache) once per object.
     With ``stats`` (a file's mu and sigma) in place of a reference split, FID is the one
-    metric: its FID statistics are those.
+    metric: its FID statistics are those. With no metric (``--metrics inversion`` alone)
+    the streams only count their samples, and ``extractor`` may be None.
     """
 
     def __init__(
         self,
         reference: DataSplit | None,
-        extractor: Extractor,
+        extractor: Extractor | None,
         metrics: tuple[str, ...] = ("fid", "kid"),
         *,
         device: str | torch.device = "cpu",
@@ -98,8 +99,8 @@ class FidelityMetrics:
             raise ValueError(f"reference statistics give {', '.join(STATS_ONLY_METRICS)} only")
         self.device = torch.device(device)
         self.layers = {}  # metric -> feature layer
-        cls = FEATURE_EXTRACTORS_REGISTRY[extractor.registry_name]
         for m in self.metrics:
+            cls = FEATURE_EXTRACTORS_REGISTRY[extractor.registry_name]
             self.layers[m] = cls.get_default_feature_layer_for_metric(m)
         self._net = None
         self._reference_features: dict[str, torch.Tensor] | None = None

@@ -55,37 +55,6 @@ def wants_features(metrics: tuple[str, ...]) -> bool:
     return any(m != "inversion" for m in metrics)
 
 
-class NoImageMetric:
-    """The quality metric of an image run that asked for none (``--metrics inversion``):
-    each stream counts its samples and scores nothing, so that no extractor is trained,
-    loaded or downloaded for it."""
-
-    def stream(self, n: int) -> SampleStream:
-        return _CountingStream(n)
-
-
-@dataclass
-class _CountingStream:
-    n: int
-    filled: int = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        self.add_rows({}, len(x))
-
-    def add_rows(self, rows: dict[str, torch.Tensor], count: int) -> None:
-        if self.filled + count > self.n:
-            raise ValueError(f"more than the {self.n} samples announced")
-        self.filled += count
-
-    def rows(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def result(self) -> dict[str, float]:
-        if self.filled != self.n:
-            raise ValueError(f"{self.filled} samples streamed, {self.n} announced")
-        return {}
-
-
 @dataclass
 class Quality:
     """The quality metric of a run and the constant columns it adds to each row."""
@@ -141,9 +110,11 @@ def build_quality(
 
         ref = datamod.toy2d_sample(n, TOY_REFERENCE_SEED)
         return Quality(ToyDistances(ref), {"reference": f"toy2d-true-n{n}"})
-    if not wants_features(metrics):
-        return Quality(NoImageMetric(), {})
     from rfbench.metrics.fidelity import FidelityMetrics
+
+    ref = train_split if reference == "train" else test_split
+    if not wants_features(metrics):  # no extractor to train, load or download
+        return Quality(FidelityMetrics(ref, None, (), device=device), {})
 
     extractor, feature_dim = ready_extractor(extractor, train_split, test_split, device, progress)
     if stats is not None:
@@ -155,7 +126,6 @@ def build_quality(
         columns = {"feature_extractor": extractor.label, "reference": stats.label}
         warn_rank_deficient(n, feature_dim)
         return Quality(metric, columns)
-    ref = train_split if reference == "train" else test_split
     warn_rank_deficient(n, feature_dim)
     return Quality(
         FidelityMetrics(ref, extractor, metrics, device=device),
