@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reflow_study  # noqa: E402
-from reflow_study import _step, timed  # noqa: E402
+from reflow_study import COUNT, _step, positive_text, timed  # noqa: E402
 from targets import target  # noqa: E402
 
 from rfbench.cli import DefaultsFormatter, _list_of, _seed  # noqa: E402
@@ -119,9 +119,9 @@ def _main(argv=None) -> int:
         default=Path("runs/blog-fashion"),
         help="reflow's models and pairs, step times (not committed)",
     )
-    p.add_argument("--num-samples", type=int, default=2000, help="n per cell and seed")
+    p.add_argument("--num-samples", type=COUNT, default=2000, help="n per cell and seed")
     p.add_argument("--seeds", default="0,1", type=_checked(_seed, "seed"), help="every cell's")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--batch-size", type=COUNT, default=None, help="default: the preset's")
     p.add_argument(
         "--tols",
         default="1e-3,1e-5",
@@ -152,14 +152,18 @@ def _main(argv=None) -> int:
     p.add_argument("--multistep-grid", default="sd3", help="their schedule")
     p.add_argument(
         "--pairs",
-        type=int,
+        type=COUNT,
         default=10_000,
         help="reflow pairs (each for the 2-RF and the distilled 2-RF)",
     )
-    p.add_argument("--pair-tol", default="1e-3", help="the pairs' rk45 tolerance")
-    p.add_argument("--reflow-epochs", type=int, default=6, help="epochs of each reflow training")
+    tol = positive_text(float, "a tolerance")
+    p.add_argument("--pair-tol", default="1e-3", type=tol, help="the pairs' rk45 tolerance")
+    p.add_argument("--reflow-epochs", type=COUNT, default=6, help="epochs of each reflow training")
     p.add_argument(
-        "--reflow-eval-tol", default="1e-3", help="rk45 tolerance of the reflow evaluation"
+        "--reflow-eval-tol",
+        default="1e-3",
+        type=tol,
+        help="rk45 tolerance of the reflow evaluation",
     )
     p.add_argument(
         "--time-budgets",

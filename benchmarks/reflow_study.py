@@ -35,10 +35,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfbench.cli import DefaultsFormatter
+from rfbench.cli import DefaultsFormatter, _positive
 from rfbench.cli import main as rfbench
 
 STEPS = "1,2,4,8"
+
+
+def positive_text(kind: type, what: str):
+    """An argparse type for one number of ``kind`` > 0 (a one-line error otherwise) that
+    keeps the text, which the study passes on to ``rfbench``."""
+    check = _positive(kind, what)
+
+    def parse(text: str) -> str:
+        check(text)
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
+COUNT = _positive(int, "a positive integer")
 
 
 def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) -> None:
@@ -129,24 +145,42 @@ def _main(argv=None) -> int:
     p.add_argument("--work", default=None, help="models and pairs (default: runs/reflow-<dataset>)")
     p.add_argument(
         "--pairs",
-        type=int,
+        type=COUNT,
         default=10_000,
         help="pairs for the 2-RF, and again for the distilled 2-RF",
     )
     p.add_argument("--pair-solver", default="rk45", help="the solver that makes the pairs")
-    p.add_argument("--pair-tol", default="1e-5", help="its rtol = atol (an adaptive --pair-solver)")
-    p.add_argument("--pair-steps", default=None, help="for a fixed-step --pair-solver")
+    p.add_argument(
+        "--pair-tol",
+        default="1e-5",
+        type=positive_text(float, "a tolerance"),
+        help="its rtol = atol (an adaptive --pair-solver)",
+    )
+    p.add_argument(
+        "--pair-steps",
+        default=None,
+        type=positive_text(int, "a step count"),
+        help="for a fixed-step --pair-solver",
+    )
     p.add_argument(
         "--parent", default=None, help="a trained 1-RF checkpoint (default: train the quick one)"
     )
-    p.add_argument("--train-epochs", type=int, default=None, help="1-RF (default: the preset's)")
-    p.add_argument("--reflow-epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--train-epochs", type=COUNT, default=None, help="1-RF (default: the preset's)")
+    p.add_argument("--reflow-epochs", type=COUNT, default=None, help="default: the preset's")
     p.add_argument(
         "--eval-solver", default="rk45", help="the adaptive solver of the evaluation, beside Euler"
     )
-    p.add_argument("--eval-tol", default="1e-5", help="its rtol = atol")
     p.add_argument(
-        "--num-samples", type=int, default=None, help="n per cell and seed (default: the preset's)"
+        "--eval-tol",
+        default="1e-5",
+        type=positive_text(float, "a tolerance"),
+        help="its rtol = atol",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=COUNT,
+        default=None,
+        help="n per cell and seed (default: the preset's)",
     )
     p.add_argument("--seeds", default="0,1", help="the evaluation's noise seeds")
     p.add_argument("--note", default=None, help="a line for the README, e.g. on the machine")

@@ -262,7 +262,28 @@ def test_feature_memory_small(tmp_path, mnist_root, monkeypatch):
     assert "FID equal: True" in text  # streamed and held samples give the same FID
 
 
-def test_reflow_study_small(tmp_path):
+def _reflow_ratios(csv: Path, metric: str, tol: float) -> tuple[float, float]:
+    """The reflow ratios computed here from a reflow run's rows: one Euler step of the
+    2-RF and of the distilled 2-RF over the 1-RF's rk45, each a mean over seeds."""
+    rows = pd.read_csv(csv)
+    rows = rows[rows["status"] == "ok"]
+    ids = rows["model_id"].unique()
+    (rf1,) = [i for i in ids if "rf-" not in i]
+    (rf2,) = [i for i in ids if "-2rf-" in i and "-d1-" not in i]
+    (d1,) = [i for i in ids if "-2rf-d1-" in i]
+
+    def mean(model, solver, **match):
+        g = rows[(rows["model_id"] == model) & (rows["solver"] == solver)]
+        for k, v in match.items():
+            g = g[g[k] == v]
+        assert not g.empty
+        return g.groupby("seed")[metric].mean().mean()
+
+    base = mean(rf1, "rk45", rtol=tol)
+    return mean(rf2, "euler", steps=1) / base, mean(d1, "euler", steps=1) / base
+
+
+def test_reflow_study_small(tmp_path, capsys):
     out, work = tmp_path / "out", tmp_path / "work"
     argv = [
         "--dataset",
@@ -289,11 +310,23 @@ def test_reflow_study_small(tmp_path):
     assert _load("reflow_study").main(argv) == 0
     text = (out / "README.md").read_text()
     assert "| 1-RF " in text and "| 2-RF " in text and "| 2-RF distilled (1 step) " in text
-    assert "rfbench reflow --checkpoint" in text and "ratio" in text
+    assert "rfbench reflow --checkpoint" in text
+    ratio, ratio_d = _reflow_ratios(out / "run" / "results.csv", "swd", 1e-5)
+    assert f"ratio {ratio:.2f}; the distilled 2-RF's one step: ratio {ratio_d:.2f}." in text
+    # blog_study reads the same ratios from a reflow run, with its target's verdict
+    blog = tmp_path / "blog"
+    (blog / "reflow" / "run").mkdir(parents=True)
+    shutil.copy(out / "run" / "results.csv", blog / "reflow" / "run" / "results.csv")
+    lines = "\n".join(_load("blog_study")._reflow_lines(blog, "swd", "1e-5"))
+    assert f"**{ratio:.2f}**" in lines and f"**{ratio_d:.2f}**" in lines
+    assert _targets(lines, 1)[0]["value"] == pytest.approx(ratio_d, abs=5e-4)
     assert (out / "run" / "figures" / "trajectories.pdf").stat().st_size > 0
     assert (out / "pivot-swd.md").exists() and (out / "pivot-straightness.md").exists()
-    # Rerunning skips every step that is done.
+    # Rerunning skips every step that is done: train, reflow, distill and the run.
+    capsys.readouterr()
     assert _load("reflow_study").main(argv) == 0
+    log = capsys.readouterr().err
+    assert log.count("skip (done): rfbench ") == 4 and "run: rfbench" not in log, log
     # From a given 1-RF (--parent): no training step, and the same 1-RF in the run.
     parent = work / "1rf" / "checkpoint.pt"
     other = [*argv[:2], "--out", str(tmp_path / "o2"), "--work", str(tmp_path / "w2"), *argv[6:]]
@@ -890,3 +923,32 @@ def test_speed_options_small(tmp_path):
     assert calls.count("compiled") == 1  # the warm-up's graph serves every timed round
     assert calls.count("ran") == 2 + 1 + 3  # warm-up, untimed round, 3 timed rounds
     assert [len(v) for v in seconds.values()] == [3, 3] and ran["compile"].compile
+
+
+@pytest.mark.parametrize(
+    "script, bad",
+    [
+        ("reflow_study", ["--num-samples", "0"]),
+        ("reflow_study", ["--reflow-epochs", "0"]),
+        ("reflow_study", ["--train-epochs", "-1"]),
+        ("reflow_study", ["--pair-tol", "abc"]),
+        ("reflow_study", ["--eval-tol", "1e-3,1e-5"]),
+        ("reflow_study", ["--pair-steps", "0"]),
+        ("blog_study", ["--plan", "--pair-tol", "abc"]),
+        ("blog_study", ["--reflow-eval-tol", "0"]),
+        ("blog_study", ["--batch-size", "0"]),
+        ("blog_study", ["--num-samples", "-3"]),
+        ("blog_study", ["--pairs", "0"]),
+    ],
+)
+def test_study_scripts_refuse_bad_numbers_before_any_work(tmp_path, capsys, script, bad):
+    """A count of 0 once fell back to the preset's silently and started the real
+    evaluation, and a bad tolerance failed with a traceback after the model had loaded
+    (or hours later, inside the reflow step): each is now argparse's one-line error."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    with pytest.raises(SystemExit) as stop:
+        _load(script).main([*bad, "--out", str(out), "--work", str(work)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {bad[-2]}:" in err and "Traceback" not in err
+    assert not out.exists() and not work.exists()
