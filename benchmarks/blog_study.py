@@ -49,10 +49,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reflow_study  # noqa: E402
-from reflow_study import COUNT, _step, positive_text, timed  # noqa: E402
+from reflow_study import COUNT, _checked, _step, positive_text, timed  # noqa: E402
 from targets import target  # noqa: E402
 
-from rfbench.cli import DefaultsFormatter, _list_of, _seed  # noqa: E402
+from rfbench.cli import DefaultsFormatter, _seed  # noqa: E402
 from rfbench.cli import main as rfbench  # noqa: E402
 from rfbench.errors import UserError  # noqa: E402
 from rfbench.report import best_first, setting_stats  # noqa: E402
@@ -62,19 +62,6 @@ from rfbench.train import load_model  # noqa: E402
 
 MULTISTEP = [n for n, s in SOLVERS.items() if s.multistep]
 RUNS = ("adaptive", "fixed", "rk4", "euler-more", "multistep")
-
-
-def _checked(kind, what: str, positive: bool = False):
-    """An argparse type that checks a comma-separated list as ``rfbench`` does (one-line
-    errors, no repeats) and keeps the text, which the study passes on to ``rfbench``."""
-    parse = _list_of(kind, what, positive=positive)
-
-    def check(text: str) -> str:
-        parse(text)
-        return text
-
-    check.__name__ = what
-    return check
 
 
 def _nfe_guesses(text: str) -> dict[float, float]:
@@ -657,8 +644,11 @@ def _reflow_lines(out: Path, metric: str, eval_tol: str) -> list[str]:
     base, base_s, base_nfe = _mean_std(
         frame, metric, model_id=by["1-RF"][0], solver="rk45", rtol=float(eval_tol)
     )
+    ok = frame[frame["status"] == "ok"]
+    devices = ", ".join(sorted(ok["device"].dropna().astype(str).unique()))
     lines = [
-        f"1-RF, rk45 rtol {eval_tol}: {metric} {_fmt(base, base_s)} at {base_nfe:.1f} NFE.",
+        f"Sampled on {devices}. 1-RF, rk45 rtol {eval_tol}: {metric} {_fmt(base, base_s)} "
+        f"at {base_nfe:.1f} NFE.",
         "",
     ]
     for name, paper in (("2-RF", 4.7), ("distilled", 1.9)):

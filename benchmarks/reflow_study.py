@@ -35,8 +35,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfbench.cli import DefaultsFormatter, _positive
+from rfbench.cli import DefaultsFormatter, _list_of, _positive, _seed
 from rfbench.cli import main as rfbench
+from rfbench.solvers import SOLVERS
 
 STEPS = "1,2,4,8"
 
@@ -55,6 +56,19 @@ def positive_text(kind: type, what: str):
 
 
 COUNT = _positive(int, "a positive integer")
+
+
+def _checked(kind, what: str, positive: bool = False):
+    """An argparse type that checks a comma-separated list as ``rfbench`` does (one-line
+    errors, no repeats) and keeps the text, which the study passes on to ``rfbench``."""
+    parse = _list_of(kind, what, positive=positive)
+
+    def check(text: str) -> str:
+        parse(text)
+        return text
+
+    check.__name__ = what
+    return check
 
 
 def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) -> None:
@@ -149,7 +163,10 @@ def _main(argv=None) -> int:
         default=10_000,
         help="pairs for the 2-RF, and again for the distilled 2-RF",
     )
-    p.add_argument("--pair-solver", default="rk45", help="the solver that makes the pairs")
+    solver = {"choices": sorted(SOLVERS), "metavar": "SOLVER"}
+    p.add_argument(
+        "--pair-solver", default="rk45", **solver, help="the solver that makes the pairs"
+    )
     p.add_argument(
         "--pair-tol",
         default="1e-5",
@@ -168,7 +185,10 @@ def _main(argv=None) -> int:
     p.add_argument("--train-epochs", type=COUNT, default=None, help="1-RF (default: the preset's)")
     p.add_argument("--reflow-epochs", type=COUNT, default=None, help="default: the preset's")
     p.add_argument(
-        "--eval-solver", default="rk45", help="the adaptive solver of the evaluation, beside Euler"
+        "--eval-solver",
+        default="rk45",
+        **solver,
+        help="the adaptive solver of the evaluation, beside Euler",
     )
     p.add_argument(
         "--eval-tol",
@@ -182,7 +202,9 @@ def _main(argv=None) -> int:
         default=None,
         help="n per cell and seed (default: the preset's)",
     )
-    p.add_argument("--seeds", default="0,1", help="the evaluation's noise seeds")
+    p.add_argument(
+        "--seeds", default="0,1", type=_checked(_seed, "seed"), help="the evaluation's noise seeds"
+    )
     p.add_argument("--note", default=None, help="a line for the README, e.g. on the machine")
     p.add_argument("--device", default="auto", help="every step's --device")
     p.add_argument(

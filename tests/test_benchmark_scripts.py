@@ -305,7 +305,7 @@ def test_reflow_study_small(tmp_path, capsys):
         "--num-samples",
         "200",
         "--seeds",
-        "0",
+        "0,1",
     ]
     assert _load("reflow_study").main(argv) == 0
     text = (out / "README.md").read_text()
@@ -319,6 +319,7 @@ def test_reflow_study_small(tmp_path, capsys):
     shutil.copy(out / "run" / "results.csv", blog / "reflow" / "run" / "results.csv")
     lines = "\n".join(_load("blog_study")._reflow_lines(blog, "swd", "1e-5"))
     assert f"**{ratio:.2f}**" in lines and f"**{ratio_d:.2f}**" in lines
+    assert lines.startswith("Sampled on cpu. ")
     assert _targets(lines, 1)[0]["value"] == pytest.approx(ratio_d, abs=5e-4)
     assert (out / "run" / "figures" / "trajectories.pdf").stat().st_size > 0
     assert (out / "pivot-swd.md").exists() and (out / "pivot-straightness.md").exists()
@@ -930,7 +931,11 @@ def test_speed_options_small(tmp_path):
     [
         ("reflow_study", ["--num-samples", "0"]),
         ("reflow_study", ["--reflow-epochs", "0"]),
+        ("reflow_study", ["--train-epochs", "0"]),
         ("reflow_study", ["--train-epochs", "-1"]),
+        ("reflow_study", ["--seeds", "0,x"]),
+        ("reflow_study", ["--eval-solver", "rk54"]),
+        ("reflow_study", ["--pair-solver", "bogus"]),
         ("reflow_study", ["--pair-tol", "abc"]),
         ("reflow_study", ["--eval-tol", "1e-3,1e-5"]),
         ("reflow_study", ["--pair-steps", "0"]),
@@ -939,6 +944,7 @@ def test_speed_options_small(tmp_path):
         ("blog_study", ["--batch-size", "0"]),
         ("blog_study", ["--num-samples", "-3"]),
         ("blog_study", ["--pairs", "0"]),
+        ("blog_study", ["--reflow-epochs", "0"]),
     ],
 )
 def test_study_scripts_refuse_bad_numbers_before_any_work(tmp_path, capsys, script, bad):
