@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reflow_study  # noqa: E402
-from reflow_study import COUNT, _checked, _step, positive_text, timed  # noqa: E402
+from reflow_study import COUNT, TOL, _checked, _step, timed  # noqa: E402
 from targets import target  # noqa: E402
 
 from rfbench.cli import DefaultsFormatter, _seed  # noqa: E402
@@ -143,13 +143,12 @@ def _main(argv=None) -> int:
         default=10_000,
         help="reflow pairs (each for the 2-RF and the distilled 2-RF)",
     )
-    tol = positive_text(float, "a tolerance")
-    p.add_argument("--pair-tol", default="1e-3", type=tol, help="the pairs' rk45 tolerance")
+    p.add_argument("--pair-tol", default="1e-3", type=TOL, help="the pairs' rk45 tolerance")
     p.add_argument("--reflow-epochs", type=COUNT, default=6, help="epochs of each reflow training")
     p.add_argument(
         "--reflow-eval-tol",
         default="1e-3",
-        type=tol,
+        type=TOL,
         help="rk45 tolerance of the reflow evaluation",
     )
     p.add_argument(

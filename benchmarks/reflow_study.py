@@ -42,26 +42,9 @@ from rfbench.solvers import SOLVERS
 STEPS = "1,2,4,8"
 
 
-def positive_text(kind: type, what: str):
-    """An argparse type for one number of ``kind`` > 0 (a one-line error otherwise) that
-    keeps the text, which the study passes on to ``rfbench``."""
-    check = _positive(kind, what)
-
-    def parse(text: str) -> str:
-        check(text)
-        return text
-
-    parse.__name__ = what
-    return parse
-
-
-COUNT = _positive(int, "a positive integer")
-
-
-def _checked(kind, what: str, positive: bool = False):
-    """An argparse type that checks a comma-separated list as ``rfbench`` does (one-line
-    errors, no repeats) and keeps the text, which the study passes on to ``rfbench``."""
-    parse = _list_of(kind, what, positive=positive)
+def _keep_text(parse, what: str):
+    """An argparse type that checks its text with ``parse`` (one-line errors) and keeps the
+    text, which the study passes on to ``rfbench``."""
 
     def check(text: str) -> str:
         parse(text)
@@ -69,6 +52,20 @@ def _checked(kind, what: str, positive: bool = False):
 
     check.__name__ = what
     return check
+
+
+def positive_text(kind: type, what: str):
+    """One number of ``kind`` > 0, kept as text."""
+    return _keep_text(_positive(kind, what), what)
+
+
+def _checked(kind, what: str, positive: bool = False):
+    """A comma-separated list checked as ``rfbench`` does (no repeats), kept as text."""
+    return _keep_text(_list_of(kind, what, positive=positive), what)
+
+
+COUNT = _positive(int, "a positive integer")
+TOL = positive_text(float, "a tolerance")
 
 
 def _step(argv: list[str], done: Path, log: list[str], times: Path, extra=()) -> None:
@@ -170,7 +167,7 @@ def _main(argv=None) -> int:
     p.add_argument(
         "--pair-tol",
         default="1e-5",
-        type=positive_text(float, "a tolerance"),
+        type=TOL,
         help="its rtol = atol (an adaptive --pair-solver)",
     )
     p.add_argument(
@@ -193,7 +190,7 @@ def _main(argv=None) -> int:
     p.add_argument(
         "--eval-tol",
         default="1e-5",
-        type=positive_text(float, "a tolerance"),
+        type=TOL,
         help="its rtol = atol",
     )
     p.add_argument(
